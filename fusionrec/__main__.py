@@ -1,0 +1,3 @@
+from fusionrec.cli.main import main
+
+main()

@@ -1,0 +1,143 @@
+"""The two splits of the evaluation protocol (design.md section 4). Every number the project reports uses one.
+
+- Ranking: per user, sort by timestamp (ties keep file order); last item -> test, second last -> validation,
+  the rest -> train. Users with fewer than 3 interactions keep them all in train (counted in the log).
+- CTR / rating: seeded random 80/10/10 split by interaction (seed 2020), label = rating >= 4.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from fusionrec.data.schema import ITEM, ITEM_IDX, LABEL, RATING, TIME, USER, USER_IDX, Dataset, Vocab
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LeaveOneOutSplit:
+    """Chronological leave-one-out. Frames carry user_idx, item_idx, timestamp (and rating when known).
+
+    train: every training interaction, grouped by user in chronological order.
+    valid / test: one row per user that has enough history (users with < 3 interactions have none).
+    """
+
+    vocab: Vocab
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+
+    @property
+    def n_users(self) -> int:
+        return self.vocab.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.vocab.n_items
+
+    @cached_property
+    def train_sequences(self) -> list[np.ndarray]:
+        """Per user index, the chronological item indices seen in training (an empty array if none)."""
+        seqs: list[np.ndarray] = [np.empty(0, dtype=np.int64) for _ in range(self.n_users)]
+        for user, items in self.train.groupby(USER_IDX, sort=False)[ITEM_IDX]:
+            seqs[int(user)] = items.to_numpy(dtype=np.int64)
+        return seqs
+
+    def history(self, stage: str) -> list[np.ndarray]:
+        """What a user has seen before `stage` ("valid" or "test"), oldest first: the model's input."""
+        if stage == "valid":
+            return self.train_sequences
+        if stage == "test":
+            valid_item = dict(zip(self.valid[USER_IDX].to_numpy(), self.valid[ITEM_IDX].to_numpy()))
+            return [
+                np.append(seq, valid_item[u]) if u in valid_item else seq
+                for u, seq in enumerate(self.train_sequences)
+            ]
+        raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+
+    def seen_matrix(self, stage: str) -> sp.csr_matrix:
+        """[n_users, n_items] 0/1 matrix of items to exclude when ranking at `stage`."""
+        frames = [self.train] if stage == "valid" else [self.train, self.valid]
+        if stage not in ("valid", "test"):
+            raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+        both = pd.concat(frames)
+        data = np.ones(len(both), dtype=np.float32)
+        matrix = sp.csr_matrix(
+            (data, (both[USER_IDX].to_numpy(), both[ITEM_IDX].to_numpy())), shape=(self.n_users, self.n_items)
+        )
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0  # repeated interactions collapse to one
+        return matrix
+
+    def targets(self, stage: str) -> pd.DataFrame:
+        if stage == "valid":
+            return self.valid
+        if stage == "test":
+            return self.test
+        raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+
+
+def leave_one_out(dataset: Dataset, vocab: Vocab | None = None) -> LeaveOneOutSplit:
+    vocab = vocab or Vocab.from_dataset(dataset)
+    frame = dataset.interactions.reset_index(drop=True)
+    columns = {USER_IDX: vocab.encode_users(frame[USER]), ITEM_IDX: vocab.encode_items(frame[ITEM]),
+               TIME: frame[TIME].to_numpy(dtype=np.int64)}
+    if RATING in frame:
+        columns[RATING] = frame[RATING].to_numpy(dtype=np.float64)
+    table = pd.DataFrame(columns)
+    # Stable sort: timestamp ties keep the order in the file, as the protocol says.
+    table = table.sort_values([USER_IDX, TIME], kind="stable").reset_index(drop=True)
+    position_from_end = table.groupby(USER_IDX, sort=False).cumcount(ascending=False).to_numpy()
+    counts = table.groupby(USER_IDX, sort=False)[ITEM_IDX].transform("size").to_numpy()
+    eligible = counts >= 3
+    short_users = int(table.loc[~eligible, USER_IDX].nunique())
+    if short_users:
+        log.warning("%d users have fewer than 3 interactions: all of them stay in train, none is evaluated",
+                    short_users)
+    is_test = eligible & (position_from_end == 0)
+    is_valid = eligible & (position_from_end == 1)
+    train = table[~(is_test | is_valid)].reset_index(drop=True)
+    valid = table[is_valid].reset_index(drop=True)
+    test = table[is_test].reset_index(drop=True)
+    return LeaveOneOutSplit(vocab=vocab, train=train, valid=valid, test=test)
+
+
+@dataclass(frozen=True)
+class RandomSplit:
+    """Seeded random 80/10/10 split by interaction, for CTR and rating. Frames keep the raw id columns and
+    add user_idx, item_idx, label (rating >= threshold when no label column is given)."""
+
+    vocab: Vocab
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    seed: int
+
+    def part(self, stage: str) -> pd.DataFrame:
+        return {"train": self.train, "valid": self.valid, "test": self.test}[stage]
+
+
+def random_split(dataset: Dataset, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 2020,
+                 positive_threshold: float = 4.0, vocab: Vocab | None = None) -> RandomSplit:
+    if abs(sum(ratios) - 1.0) > 1e-9 or any(r < 0 for r in ratios):
+        raise ValueError(f"split ratios must be non-negative and sum to 1, got {ratios}")
+    vocab = vocab or Vocab.from_dataset(dataset)
+    frame = dataset.interactions.reset_index(drop=True).copy()
+    frame[USER_IDX] = vocab.encode_users(frame[USER])
+    frame[ITEM_IDX] = vocab.encode_items(frame[ITEM])
+    if LABEL not in frame:
+        if RATING not in frame:
+            raise ValueError("a CTR/rating split needs a rating or label column")
+        frame[LABEL] = (frame[RATING] >= positive_threshold).astype(np.int8)
+    order = np.random.default_rng(seed).permutation(len(frame))
+    n_train = int(round(ratios[0] * len(frame)))
+    n_valid = int(round(ratios[1] * len(frame)))
+    parts = np.split(order, [n_train, n_train + n_valid])
+    train, valid, test = (frame.iloc[np.sort(idx)].reset_index(drop=True) for idx in parts)
+    return RandomSplit(vocab=vocab, train=train, valid=valid, test=test, seed=seed)

@@ -1,0 +1,78 @@
+"""User-facing errors: every message names the field (or file and line) and, where one exists, the fix.
+
+`UserError` is what bad input raises anywhere in the project; the CLI turns it into exit code 2, the serving
+app into HTTP 4xx `{error, field}`, the operator into a `SpecValid=False` condition. Anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class UserError(Exception):
+    """Bad input from the user: a retry with the same input cannot succeed."""
+
+    def __init__(self, message: str, *, field: str | None = None, fix: str | None = None) -> None:
+        self.message = message
+        self.field = field
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        text = f"{self.field}: {self.message}" if self.field and not self.message.startswith(self.field) else self.message
+        return f"{text}\n  fix: {self.fix}" if self.fix else text
+
+    def as_json(self) -> dict[str, Any]:
+        return {"error": self.message, "field": self.field}
+
+
+class DataError(UserError):
+    """A bad row or column in a data file: names the file, the line (1-based, header included) and the field."""
+
+    def __init__(self, message: str, *, file: str, line: int | None = None, field: str | None = None,
+                 fix: str | None = None) -> None:
+        self.file = file
+        self.line = line
+        where = f"{file}, line {line}" if line is not None else file
+        column = f", field {field!r}" if field else ""
+        super().__init__(f"{where}{column}: {message}", field=field, fix=fix)
+
+
+def _location(loc: tuple[Any, ...], prefix: str) -> str:
+    path = prefix
+    for piece in loc:
+        if isinstance(piece, int):
+            path += f"[{piece}]"
+        else:
+            path = f"{path}.{piece}" if path else str(piece)
+    return path
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """(field path, message) pairs in the manifest's own camelCase spelling, e.g. `spec.training.workers`."""
+    out = []
+    for err in exc.errors():
+        field = _location(tuple(err["loc"]), prefix)
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field; check its spelling (fields are camelCase, e.g. batchSize)"
+        out.append((field, message))
+    return out
+
+
+def manifest_from_dict(document: Any, source: str = "manifest") -> "Manifest":  # noqa: F821
+    """Validate a parsed manifest document, raising one UserError that lists every bad field."""
+    from fusionrec.spec import Manifest
+
+    if not isinstance(document, dict):
+        raise UserError(f"{source} must be a mapping with apiVersion, kind, metadata and spec")
+    try:
+        return Manifest.model_validate(document)
+    except ValidationError as exc:
+        problems = format_validation_error(exc)
+        lines = "\n".join(f"  {field}: {msg}" for field, msg in problems)
+        raise UserError(f"{source} is invalid:\n{lines}", field=problems[0][0] if problems else None) from None

@@ -1,0 +1,343 @@
+"""The FusionRecommender spec: one typed model shared by the CLI, the local runner, the Ray jobs and the CRD.
+
+The YAML manifest a user runs locally (`fusionrec run m.yaml`) is the same document that is applied to a
+cluster, so the spec is parsed once, at the edge, into these models and passed down typed. Unknown keys are
+rejected (a misspelt key must not be silently ignored), field names are camelCase on the wire (Kubernetes
+convention) and snake_case in Python. Validators raise ValueError so pydantic reports the field path, which
+`fusionrec.errors.format_validation_error` turns into `spec.training.workers: ...` messages.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "fusionrec.io"
+API_VERSION = "v1alpha1"
+KIND = "FusionRecommender"
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class SpecModel(BaseModel):
+    """Base for every spec section: camelCase aliases, unknown keys refused, assignment validated."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+
+# --- models -----------------------------------------------------------------------------------------------
+
+
+class EncoderSpec(SpecModel):
+    """One pretrained LM. Each keeps its own tokenizer; its pooled output is projected to `fusion.dim`."""
+
+    name: str = Field(pattern=_DNS_LABEL, max_length=63, description="Short name, used in reports and weights.")
+    source: str = Field(
+        min_length=1,
+        description="Local HF folder, pkg://<package>[/subdir] (a Python package that ships a model), "
+        "hf://org/name (needs a hub) or pvc://<claim>/<path> on a cluster.",
+    )
+    pooling: Literal["mean", "cls", "last"] = Field("mean", description="mean, cls, or last non-pad token.")
+    max_length: int = Field(64, ge=4, le=8192, description="Tokens per text after truncation.")
+    freeze_layers: int = Field(0, ge=0, le=512, description="Freeze the embeddings and the bottom k layers.")
+    freeze: bool = Field(False, description="Freeze the whole encoder; its item embeddings are cached once.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        match = re.match(r"^([a-z][a-z0-9+.-]*)://", value)
+        if match and match.group(1) not in {"pkg", "hf", "pvc", "file", "s3", "gs"}:
+            raise ValueError(
+                f"unknown source scheme {match.group(1)!r}; use a local path, pkg://, hf://, pvc://, s3:// or gs://"
+            )
+        return value
+
+
+MergeMethod = Literal["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp"]
+
+
+class MergeModelRef(SpecModel):
+    """A checkpoint taking part in a merge, by encoder name or by source, with its weight."""
+
+    source: str = Field(min_length=1, description="Local HF folder or pkg:// source of a same-shape checkpoint.")
+    weight: float = Field(1.0, ge=0.0, description="Relative weight (linear, task arithmetic, TIES, DARE).")
+
+
+class MergeSpec(SpecModel):
+    """Parameter-space merge of same-architecture checkpoints into one encoder, before fine-tuning."""
+
+    method: MergeMethod
+    name: str = Field("merged", pattern=_DNS_LABEL, description="Encoder name of the merged model.")
+    base: str | None = Field(None, description="Base checkpoint for task vectors (task arithmetic, TIES, DARE).")
+    models: list[MergeModelRef] = Field(min_length=1)
+    density: float | None = Field(None, gt=0.0, le=1.0, description="TIES/DARE: fraction of each delta kept.")
+    lambda_: float | None = Field(None, alias="lambda", gt=0.0, description="Scale of the merged task vector.")
+    rescale: bool = Field(True, description="DARE: rescale kept deltas by 1/density.")
+    t: float | None = Field(None, ge=0.0, le=1.0, description="SLERP: interpolation factor (0 = first model).")
+    seed: int = Field(0, ge=0, description="DARE: seed of the random drop mask.")
+
+    @model_validator(mode="after")
+    def _method_parameters(self) -> MergeSpec:
+        needs_base = {"task_arithmetic", "ties", "dare_linear", "dare_ties"}
+        if self.method in needs_base and not self.base:
+            raise ValueError(f"merge.base is required for method {self.method!r}: task vectors are taken against it")
+        if self.method in {"ties", "dare_linear", "dare_ties"} and self.density is None:
+            raise ValueError(f"merge.density is required for method {self.method!r} (e.g. 0.2)")
+        if self.method == "slerp":
+            if len(self.models) != 2:
+                raise ValueError("merge.models: slerp interpolates exactly two models")
+            if self.t is None:
+                raise ValueError("merge.t is required for slerp (0 returns the first model, 1 the second)")
+        return self
+
+
+class FusionSpec(SpecModel):
+    """Representation-level fusion of the encoders' pooled outputs."""
+
+    method: Literal["weighted", "attention", "gating", "concat_mlp"] = "attention"
+    dim: int = Field(256, ge=8, le=8192, description="Common dimension every encoder is projected to.")
+    hidden: int = Field(512, ge=8, le=16384, description="Hidden width of the concat+MLP and gating networks.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TaskSpec(SpecModel):
+    """What the head predicts, and how the ranking model is built."""
+
+    type: Literal["ranking", "ctr", "rating"] = "ranking"
+    user_tower: Literal["text", "sequence"] = Field(
+        "sequence", description="text: fused text of recent items; sequence: SASRec over fused item embeddings."
+    )
+    use_item_ids: bool = Field(True, description="Add a learned item-ID embedding to the item tower (hybrid).")
+    history_length: int = Field(50, ge=1, le=1024, description="Most recent items that describe a user.")
+    negatives: Literal["in_batch", "sampled", "full"] = Field("full", description="Softmax negatives.")
+    num_negatives: int = Field(256, ge=1, le=100_000)
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+
+class ColumnMapping(SpecModel):
+    """Maps a shop's export columns onto the data contract (user_id, item_id, timestamp, rating, label)."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = "rating"
+    label: str | None = None
+
+
+class DataSpec(SpecModel):
+    """Where interactions and item text come from. `dataset` names a built-in (ml-100k); paths override it."""
+
+    dataset: Literal["ml-100k"] | None = Field("ml-100k", description="Built-in dataset, prepared offline.")
+    path: str | None = Field(None, description="Folder holding the dataset's files (else found or fetched).")
+    interactions: str | None = Field(None, description="CSV/Parquet/atomic file of interactions.")
+    items: str | None = Field(None, description="CSV/Parquet/atomic file of items and their text fields.")
+    users: str | None = None
+    format: Literal["auto", "csv", "parquet", "atomic", "movielens"] = "auto"
+    delimiter: str = Field(",", min_length=1, max_length=4)
+    encoding: str = "utf-8"
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    item_text_template: str = Field(
+        "{title}. Genres: {genres}. Year: {year}",
+        description="Python format template over item fields; a missing field drops its clause.",
+    )
+    max_users: int | None = Field(None, ge=1, description="Use only the first N users (smoke tests, demos).")
+
+    @model_validator(mode="after")
+    def _some_source(self) -> DataSpec:
+        if self.dataset is None and not self.interactions:
+            raise ValueError("data: give either dataset (e.g. ml-100k) or an interactions file")
+        return self
+
+
+# --- training, compile, serving -----------------------------------------------------------------------------
+
+
+class EarlyStoppingSpec(SpecModel):
+    metric: str = Field("ndcg@10", pattern=r"^(ndcg|hr|mrr|recall)@\d+$|^(auc|logloss|rmse|mae)$")
+    patience: int = Field(3, ge=1, le=1000)
+
+
+class TrainingSpec(SpecModel):
+    workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (DDP ranks).")
+    gpus_per_worker: float = Field(0, ge=0, le=16)
+    cpus_per_worker: float = Field(1, gt=0, le=256)
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(256, ge=1, le=1_000_000)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    encoder_learning_rate: float = Field(2e-5, gt=0, le=10, description="LR of unfrozen pretrained layers.")
+    weight_decay: float = Field(0.01, ge=0, le=10)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    lr_schedule: Literal["linear", "cosine", "constant"] = "cosine"
+    dropout: float = Field(0.2, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="Max gradient norm; 0 disables clipping.")
+    grad_accumulation: int = Field(1, ge=1, le=1024)
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    seed: int = Field(2020, ge=0)
+    schedule: str | None = Field(None, description="Cron expression for periodic retraining on a cluster.")
+    max_failures: int = Field(2, ge=0, le=100, description="Worker failures tolerated; resumes from checkpoint.")
+    storage_path: str | None = Field(None, description="Checkpoint storage (local folder or s3:// URI).")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError("training.schedule must be a 5-field cron expression, e.g. '0 3 * * *'")
+        return value
+
+
+class CompileSpec(SpecModel):
+    backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    threads: int = Field(0, ge=0, le=256, description="Intra-op threads per replica; 0 = all cores.")
+    opset: int = Field(17, ge=13, le=23)
+
+
+class ResourcesSpec(SpecModel):
+    cpu: str = Field("1", pattern=r"^\d+(\.\d+)?m?$")
+    memory: str = Field("2Gi", pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+    gpu: int = Field(0, ge=0, le=16)
+
+
+class AuthSpec(SpecModel):
+    secret_ref: str | None = Field(None, description="Kubernetes Secret with a `tokens` key, one token a line.")
+    token_file: str | None = Field(None, description="Local file with one bearer token a line.")
+    token_env: str | None = Field(None, description="Environment variable holding comma-separated tokens.")
+
+
+class ServingLimits(SpecModel):
+    max_k: int = Field(100, ge=1, le=10_000)
+    max_history: int = Field(200, ge=1, le=100_000)
+    max_candidates: int = Field(10_000, ge=1, le=1_000_000)
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
+
+
+class ServingSpec(SpecModel):
+    min_replicas: int = Field(1, ge=0, le=1000)
+    max_replicas: int = Field(4, ge=1, le=1000)
+    target_ongoing_requests: float = Field(2, gt=0, le=10_000)
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    batch_wait_timeout_ms: float = Field(5, ge=0, le=10_000)
+    upscale_delay_s: float = Field(10, ge=0)
+    downscale_delay_s: float = Field(300, ge=0)
+    port: int = Field(8000, ge=1, le=65535)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    limits: ServingLimits = Field(default_factory=ServingLimits)
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> ServingSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"serving.maxReplicas ({self.max_replicas}) must be >= serving.minReplicas ({self.min_replicas})"
+            )
+        return self
+
+
+class AnalysisSpec(SpecModel):
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99_latency_ms: float = Field(50, gt=0)
+    window_seconds: int = Field(60, ge=10, le=86_400)
+
+
+class RolloutSpec(SpecModel):
+    strategy: Literal["canary", "blueGreen"] = "canary"
+    steps: list[int] = Field(default_factory=lambda: [10, 50, 100], min_length=1, max_length=20)
+    step_interval_seconds: int = Field(300, ge=0, le=86_400)
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    auto_rollback: bool = True
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_rise_to_100(cls, steps: list[int]) -> list[int]:
+        if any(not 1 <= s <= 100 for s in steps):
+            raise ValueError(f"rollout.steps are canary weights in 1..100, got {steps}")
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"rollout.steps must strictly increase, got {steps}")
+        if steps[-1] != 100:
+            raise ValueError(f"rollout.steps must end at 100 so the candidate takes all traffic, got {steps}")
+        return steps
+
+
+class MonitoringSpec(SpecModel):
+    service_monitor: bool = False
+
+
+class StorageSpec(SpecModel):
+    uri: str = Field("./runs", description="Where versioned artifacts live (local folder, pvc://, s3://).")
+
+
+# --- the whole spec and the manifest around it --------------------------------------------------------------
+
+
+class FusionRecommenderSpec(SpecModel):
+    """Everything needed to train, compile, serve and roll out one recommender."""
+
+    version: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=40)
+    encoders: list[EncoderSpec] = Field(min_length=1, max_length=16)
+    merge: MergeSpec | None = None
+    fusion: FusionSpec = Field(default_factory=FusionSpec)
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    compile: CompileSpec = Field(default_factory=CompileSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @field_validator("encoders")
+    @classmethod
+    def _unique_names(cls, encoders: list[EncoderSpec]) -> list[EncoderSpec]:
+        names = [e.name for e in encoders]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"encoder names must be unique; repeated: {', '.join(duplicates)}")
+        return encoders
+
+
+class ObjectMeta(SpecModel):
+    name: str = Field(pattern=_DNS_LABEL, max_length=63)
+    namespace: str | None = Field(None, pattern=_DNS_LABEL, max_length=63)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Manifest(SpecModel):
+    """The `apiVersion/kind/metadata/spec` document, as applied to a cluster or run locally."""
+
+    api_version: Literal["fusionrec.io/v1alpha1"] = Field("fusionrec.io/v1alpha1", alias="apiVersion")
+    kind: Literal["FusionRecommender"] = KIND
+    metadata: ObjectMeta
+    spec: FusionRecommenderSpec
+    # A manifest read back from a cluster carries status; it is not configuration, so it is accepted and ignored.
+    status: dict[str, Any] | None = Field(None, exclude=True)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest; raises UserError (exit 2) naming the file and the field."""
+    from fusionrec.errors import UserError, manifest_from_dict
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"manifest {path} does not exist", fix="pass the path of a FusionRecommender YAML file")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"manifest {path} is not valid YAML: {exc}")
+    return manifest_from_dict(document, source=str(path))

@@ -1,0 +1,1 @@
+"""fusionrec.operator"""

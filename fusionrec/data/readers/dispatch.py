@@ -1,0 +1,35 @@
+"""One call for any supported set of files: picks the reader from `format` or from the interactions file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fusionrec.data.readers.atomic import read_atomic
+from fusionrec.data.readers.movielens import read_movielens
+from fusionrec.data.readers.tabular import detect_format, read_table
+from fusionrec.data.schema import Dataset
+from fusionrec.errors import UserError
+from fusionrec.spec import ColumnMapping
+
+
+def read_files(interactions: str | Path, items: str | Path | None = None, users: str | Path | None = None, *,
+               format: str = "auto", delimiter: str = ",", encoding: str = "utf-8",
+               columns: ColumnMapping | None = None, name: str = "custom") -> Dataset:
+    """Read a dataset from explicit files (or a folder of atomic / MovieLens files).
+
+    `format` "auto" guesses from the interactions path: extension, then contents. MovieLens files are
+    latin-1 whatever the default encoding says, unless another encoding is given.
+    """
+    kind = detect_format(interactions) if format == "auto" else format
+    if kind == "atomic":
+        if Path(interactions).is_dir():
+            return read_atomic(interactions, columns=columns, encoding=encoding, dataset_name=name)
+        return read_atomic(inter=interactions, item=items, user=users, columns=columns, encoding=encoding,
+                           dataset_name=name)
+    if kind == "movielens":
+        folder = Path(interactions) if Path(interactions).is_dir() else Path(interactions).parent
+        if any(f is not None and Path(f).parent != folder for f in (items, users)):
+            raise UserError("MovieLens files are read from one folder (u.data, u.item, u.user)", field="items")
+        return read_movielens(folder, name=name, encoding="latin-1" if encoding == "utf-8" else encoding)
+    return read_table(interactions, items, users, format=kind, delimiter=delimiter, encoding=encoding,
+                      columns=columns, name=name)

@@ -47,10 +47,11 @@ def cli(verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from fusionrec.cli import data_cmd, evaluate_cmd
+    from fusionrec.cli import data_cmd, evaluate_cmd, models_cmd
 
     cli.add_command(data_cmd.data)
     cli.add_command(evaluate_cmd.evaluate)
+    cli.add_command(models_cmd.models)
 
 
 _register()

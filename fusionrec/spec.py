@@ -84,10 +84,26 @@ class MergeSpec(SpecModel):
     lambda_: float | None = Field(None, alias="lambda", gt=0.0, description="Scale of the merged task vector.")
     rescale: bool = Field(True, description="DARE: rescale kept deltas by 1/density.")
     t: float | None = Field(None, ge=0.0, le=1.0, description="SLERP: interpolation factor (0 = first model).")
+    t_filters: dict[str, float] | None = Field(
+        None, description="SLERP: per-tensor t, {tensor-name regex or substring: t}; first match wins, else t.")
     seed: int = Field(0, ge=0, description="DARE: seed of the random drop mask.")
+
+    @field_validator("t_filters")
+    @classmethod
+    def _t_filters(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for pattern, t in (value or {}).items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"merge.tFilters: {pattern!r} is not a valid regular expression: {exc}")
+            if not 0.0 <= t <= 1.0:
+                raise ValueError(f"merge.tFilters[{pattern!r}] must be in [0, 1], got {t}")
+        return value
 
     @model_validator(mode="after")
     def _method_parameters(self) -> MergeSpec:
+        if self.t_filters and self.method != "slerp":
+            raise ValueError("merge.tFilters applies to slerp only")
         needs_base = {"task_arithmetic", "ties", "dare_linear", "dare_ties"}
         if self.method in needs_base and not self.base:
             raise ValueError(f"merge.base is required for method {self.method!r}: task vectors are taken against it")

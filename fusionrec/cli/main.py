@@ -47,11 +47,12 @@ def cli(verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from fusionrec.cli import data_cmd, evaluate_cmd, models_cmd
+    from fusionrec.cli import data_cmd, evaluate_cmd, merge_cmd, models_cmd
 
     cli.add_command(data_cmd.data)
     cli.add_command(evaluate_cmd.evaluate)
     cli.add_command(models_cmd.models)
+    cli.add_command(merge_cmd.merge)
 
 
 _register()

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ValidationError
 
 from fusionrec import __version__
 from fusionrec.errors import UserError, format_validation_error
+from fusionrec.files import sha256_file
 from fusionrec.spec import FusionRecommenderSpec
 
 if TYPE_CHECKING:
@@ -388,14 +389,6 @@ def file_fingerprint(paths: Iterable[str | Path]) -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_version(version: str) -> None:

@@ -8,7 +8,6 @@ is renamed into place, so an interrupted fetch never leaves a half-written copy 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
@@ -17,12 +16,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from fusionrec.errors import UserError
+from fusionrec.files import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +45,6 @@ class Located:
     folder: Path
     format: Literal["atomic", "movielens"]
     origin: Literal["path", "recbole", "cache", "download"]
-
-
-@contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder next to `final`; on success it replaces `final` in one rename."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a shared data home must stay readable by others
-    try:
-        yield staging
-        retired = None
-        if final.exists():
-            retired = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, retired)
-        os.replace(staging, final)
-        if retired is not None:
-            shutil.rmtree(retired, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _format_of(folder: Path) -> Literal["atomic", "movielens"] | None:

@@ -20,8 +20,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
-import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionrec.errors import UserError
+from fusionrec.files import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -41,44 +40,6 @@ def model_home() -> Path:
     """The model cache: `$FUSIONREC_MODEL_HOME`, else `~/.cache/fusionrec/models`."""
     configured = os.environ.get("FUSIONREC_MODEL_HOME")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "fusionrec" / "models"
-
-
-@contextmanager
-def atomic_directory(dest: Path, *, replace: bool) -> Iterator[Path]:
-    """Yield a temp folder beside `dest` that becomes `dest` only if the block finishes.
-
-    With replace=False an existing `dest` (another worker got there first) wins and the temp folder is
-    discarded; with replace=True the old folder is moved aside, then deleted after the new one is in place.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700
-    try:
-        yield tmp
-        _make_readable(tmp)
-        if dest.exists() and not replace:
-            shutil.rmtree(tmp)
-            return
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _make_readable(folder: Path) -> None:
-    """Some writers (safetensors) create 0600 files; a model folder is shared, so open it to other readers."""
-    for path in folder.rglob("*"):
-        if not path.is_symlink():
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
-
-
-# --- finding the package --------------------------------------------------------------------------------------
 
 
 def find_package_dir(name: str) -> Path:

@@ -12,7 +12,6 @@ Everything after resolution is offline: transformers only ever sees a local fold
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from fusionrec.errors import UserError
-from fusionrec.model.packaged import ORIGIN_FILE, atomic_directory, find_package_dir, materialise, model_home
+from fusionrec.files import atomic_directory, sha256_file
+from fusionrec.model.packaged import ORIGIN_FILE, find_package_dir, materialise, model_home
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +135,6 @@ def _pvc(rest: str, source: str, cache_dir: Path | None) -> Path:
 
 
 # --- pull and verify ------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _model_files(folder: Path) -> list[Path]:

@@ -10,11 +10,8 @@ so a crash or a refused input never leaves a half-written model where a later st
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -25,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fusionrec.errors import UserError
+from fusionrec.files import atomic_directory, sha256_file  # noqa: F401  (sha256_file is part of this API)
 from fusionrec.model import sources
 
 MERGED_WEIGHTS = "model.safetensors"
@@ -198,14 +196,6 @@ def _and_more(names: list[str]) -> str:
     return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
     """Refuse to replace a non-empty folder unless asked; called before the (slow) merge starts."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -219,20 +209,8 @@ def atomic_dir(out_dir: Path, *, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir`, on error it is removed."""
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite=overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    staging = out_dir.parent / f".{out_dir.name}.tmp-{tag}"
-    staging.mkdir()
-    try:
+    with atomic_directory(out_dir, replace=True) as staging:
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = out_dir.parent / f".{out_dir.name}.old-{tag}"
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:

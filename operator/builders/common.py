@@ -1,0 +1,164 @@
+"""Pieces every child manifest shares: names, labels, volumes for pvc:// URIs and the Ray pod templates.
+
+All functions here are pure (spec in, dicts out), so each child is tested as data and validated against
+the Kubernetes and KubeRay schemas without a cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from fusionrec.operator import consts
+from fusionrec.operator.config import OperatorConfig
+
+from fusionrec.errors import UserError
+
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+SHARED_SCHEMES = ("pvc://", "s3://", "gs://")
+
+
+def dns_name(*parts: str, limit: int = 63) -> str:
+    """Join parts into a DNS-1035 label of at most `limit` characters.
+
+    Dots (allowed in versions) become dashes; a name that is too long keeps its head and gets a short hash
+    of the whole, so two long versions never collide on one child name.
+    """
+    joined = "-".join(parts).lower().replace(".", "-").replace("_", "-")
+    joined = re.sub(r"-+", "-", joined).strip("-")
+    if len(joined) <= limit:
+        return joined
+    digest = hashlib.sha256(joined.encode()).hexdigest()[:8]
+    return f"{joined[: limit - 9].rstrip('-')}-{digest}"
+
+
+def labels(name: str, component: str, version: str | None = None) -> dict[str, str]:
+    out = {**consts.STANDARD_LABELS, "app.kubernetes.io/instance": name, consts.NAME_LABEL: name,
+           consts.COMPONENT_LABEL: component}
+    if version is not None:
+        out[consts.VERSION_LABEL] = version
+    return out
+
+
+def rayjob_name(name: str, version: str) -> str:
+    return dns_name(name, "train", version, limit=consts.RAYJOB_NAME_MAX)
+
+
+def manifest_configmap_name(name: str, version: str) -> str:
+    """`<name>-<version>-manifest`, the contract with fusionrec.train (ConfigMap names may hold dots)."""
+    return f"{name}-{version}-manifest"
+
+
+def metrics_service_name(name: str) -> str:
+    return f"{name}-metrics"
+
+
+def serve_endpoint(name: str, namespace: str) -> str:
+    """KubeRay names the serving Service `<rayservice>-serve-svc`."""
+    return f"http://{name}-serve-svc.{namespace}.svc:{consts.SERVE_PORT}"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One PersistentVolumeClaim mounted at /mnt/models/<claim>."""
+
+    claim: str
+
+    @property
+    def name(self) -> str:
+        return dns_name("pvc", self.claim)
+
+    @property
+    def mount_path(self) -> str:
+        return f"{consts.MODELS_MOUNT_ROOT}/{self.claim}"
+
+
+def pod_path(uri: str, field: str) -> tuple[str, Volume | None]:
+    """Where a URI is read inside the Ray pods: pvc://claim/p -> /mnt/models/claim/p plus the volume;
+    anything else (s3://, gs://, hf://, pkg://, paths baked into the image) passes through."""
+    if not uri.startswith("pvc://"):
+        return uri, None
+    claim, _, rest = uri[len("pvc://"):].partition("/")
+    if not _CLAIM.match(claim):
+        raise UserError(f"{uri!r} does not start with a valid PersistentVolumeClaim name (pvc://<claim>/<path>)",
+                        field=field)
+    volume = Volume(claim)
+    return (f"{volume.mount_path}/{rest}".rstrip("/") if rest else volume.mount_path), volume
+
+
+def artifact_uri(storage_uri: str, name: str, version: str) -> str:
+    """`<spec.storage.uri>/<metadata.name>/<version>`: where the RayJob writes and serving reads."""
+    return f"{storage_uri.rstrip('/')}/{name}/{version}"
+
+
+def container_resources(cpu: str | float, memory: str, gpu: float) -> dict[str, Any]:
+    """Requests equal limits (Guaranteed QoS for serving); GPUs must be whole on a pod."""
+    amounts: dict[str, Any] = {"cpu": str(cpu), "memory": memory}
+    if gpu > 0:
+        amounts["nvidia.com/gpu"] = str(math.ceil(gpu))
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _ports(serve: bool) -> list[dict[str, Any]]:
+    ports = [{"name": "metrics", "containerPort": consts.RAY_METRICS_PORT, "protocol": "TCP"}]
+    if serve:
+        ports.append({"name": "serve", "containerPort": consts.SERVE_PORT, "protocol": "TCP"})
+    return ports
+
+
+def pod_template(
+    *,
+    config: OperatorConfig,
+    container_name: str,
+    resources: dict[str, Any],
+    pod_labels: dict[str, str],
+    volumes: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+    head: bool,
+    serve: bool,
+) -> dict[str, Any]:
+    ports = _ports(serve)
+    if head:
+        ports = [{"name": "gcs-server", "containerPort": 6379, "protocol": "TCP"},
+                 {"name": "dashboard", "containerPort": 8265, "protocol": "TCP"},
+                 {"name": "client", "containerPort": 10001, "protocol": "TCP"}, *ports]
+    container: dict[str, Any] = {
+        "name": container_name,
+        "image": config.ray_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "resources": resources,
+        "ports": ports,
+    }
+    if mounts:
+        container["volumeMounts"] = mounts
+    spec: dict[str, Any] = {"containers": [container]}
+    if volumes:
+        spec["volumes"] = volumes
+    return {"metadata": {"labels": pod_labels}, "spec": spec}
+
+
+def pvc_volumes(found: list[Volume], *, read_only: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, container mounts) for each distinct claim, in first-seen order."""
+    unique = list(dict.fromkeys(found))
+    volumes = [{"name": v.name, "persistentVolumeClaim": {"claimName": v.claim, "readOnly": read_only}}
+               for v in unique]
+    mounts = [{"name": v.name, "mountPath": v.mount_path, "readOnly": read_only} for v in unique]
+    return volumes, mounts
+
+
+def check_cluster_spec(name: str, storage_uri: str) -> None:
+    """What a spec needs on a cluster beyond what the CLI needs; raises UserError naming the field."""
+    if not _DNS_LABEL.match(name) or len(name) > 47:
+        raise UserError(f"{name!r} must be a DNS-1035 label (a lowercase letter first) of at most 47 characters, "
+                        "as KubeRay requires of the RayService named after it", field="metadata.name")
+    if not storage_uri.startswith(SHARED_SCHEMES):
+        raise UserError(
+            f"{storage_uri!r} is not shared storage; the training RayJob and the serving RayService run in "
+            "different pods, so artifacts must live on pvc://<claim>/<path>, s3:// or gs://",
+            field="spec.storage.uri",
+        )
+    pod_path(storage_uri, "spec.storage.uri")

@@ -1,0 +1,128 @@
+"""The serving child: one KubeRay RayService per FusionRecommender.
+
+Canary traffic is split inside the Serve application (one router, one deployment per model version), so
+a rollout step only rewrites `serveConfigV2` in place; the Ray cluster spec stays byte-identical across
+versions, which is what lets KubeRay apply the change without starting a second cluster.
+
+Contract with fusionrec.serving: one application `fusionrec` at `/`, built by
+`fusionrec.serving.app:build_app` from `args: {name, versions: [{version, artifact, weight}], serving}`,
+weights integers summing to 100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from fusionrec.operator import consts
+from fusionrec.operator.builders.common import (
+    artifact_uri,
+    container_resources,
+    labels,
+    pod_path,
+    pod_template,
+    pvc_volumes,
+)
+from fusionrec.operator.config import OperatorConfig
+
+from fusionrec.spec import Manifest
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    version: str
+    weight: int
+
+
+def _check_weights(versions: Sequence[ServedVersion]) -> None:
+    if not versions:
+        raise ValueError("a RayService needs at least one version to serve")
+    names = [v.version for v in versions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"served versions repeat: {names}")
+    weights = [v.weight for v in versions]
+    if any(w < 0 for w in weights) or sum(weights) != 100:
+        raise ValueError(f"version weights must be non-negative integers summing to 100, got {weights}")
+
+
+def serving_args(manifest: Manifest, versions: Sequence[ServedVersion]) -> dict[str, Any]:
+    """The `args` of the Serve application; artifact paths are as the Ray pods see them."""
+    _check_weights(versions)
+    spec = manifest.spec
+    serving = spec.serving.model_dump(by_alias=True, mode="json")
+    if spec.serving.auth.secret_ref:
+        # The pods cannot read Secrets through the API; the Secret is mounted and its file handed over.
+        serving["auth"]["tokenFile"] = f"{consts.AUTH_DIR}/{consts.AUTH_TOKENS_KEY}"
+    entries = []
+    for served in versions:
+        artifact, _ = pod_path(artifact_uri(spec.storage.uri, manifest.metadata.name, served.version),
+                               "spec.storage.uri")
+        entries.append({"version": served.version, "artifact": artifact, "weight": served.weight})
+    return {"name": manifest.metadata.name, "versions": entries, "serving": serving}
+
+
+def build_serve_config(manifest: Manifest, versions: Sequence[ServedVersion]) -> dict[str, Any]:
+    """The serveConfigV2 document (before it is dumped to the YAML string KubeRay expects)."""
+    return {"applications": [{
+        "name": consts.SERVE_APP_NAME,
+        "route_prefix": "/",
+        "import_path": consts.SERVE_IMPORT_PATH,
+        "args": serving_args(manifest, versions),
+    }]}
+
+
+def parse_serve_versions(rayservice: dict[str, Any]) -> list[ServedVersion]:
+    """The versions and weights a RayService currently serves (empty when it has no fusionrec app)."""
+    text = rayservice.get("spec", {}).get("serveConfigV2") or ""
+    document = yaml.safe_load(text) or {}
+    for app in document.get("applications", []):
+        if app.get("name") == consts.SERVE_APP_NAME:
+            return [ServedVersion(v["version"], int(v["weight"])) for v in app.get("args", {}).get("versions", [])]
+    return []
+
+
+def build_rayservice(manifest: Manifest, versions: Sequence[ServedVersion], config: OperatorConfig) -> dict[str, Any]:
+    name = manifest.metadata.name
+    spec = manifest.spec
+    _, storage_volume = pod_path(spec.storage.uri, "spec.storage.uri")
+    volumes, mounts = pvc_volumes([storage_volume] if storage_volume else [], read_only=True)
+    if spec.serving.auth.secret_ref:
+        volumes.append({"name": "auth-tokens", "secret": {
+            "secretName": spec.serving.auth.secret_ref,
+            "items": [{"key": consts.AUTH_TOKENS_KEY, "path": consts.AUTH_TOKENS_KEY}],
+        }})
+        mounts.append({"name": "auth-tokens", "mountPath": consts.AUTH_DIR, "readOnly": True})
+    pod_labels = labels(name, "serving")
+    res = spec.serving.resources
+    head = pod_template(config=config, container_name="ray-head",
+                        resources=container_resources(config.head_cpu, config.head_memory, 0),
+                        pod_labels=pod_labels, volumes=volumes, mounts=mounts, head=True, serve=True)
+    worker = pod_template(config=config, container_name="ray-worker",
+                          resources=container_resources(res.cpu, res.memory, res.gpu),
+                          pod_labels=pod_labels, volumes=volumes, mounts=mounts, head=False, serve=True)
+    serve_config = yaml.safe_dump(build_serve_config(manifest, versions), sort_keys=False)
+    return {
+        "apiVersion": f"{consts.RAY_GROUP}/{consts.RAY_VERSION}",
+        "kind": consts.RAYSERVICE_KIND,
+        "metadata": {"name": name, "namespace": manifest.metadata.namespace, "labels": labels(name, "serving")},
+        "spec": {
+            "serveConfigV2": serve_config,
+            "rayClusterConfig": {
+                "enableInTreeAutoscaling": True,
+                "headGroupSpec": {
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                    "template": head,
+                },
+                "workerGroupSpecs": [{
+                    "groupName": "serve",
+                    "replicas": spec.serving.min_replicas,
+                    "minReplicas": spec.serving.min_replicas,
+                    "maxReplicas": spec.serving.max_replicas,
+                    "rayStartParams": {},
+                    "template": worker,
+                }],
+            },
+        },
+    }

@@ -1,0 +1,89 @@
+"""Names the operator shares with the cluster: API groups, kinds, plurals, labels and in-pod paths.
+
+Kept in one place (as mysql-operator's `controller/consts.py` does) because the CRD, the builders, the
+handlers and the tests must agree on every one of them; a typo in a plural is a 404 at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fusionrec.spec import API_GROUP, API_VERSION, KIND
+
+GROUP = API_GROUP
+VERSION = API_VERSION
+PLURAL = "fusionrecommenders"
+SINGULAR = "fusionrecommender"
+SHORT_NAMES = ("frec",)
+CATEGORIES = ("fusionrec",)
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# KubeRay (the CRDs vendored under shared/vendor/kuberay-crds are v1.7.0; ray.io/v1 is the storage version).
+RAY_GROUP = "ray.io"
+RAY_VERSION = "v1"
+RAYJOB_KIND = "RayJob"
+RAYSERVICE_KIND = "RayService"
+
+# Prometheus Operator.
+MONITORING_GROUP = "monitoring.coreos.com"
+MONITORING_VERSION = "v1"
+SERVICE_MONITOR_KIND = "ServiceMonitor"
+
+# Labels put on every child; `NAME_LABEL` also selects the serving pods for the metrics Service.
+NAME_LABEL = f"{GROUP}/name"
+VERSION_LABEL = f"{GROUP}/version"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY = "fusionrec-operator"
+STANDARD_LABELS = {"app.kubernetes.io/name": "fusion-recommender", "app.kubernetes.io/managed-by": MANAGED_BY}
+
+# Paths inside the Ray pods.
+MANIFEST_DIR = "/etc/fusionrec"
+MANIFEST_KEY = "manifest.yaml"
+AUTH_DIR = "/etc/fusionrec/auth"
+AUTH_TOKENS_KEY = "tokens"
+MODELS_MOUNT_ROOT = "/mnt/models"
+
+# The serving application inside serveConfigV2 (contract with fusionrec.serving).
+SERVE_APP_NAME = "fusionrec"
+SERVE_IMPORT_PATH = "fusionrec.serving.app:build_app"
+SERVE_PORT = 8000
+RAY_METRICS_PORT = 8080
+
+# KubeRay limits the RayJob name so that the names it derives (RayCluster, submitter Job, Services) stay
+# valid DNS labels.
+RAYJOB_NAME_MAX = 47
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A Kubernetes resource type as the REST API addresses it."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+        """The REST path, e.g. /apis/ray.io/v1/namespaces/recs/rayjobs/shop-train-v3."""
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+            if subresource:
+                base += f"/{subresource}"
+        return base
+
+
+FUSIONRECOMMENDERS = Resource(GROUP, VERSION, PLURAL, KIND)
+RAYJOBS = Resource(RAY_GROUP, RAY_VERSION, "rayjobs", RAYJOB_KIND)
+RAYSERVICES = Resource(RAY_GROUP, RAY_VERSION, "rayservices", RAYSERVICE_KIND)
+SERVICE_MONITORS = Resource(MONITORING_GROUP, MONITORING_VERSION, "servicemonitors", SERVICE_MONITOR_KIND)
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
+SERVICES = Resource("", "v1", "services", "Service")

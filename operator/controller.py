@@ -1,0 +1,380 @@
+"""One reconcile of one FusionRecommender: read it fresh, decide, record the decision, then act on children.
+
+Level-based and idempotent: every call recomputes the children from the spec and the status, so the
+kopf change handlers and the periodic timer can both call it, and an operator restarted at any point
+picks up where the status says it was. The status is written *before* the RayService is changed, so a
+crash between the two leaves the status ahead and the next reconcile finishes the step, instead of
+repeating one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, NoReturn, Protocol
+
+import kopf
+from fusionrec.operator import consts, rollout
+from fusionrec.operator.builders import (
+    ServedVersion,
+    build_manifest_configmap,
+    build_metrics_service,
+    build_rayjob,
+    build_rayservice,
+    build_service_monitor,
+)
+from fusionrec.operator.builders.common import check_cluster_spec, rayjob_name, serve_endpoint
+from fusionrec.operator.config import OperatorConfig
+from fusionrec.operator.cron import CronSchedule
+from fusionrec.operator.kube import KubeApi, KubeApiError
+from fusionrec.operator.metrics import OperatorMetrics
+from fusionrec.operator.observe import JobState, observe_rayjob, observe_rayservice
+from fusionrec.operator.prometheus import MetricsSource, PrometheusError
+from fusionrec.operator.status import (
+    AnalysisMetrics,
+    ConditionStatus,
+    ConditionType,
+    FusionRecommenderStatus,
+    Reason,
+    derive_phase,
+    format_time,
+    parse_time,
+    remove_condition,
+    set_condition,
+)
+
+from fusionrec.errors import UserError, manifest_from_dict
+from fusionrec.spec import Manifest
+
+log = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    def __call__(self, type_: str, reason: str, message: str) -> None: ...
+
+
+class InvalidSpec(Exception):
+    """The spec cannot work on a cluster; retrying without a spec change cannot help."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def parse_manifest(body: dict[str, Any]) -> Manifest:
+    meta = body.get("metadata", {})
+    document = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
+    manifest = manifest_from_dict(document, source=f"FusionRecommender {meta.get('namespace')}/{meta.get('name')}")
+    check_cluster_spec(manifest.metadata.name, manifest.spec.storage.uri)
+    if manifest.spec.training.schedule:
+        try:
+            CronSchedule.parse(manifest.spec.training.schedule)
+        except ValueError as exc:
+            raise UserError(str(exc), field="spec.training.schedule") from None
+    return manifest
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON (and so the status) has no infinity: a p99 beyond the last bucket is recorded as unknown,
+    while the verdict message still says it breached."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def retrain_version(base: str, moment: datetime) -> str:
+    """A scheduled retrain's version: `<spec.version>-r<UTC yyyymmddhhmm>`, within the spec's 40 characters."""
+    return f"{base[:26].rstrip('-.')}-r{moment.astimezone(timezone.utc):%Y%m%d%H%M}"
+
+
+@dataclass
+class Controller:
+    kube: KubeApi
+    config: OperatorConfig
+    metrics_source: MetricsSource | None = None
+    operator_metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    clock: Callable[[], datetime] = utcnow
+
+    async def reconcile(self, namespace: str, name: str, events: EventSink) -> FusionRecommenderStatus | None:
+        """Raises InvalidSpec for a spec that cannot work (after recording it in the status)."""
+        body = await self.kube.get(consts.FUSIONRECOMMENDERS, namespace, name)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return None  # children go with it through their owner references
+        run = _Reconcile(self, body, events)
+        await run.run()
+        return run.status
+
+
+class _Reconcile:
+    """The state of one reconcile; methods in the order they run."""
+
+    def __init__(self, controller: Controller, body: dict[str, Any], events: EventSink) -> None:
+        self.c = controller
+        self.body = body
+        self.events = events
+        meta = body["metadata"]
+        self.name: str = meta["name"]
+        self.namespace: str = meta["namespace"]
+        self.generation: int | None = meta.get("generation")
+        self.now = controller.clock()
+        self.status = FusionRecommenderStatus.from_body(body)
+        self.written = self.status.to_patch()
+        self.manifest: Manifest
+
+    def condition(self, type_: ConditionType, value: ConditionStatus, reason: Reason, message: str) -> bool:
+        return set_condition(self.status, type_, value, reason, message, now=self.now, generation=self.generation)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        log.info("%s/%s: %s: %s", self.namespace, self.name, reason, message)
+        self.events(type_, reason, message)
+
+    def adopt(self, child: dict[str, Any]) -> dict[str, Any]:
+        kopf.adopt(child, owner=self.body)
+        return child
+
+    async def run(self) -> None:
+        try:
+            self.manifest = parse_manifest(self.body)
+        except UserError as exc:
+            await self.invalid(exc)
+        self.condition(ConditionType.SPEC_VALID, "True", Reason.VALID, "the spec is valid")
+        try:
+            await self.monitoring()
+            await self.select_version()
+            await self.training()
+            await self.rollout()
+            await self.write()
+            await self.serving()
+        except UserError as exc:  # e.g. a child of the same name that belongs to someone else
+            await self.invalid(exc)
+        except KubeApiError as exc:
+            if exc.status == 404 and exc.method == "POST":  # the API server does not serve that kind at all
+                await self.dependency_missing(exc)
+            raise
+        await self.write()
+
+    async def dependency_missing(self, exc: KubeApiError) -> None:
+        """KubeRay (or the children's CRDs) missing is a cluster problem, not a spec one: retried, and shown."""
+        message = (f"the API server does not serve {exc.path} (is KubeRay installed, with its RayJob and "
+                   f"RayService CRDs?): {exc}")
+        if self.condition(ConditionType.READY, "False", Reason.DEPENDENCY_MISSING, message):
+            self.event("Warning", Reason.DEPENDENCY_MISSING, message)
+        await self.write()
+
+    async def invalid(self, exc: UserError) -> NoReturn:
+        if self.condition(ConditionType.SPEC_VALID, "False", Reason.INVALID_SPEC, exc.render()):
+            self.event("Warning", Reason.INVALID_SPEC, exc.render())
+        await self.write()
+        raise InvalidSpec(exc.render())
+
+    async def write(self) -> None:
+        self.status.phase = derive_phase(self.status)
+        self.status.observed_generation = self.generation
+        patch = self.status.to_patch()
+        if patch != self.written:
+            await self.c.kube.patch(consts.FUSIONRECOMMENDERS, self.namespace, self.name, {"status": patch},
+                                    subresource="status")
+            self.written = patch
+        labels = {"namespace": self.namespace, "name": self.name}
+        self.c.operator_metrics.rollout_weight.labels(**labels).set(self.status.canary_weight)
+        step = self.status.rollout_step
+        self.c.operator_metrics.rollout_step.labels(**labels).set(-1 if step is None else step)
+
+    # --- monitoring ---------------------------------------------------------------------------------------
+
+    async def monitoring(self) -> None:
+        service = build_metrics_service(self.name, self.namespace)
+        monitor = build_service_monitor(self.name, self.namespace)
+        if not self.manifest.spec.monitoring.service_monitor:
+            if self.status.condition(ConditionType.MONITORING) is not None:
+                await self.c.kube.delete(consts.SERVICE_MONITORS, self.namespace, self.name)
+                await self.c.kube.delete(consts.SERVICES, self.namespace, service["metadata"]["name"])
+                remove_condition(self.status, ConditionType.MONITORING)
+            return
+        await self.c.kube.ensure(consts.SERVICES, self.adopt(service))
+        try:
+            await self.c.kube.ensure(consts.SERVICE_MONITORS, self.adopt(monitor))
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+            message = ("monitoring.serviceMonitor is set but the ServiceMonitor CRD (monitoring.coreos.com/v1) is "
+                       "not installed; install Prometheus Operator or turn monitoring.serviceMonitor off")
+            if self.condition(ConditionType.MONITORING, "False", Reason.SERVICE_MONITOR_CRD_MISSING, message):
+                self.event("Warning", Reason.SERVICE_MONITOR_CRD_MISSING, message)
+            return
+        self.condition(ConditionType.MONITORING, "True", Reason.SERVICE_MONITOR_CREATED,
+                       f"ServiceMonitor {self.name} scrapes Service {service['metadata']['name']}")
+
+    # --- which version to build ------------------------------------------------------------------------------
+
+    async def select_version(self) -> None:
+        st, spec = self.status, self.manifest.spec
+        if st.spec_version != spec.version:
+            st.spec_version = spec.version
+            if spec.version == st.current_version:
+                if st.candidate_version:
+                    await self.drop_candidate(f"spec.version is back to {spec.version}, which is serving")
+                return
+            if spec.version == st.candidate_version:
+                return
+            if st.candidate_version:
+                await self.drop_candidate(f"superseded by spec.version {spec.version}")
+            await self.start_candidate(spec.version, "spec.version changed")
+            return
+        if spec.training.schedule and not st.candidate_version:
+            created = parse_time(self.body["metadata"].get("creationTimestamp"))
+            since = parse_time(st.last_scheduled_run) or created or self.now
+            due = CronSchedule.parse(spec.training.schedule).next_after(since)
+            if self.now >= due:
+                st.last_scheduled_run = format_time(self.now)
+                await self.start_candidate(retrain_version(spec.version, self.now),
+                                           f"training.schedule {spec.training.schedule!r} fired at {format_time(due)}")
+
+    async def start_candidate(self, version: str, why: str) -> None:
+        st = self.status
+        st.candidate_version = version
+        st.rollout_step, st.canary_weight, st.step_started_at, st.rollout_paused = None, 0, None, False
+        st.metrics = None
+        st.training_job = rayjob_name(self.name, version)
+        await self.ensure_training_children(version)
+        self.condition(ConditionType.TRAINED, "False", Reason.TRAINING_RUNNING,
+                       f"RayJob {st.training_job} trains version {version} ({why})")
+        self.condition(ConditionType.ROLLED_OUT, "Unknown", Reason.NOT_STARTED, f"{version} is training")
+        self.event("Normal", "TrainingStarted", f"RayJob {st.training_job} trains version {version} ({why})")
+        self.c.operator_metrics.training_jobs.labels(outcome="started").inc()
+
+    async def ensure_training_children(self, version: str) -> None:
+        configmap = self.adopt(build_manifest_configmap(self.manifest, version))
+        await self.c.kube.ensure(consts.CONFIGMAPS, configmap, update=False)
+        rayjob = self.adopt(build_rayjob(self.manifest, version, self.c.config))
+        await self.c.kube.ensure(consts.RAYJOBS, rayjob, update=False)
+
+    async def drop_candidate(self, why: str) -> None:
+        st = self.status
+        version = st.candidate_version
+        if st.rollout_step is None and st.training_job:  # still training: free its Ray cluster
+            await self.c.kube.delete(consts.RAYJOBS, self.namespace, st.training_job)
+            self.condition(ConditionType.TRAINED, "False", Reason.SUPERSEDED, f"training of {version} stopped: {why}")
+        else:
+            self.condition(ConditionType.ROLLED_OUT, "False", Reason.SUPERSEDED,
+                           f"rollout of {version} stopped at {st.canary_weight}%: {why}")
+        self.event("Normal", Reason.SUPERSEDED, f"candidate {version} dropped: {why}")
+        st.candidate_version, st.training_job = None, None
+        st.rollout_step, st.canary_weight, st.step_started_at, st.rollout_paused = None, 0, None, False
+
+    # --- training ------------------------------------------------------------------------------------------
+
+    async def training(self) -> None:
+        st = self.status
+        if not st.candidate_version or st.rollout_step is not None or not st.training_job:
+            return
+        version = st.candidate_version
+        job = await self.c.kube.get(consts.RAYJOBS, self.namespace, st.training_job)
+        if job is None:  # e.g. deleted by hand: training is what the status asks for, so start it again
+            await self.ensure_training_children(version)
+            return
+        seen = observe_rayjob(job)
+        if seen.state == JobState.RUNNING:
+            self.condition(ConditionType.TRAINED, "False", Reason.TRAINING_RUNNING,
+                           f"RayJob {st.training_job} trains version {version}: {seen.message}")
+        elif seen.state == JobState.FAILED:
+            keeps = f"version {st.current_version} keeps serving" if st.current_version else "nothing is served yet"
+            message = f"RayJob {st.training_job} for version {version} failed: {seen.message}; {keeps}"
+            self.condition(ConditionType.TRAINED, "False", Reason.TRAINING_FAILED, message)
+            self.condition(ConditionType.ROLLED_OUT, "Unknown", Reason.NOT_STARTED, f"{version} did not train")
+            self.event("Warning", Reason.TRAINING_FAILED, message)
+            self.c.operator_metrics.training_jobs.labels(outcome="failed").inc()
+            st.failed_version, st.candidate_version = version, None
+        else:
+            self.condition(ConditionType.TRAINED, "True", Reason.TRAINING_SUCCEEDED,
+                           f"RayJob {st.training_job} trained, evaluated and compiled version {version}")
+            self.event("Normal", Reason.TRAINING_SUCCEEDED, f"version {version} is trained; rolling it out")
+            self.c.operator_metrics.training_jobs.labels(outcome="succeeded").inc()
+            state, outcome = rollout.begin(st.current_version, version, self.manifest.spec.rollout, self.now)
+            self.apply(state, outcome, None)
+
+    # --- rollout -------------------------------------------------------------------------------------------
+
+    def state(self) -> rollout.RolloutState:
+        st = self.status
+        return rollout.RolloutState(current=st.current_version, candidate=st.candidate_version, step=st.rollout_step,
+                                    weight=st.canary_weight, step_started_at=parse_time(st.step_started_at),
+                                    paused=st.rollout_paused)
+
+    async def rollout(self) -> None:
+        state, spec = self.state(), self.manifest.spec.rollout
+        if not rollout.is_due(state, spec, self.now):
+            return
+        verdict = await self.analyse(state)
+        new_state, outcome = rollout.decide(state, spec, verdict, self.now)
+        self.apply(new_state, outcome, verdict)
+
+    async def analyse(self, state: rollout.RolloutState) -> rollout.Verdict:
+        if not self.status.condition_is(ConditionType.READY, "True"):
+            return rollout.Verdict(None, "the RayService is not Ready, so the candidate's metrics would mislead")
+        source = self.c.metrics_source
+        if source is None:
+            return rollout.Verdict(True, "not gated: no Prometheus configured (FUSIONREC_PROMETHEUS_URL)")
+        analysis = self.manifest.spec.rollout.analysis
+        try:
+            measured = await source.measure(namespace=self.namespace, name=self.name, version=state.candidate or "",
+                                            window_seconds=analysis.window_seconds)
+        except PrometheusError as exc:
+            return rollout.Verdict(None, str(exc))
+        verdict = rollout.judge(measured, analysis, require_traffic=state.weight > 0)
+        self.status.metrics = AnalysisMetrics(
+            version=state.candidate or "", error_rate=_finite(measured.error_rate),
+            p99_latency_ms=_finite(measured.p99_latency_ms), requests_per_second=_finite(measured.requests_per_second),
+            window_seconds=analysis.window_seconds, verdict=verdict.label, analyzed_at=format_time(self.now))
+        return verdict
+
+    def apply(self, state: rollout.RolloutState, outcome: rollout.Outcome, verdict: rollout.Verdict | None) -> None:
+        st = self.status
+        candidate = st.candidate_version
+        st.current_version, st.candidate_version = state.current, state.candidate
+        st.rollout_step, st.canary_weight, st.rollout_paused = state.step, state.weight, state.paused
+        st.step_started_at = format_time(state.step_started_at) if state.step_started_at else None
+        why = f": {verdict.message}" if verdict else ""
+        if outcome != rollout.Outcome.WAITING:
+            self.c.operator_metrics.rollout_outcomes.labels(outcome=outcome.value).inc()
+        if outcome == rollout.Outcome.STEPPED:
+            total = len(rollout.schedule(self.manifest.spec.rollout))
+            message = f"{candidate} takes {state.weight}% of traffic (step {(state.step or 0) + 1} of {total}){why}"
+            self.condition(ConditionType.ROLLED_OUT, "False", Reason.CANARY_IN_PROGRESS, message)
+            self.event("Normal", "RolloutStep", message)
+        elif outcome == rollout.Outcome.PROMOTED:
+            message = f"{candidate} takes 100% of traffic{why}"
+            self.condition(ConditionType.ROLLED_OUT, "True", Reason.PROMOTED, message)
+            self.event("Normal", Reason.PROMOTED, message)
+        elif outcome == rollout.Outcome.ROLLED_BACK:
+            message = f"{candidate} rolled back, {state.current} takes 100% again{why}"
+            st.failed_version = candidate
+            self.condition(ConditionType.ROLLED_OUT, "False", Reason.ROLLED_BACK, message)
+            self.event("Warning", Reason.ROLLED_BACK, message)
+        elif outcome == rollout.Outcome.PAUSED:
+            message = f"{candidate} breached its SLO at {state.weight}%; autoRollback is off, so the weights stay{why}"
+            self.condition(ConditionType.ROLLED_OUT, "False", Reason.ROLLOUT_PAUSED, message)
+            self.event("Warning", Reason.ROLLOUT_PAUSED, message)
+        elif outcome == rollout.Outcome.HELD:
+            message = f"{candidate} stays at {state.weight}%: analysis inconclusive{why}"
+            if self.condition(ConditionType.ROLLED_OUT, "False", Reason.ANALYSIS_INCONCLUSIVE, message):
+                self.event("Normal", Reason.ANALYSIS_INCONCLUSIVE, message)
+
+    # --- serving -------------------------------------------------------------------------------------------
+
+    async def serving(self) -> None:
+        weights = rollout.served_weights(self.state())
+        if not weights:
+            return
+        versions = [ServedVersion(version, weight) for version, weight in weights]
+        desired = self.adopt(build_rayservice(self.manifest, versions, self.c.config))
+        service, _ = await self.c.kube.ensure(consts.RAYSERVICES, desired)
+        self.status.endpoint = serve_endpoint(self.name, self.namespace)
+        seen = observe_rayservice(service)
+        if seen.ready:
+            self.condition(ConditionType.READY, "True", Reason.SERVICE_READY, seen.message)
+        elif seen.starting:
+            self.condition(ConditionType.READY, "False", Reason.SERVICE_STARTING, seen.message)
+        elif self.condition(ConditionType.READY, "False", Reason.SERVICE_UNHEALTHY, seen.message):
+            self.event("Warning", Reason.SERVICE_UNHEALTHY, seen.message)

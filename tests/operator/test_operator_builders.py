@@ -1,0 +1,179 @@
+"""Spec -> manifests, each one checked against the schema its API server would apply.
+
+Core kinds go through kubernetes-validate --strict (Kubernetes 1.37 schemas); RayJob and RayService
+through the vendored KubeRay v1.7.0 CRD schemas with unknown fields refused, and the pod templates they
+embed once more as strict core PodTemplates (KubeRay's CRD leaves pod specs loosely typed).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from _operator_apiserver import strict
+from fusionrec.operator import consts
+from fusionrec.operator.builders import (
+    ServedVersion,
+    build_manifest_configmap,
+    build_metrics_service,
+    build_rayjob,
+    build_rayservice,
+    build_serve_config,
+    build_service_monitor,
+)
+from fusionrec.operator.builders.common import check_cluster_spec, dns_name, pod_path
+from fusionrec.operator.builders.serving import parse_serve_versions
+from fusionrec.operator.config import OperatorConfig
+from fusionrec.operator.controller import parse_manifest
+
+from fusionrec.errors import UserError, manifest_from_dict
+
+K8S = "1.37.0"
+CONFIG = OperatorConfig(ray_image="registry.example/fusionrec/ray-runtime:0.1.0")
+
+
+def validate_core(obj: dict[str, Any]) -> None:
+    kubernetes_validate.validate(obj, K8S, strict=True)
+
+
+def validate_kuberay(obj: dict[str, Any], schema: dict[str, Any], cluster_key: str) -> None:
+    jsonschema.Draft4Validator(strict(schema)).validate(obj)
+    cluster = obj["spec"][cluster_key]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        validate_core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+                       "template": group["template"]})
+
+
+def test_manifest_configmap_follows_the_training_contract(manifest):
+    cm = build_manifest_configmap(manifest, "v3")
+    validate_core(cm)
+    assert cm["metadata"]["name"] == "shop-recs-v3-manifest"
+    document = yaml.safe_load(cm["data"]["manifest.yaml"])
+    rendered = manifest_from_dict(document)  # what fusionrec.train will parse
+    assert rendered.spec.version == "v3" and rendered.metadata.name == "shop-recs"
+    assert rendered.spec.encoders[0].source == "/mnt/models/models/minilm"  # pvc:// rewritten for the pod
+    assert rendered.spec.encoders[1].source == "pkg://all_mpnet_base_v2"
+    assert rendered.spec.storage.uri == "/mnt/models/fusionrec-artifacts/runs"
+    assert rendered.spec.data.interactions == "s3://bucket/inter.parquet"
+    assert rendered.spec.training.epochs == 5
+
+
+def test_rayjob_trains_with_the_contract_entrypoint(manifest, rayjob_schema):
+    job = build_rayjob(manifest, "v3", CONFIG)
+    validate_kuberay(job, rayjob_schema, "rayClusterSpec")
+    spec = job["spec"]
+    assert shlex.split(spec["entrypoint"]) == [
+        "python", "-m", "fusionrec.train", "--manifest", "/etc/fusionrec/manifest.yaml",
+        "--output", "/mnt/models/fusionrec-artifacts/runs/shop-recs/v3"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 4
+    container = workers["template"]["spec"]["containers"][0]
+    assert container["image"] == CONFIG.ray_image
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert "/etc/fusionrec" in mounts and not mounts["/mnt/models/fusionrec-artifacts"]["readOnly"]
+    assert "/mnt/models/models" in mounts  # the pvc:// encoder's claim
+    volumes = {v["name"]: v for v in workers["template"]["spec"]["volumes"]}
+    assert volumes["manifest"]["configMap"]["name"] == "shop-recs-v3-manifest"
+    assert job["metadata"]["labels"][consts.VERSION_LABEL] == "v3"
+
+
+def test_rayjob_name_fits_kuberay_limit_for_long_versions(manifest):
+    long = "release-2025.01.31-with-a-very-long-name"
+    names = {build_rayjob(manifest, v, CONFIG)["metadata"]["name"] for v in (long, long + "x")}
+    assert len(names) == 2
+    for name in names:
+        assert len(name) <= consts.RAYJOB_NAME_MAX and "." not in name
+
+
+def test_rayjob_passes_s3_storage_through(design_cr, rayjob_schema):
+    design_cr["spec"]["storage"] = {"uri": "s3://bucket/models"}
+    job = build_rayjob(parse_manifest(design_cr), "v3", CONFIG)
+    validate_kuberay(job, rayjob_schema, "rayClusterSpec")
+    assert job["spec"]["entrypoint"].endswith("--output s3://bucket/models/shop-recs/v3")
+
+
+def test_rayservice_serves_the_contract_application(manifest, rayservice_schema):
+    versions = [ServedVersion("v2", 90), ServedVersion("v3", 10)]
+    service = build_rayservice(manifest, versions, CONFIG)
+    validate_kuberay(service, rayservice_schema, "rayClusterConfig")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    (app,) = config["applications"]
+    assert (app["name"], app["route_prefix"]) == ("fusionrec", "/")
+    assert app["import_path"] == "fusionrec.serving.app:build_app"
+    assert app["args"]["name"] == "shop-recs"
+    assert app["args"]["versions"] == [
+        {"version": "v2", "artifact": "/mnt/models/fusionrec-artifacts/runs/shop-recs/v2", "weight": 90},
+        {"version": "v3", "artifact": "/mnt/models/fusionrec-artifacts/runs/shop-recs/v3", "weight": 10}]
+    serving = app["args"]["serving"]
+    assert serving["maxReplicas"] == 8 and serving["maxBatchSize"] == 64  # spec.serving, by alias
+    assert serving["auth"] == {"secretRef": "recs-tokens", "tokenFile": "/etc/fusionrec/auth/tokens", "tokenEnv": None}
+    assert parse_serve_versions(service) == versions
+    workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert (workers["minReplicas"], workers["maxReplicas"]) == (1, 8)
+    pod = workers["template"]["spec"]
+    auth_mount = {"name": "auth-tokens", "mountPath": "/etc/fusionrec/auth", "readOnly": True}
+    assert auth_mount in pod["containers"][0]["volumeMounts"]
+    assert pod["containers"][0]["resources"]["requests"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
+
+
+def test_canary_steps_change_only_the_serve_config(manifest):
+    """KubeRay updates serveConfigV2 in place only while the cluster spec is unchanged."""
+    before = build_rayservice(manifest, [ServedVersion("v2", 100)], CONFIG)
+    after = build_rayservice(manifest, [ServedVersion("v2", 50), ServedVersion("v3", 50)], CONFIG)
+    assert before["spec"]["rayClusterConfig"] == after["spec"]["rayClusterConfig"]
+    assert before["spec"]["serveConfigV2"] != after["spec"]["serveConfigV2"]
+
+
+@pytest.mark.parametrize("weights", [
+    [("v2", 60), ("v3", 30)],  # sums to 90
+    [("v2", 100), ("v2", 0)],  # a version twice
+    [],
+    [("v2", 101), ("v3", -1)],  # negative
+])
+def test_serve_config_refuses_bad_weights(manifest, weights):
+    with pytest.raises(ValueError):
+        build_serve_config(manifest, [ServedVersion(v, w) for v, w in weights])
+
+
+def test_metrics_service_and_service_monitor_line_up(manifest):
+    service = build_metrics_service("shop-recs", "recs")
+    validate_core(service)
+    monitor = build_service_monitor("shop-recs", "recs")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "ServiceMonitor"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= port_names
+    # The Service must select the serving pods, not the training ones.
+    serving_pod = build_rayservice(manifest, [ServedVersion("v3", 100)], CONFIG)["spec"]["rayClusterConfig"]
+    pod_labels = serving_pod["workerGroupSpecs"][0]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    training_labels = build_rayjob(manifest, "v3", CONFIG)["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    assert not service["spec"]["selector"].items() <= training_labels["metadata"]["labels"].items()
+    target_ports = {p["targetPort"] for p in service["spec"]["ports"]}
+    container_ports = {p["name"] for p in serving_pod["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert target_ports <= container_ports
+
+
+def test_cluster_checks_name_the_field():
+    with pytest.raises(UserError, match="spec.storage.uri: './runs' is not shared storage"):
+        check_cluster_spec("shop-recs", "./runs")
+    with pytest.raises(UserError, match="metadata.name"):
+        check_cluster_spec("9-shop", "s3://b/x")
+    with pytest.raises(UserError, match="spec.storage.uri: 'pvc:///x' does not start with a valid"):
+        check_cluster_spec("shop", "pvc:///x")
+
+
+def test_pod_paths_and_names():
+    assert pod_path("pvc://models/a/b", "f")[0] == "/mnt/models/models/a/b"
+    assert pod_path("pvc://models", "f")[0] == "/mnt/models/models"
+    assert pod_path("s3://b/k", "f") == ("s3://b/k", None)
+    assert dns_name("shop", "train", "v1.2") == "shop-train-v1-2"
+    assert len(dns_name("x" * 80, limit=47)) == 47

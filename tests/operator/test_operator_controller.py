@@ -1,0 +1,357 @@
+"""The reconcile logic end to end, in-process: the real Controller and KubeApi against kmock's emulator,
+with a fake clock and a fake metrics source (the real Prometheus and the real operator process are in
+test_operator_prometheus_real.py and test_operator_kmock.py)."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import kmock
+import kopf
+import pytest
+import pytest_asyncio
+from fusionrec.operator import consts
+from fusionrec.operator.builders.serving import ServedVersion, parse_serve_versions
+from fusionrec.operator.config import OperatorConfig
+from fusionrec.operator.controller import Controller, InvalidSpec
+from fusionrec.operator.kube import KubeApi, KubeApiError
+from fusionrec.operator.prometheus import PrometheusError
+from fusionrec.operator.rollout import Measurement
+from fusionrec.operator.status import ConditionType, FusionRecommenderStatus, Phase
+
+NS, NAME = "recs", "shop-recs"
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+GOOD = Measurement(requests_per_second=20.0, error_rate=0.001, p99_latency_ms=12.0)
+BAD = Measurement(requests_per_second=20.0, error_rate=0.2, p99_latency_ms=12.0)
+
+
+class FakeMetrics:
+    """MetricsSource whose answers the test sets per version."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Measurement | Exception] = {}
+        self.asked: list[str] = []
+
+    async def measure(self, *, namespace: str, name: str, version: str, window_seconds: int) -> Measurement:
+        self.asked.append(version)
+        answer = self.answers.get(version, Measurement(None, None, None))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class Harness:
+    def __init__(self, emulator: Any, url: str) -> None:
+        self.emulator = emulator
+        self.kube = KubeApi(lambda: kopf.ConnectionInfo(server=url))
+        self.now = T0
+        self.metrics = FakeMetrics()
+        self.events: list[tuple[str, str, str]] = []
+        self.controller = self.new_controller()
+
+    def new_controller(self) -> Controller:
+        """A fresh controller, as after an operator restart: it keeps nothing but what the cluster holds."""
+        return Controller(kube=self.kube, config=OperatorConfig(), metrics_source=self.metrics, clock=lambda: self.now)
+
+    async def create(self, doc: dict[str, Any]) -> None:
+        await self.kube.create(consts.FUSIONRECOMMENDERS, NS, doc)
+
+    async def reconcile(self) -> FusionRecommenderStatus:
+        return await self.controller.reconcile(NS, NAME, lambda *event: self.events.append(event))
+
+    async def set_spec(self, **changes: Any) -> None:
+        body = self.get(consts.FUSIONRECOMMENDERS, NAME)
+        generation = body["metadata"].get("generation", 1) + 1
+        await self.kube.patch(consts.FUSIONRECOMMENDERS, NS, NAME,
+                              {"metadata": {"generation": generation}, "spec": changes})
+
+    async def finish_job(self, version: str, job_status: str, message: str = "") -> None:
+        name = f"{NAME}-train-{version}"
+        deployment = "Complete" if job_status == "SUCCEEDED" else "Failed"
+        await self.kube.patch(consts.RAYJOBS, NS, name, {"status": {
+            "jobStatus": job_status, "jobDeploymentStatus": deployment, "message": message}}, subresource="status")
+
+    async def service_ready(self, ready: bool = True) -> None:
+        await self.kube.patch(consts.RAYSERVICES, NS, NAME, {"status": {"conditions": [
+            {"type": "Ready", "status": str(ready), "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z",
+             "reason": "NonZeroServeEndpoints" if ready else "ZeroServeEndpoints"}]}}, subresource="status")
+
+    @staticmethod
+    def key(resource: consts.Resource, name: str) -> tuple[Any, str, str]:
+        return kmock.resource(resource.group, resource.version, resource.plural), NS, name
+
+    def get(self, resource: consts.Resource, name: str) -> dict[str, Any] | None:
+        key = self.key(resource, name)
+        if key not in self.emulator.objects or self.emulator.objects[key].deleted:
+            return None
+        return self.emulator.objects[key].raw
+
+    def versions(self, resource: consts.Resource, name: str) -> int:
+        return len(self.emulator.objects[self.key(resource, name)].history)
+
+    def served(self) -> list[ServedVersion]:
+        service = self.get(consts.RAYSERVICES, NAME)
+        return parse_serve_versions(service) if service else []
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.events]
+
+
+@pytest_asyncio.fixture
+async def h(kube_emulator):
+    harness = Harness(*kube_emulator)
+    yield harness
+    await harness.kube.close()
+
+
+@pytest.fixture
+def cr(design_cr):
+    doc = copy.deepcopy(design_cr)
+    doc["spec"]["version"] = "v1"
+    doc["spec"]["rollout"]["stepIntervalSeconds"] = 60
+    doc["spec"]["training"].pop("schedule")
+    return doc
+
+
+async def serve_v1(h: Harness, cr: dict[str, Any]) -> None:
+    await h.create(cr)
+    await h.reconcile()
+    await h.finish_job("v1", "SUCCEEDED")
+    await h.reconcile()
+    await h.service_ready()
+    status = await h.reconcile()
+    assert status.phase == Phase.SERVING and h.served() == [ServedVersion("v1", 100)]
+
+
+@pytest.mark.asyncio
+async def test_first_version_trains_then_serves(h, cr):
+    await h.create(cr)
+    status = await h.reconcile()
+    job = h.get(consts.RAYJOBS, "shop-recs-train-v1")
+    assert job is not None and h.get(consts.CONFIGMAPS, "shop-recs-v1-manifest") is not None
+    owner = job["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == \
+        ("FusionRecommender", NAME, cr["metadata"]["uid"], True)
+    assert status.phase == Phase.TRAINING and status.training_job == "shop-recs-train-v1"
+    assert h.get(consts.RAYSERVICES, NAME) is None  # nothing to serve before training succeeds
+
+    await h.finish_job("v1", "SUCCEEDED")
+    status = await h.reconcile()
+    assert h.served() == [ServedVersion("v1", 100)]
+    assert status.current_version == "v1" and status.phase == Phase.ROLLING_OUT  # RayService still starting
+    assert h.get(consts.RAYSERVICES, NAME)["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
+
+    await h.service_ready()
+    status = await h.reconcile()
+    assert status.phase == Phase.SERVING
+    assert status.endpoint == "http://shop-recs-serve-svc.recs.svc:8000"
+    assert status.observed_generation == 1
+    stored = h.get(consts.FUSIONRECOMMENDERS, NAME)["status"]
+    assert stored["phase"] == "Serving" and stored["currentVersion"] == "v1"
+    assert {c["type"]: c["status"] for c in stored["conditions"]} == {
+        "SpecValid": "True", "MonitoringReady": "True", "Trained": "True", "RolledOut": "True", "Ready": "True"}
+    assert h.get(consts.SERVICE_MONITORS, NAME) is not None and h.get(consts.SERVICES, "shop-recs-metrics")
+
+
+@pytest.mark.asyncio
+async def test_reconcile_is_idempotent(h, cr):
+    await serve_v1(h, cr)
+    keys = [(consts.FUSIONRECOMMENDERS, NAME), (consts.RAYSERVICES, NAME), (consts.RAYJOBS, "shop-recs-train-v1"),
+            (consts.SERVICE_MONITORS, NAME)]
+    before = [h.versions(*key) for key in keys]
+    for _ in range(3):
+        await h.reconcile()
+    assert [h.versions(*key) for key in keys] == before  # nothing written when nothing changed
+
+
+@pytest.mark.asyncio
+async def test_canary_with_good_metrics_walks_to_100(h, cr):
+    await serve_v1(h, cr)
+    await h.set_spec(version="v2")
+    status = await h.reconcile()
+    assert status.phase == Phase.TRAINING and h.served() == [ServedVersion("v1", 100)]
+    await h.finish_job("v2", "SUCCEEDED")
+    status = await h.reconcile()
+    assert h.served() == [ServedVersion("v1", 90), ServedVersion("v2", 10)]
+    assert (status.phase, status.candidate_version, status.canary_weight, status.rollout_step) == \
+        (Phase.ROLLING_OUT, "v2", 10, 0)
+
+    h.metrics.answers["v2"] = GOOD
+    h.now += timedelta(seconds=30)
+    await h.reconcile()
+    assert h.served()[1].weight == 10 and h.metrics.asked == []  # not due: no analysis yet
+    h.now += timedelta(seconds=30)
+    status = await h.reconcile()
+    assert h.served() == [ServedVersion("v1", 50), ServedVersion("v2", 50)] and h.metrics.asked == ["v2"]
+    assert status.metrics.verdict == "Pass" and status.metrics.error_rate == pytest.approx(0.001)
+    h.now += timedelta(seconds=60)
+    status = await h.reconcile()
+    assert h.served() == [ServedVersion("v2", 100)]
+    assert (status.current_version, status.candidate_version, status.canary_weight) == ("v2", None, 0)
+    assert status.phase == Phase.SERVING
+    assert h.reasons().count("RolloutStep") == 2 and "Promoted" in h.reasons()
+
+
+@pytest.mark.asyncio
+async def test_breach_rolls_back_and_marks_the_candidate_failed(h, cr):
+    await serve_v1(h, cr)
+    await h.set_spec(version="v2")
+    await h.reconcile()
+    await h.finish_job("v2", "SUCCEEDED")
+    await h.reconcile()
+    h.metrics.answers["v2"] = BAD
+    h.now += timedelta(seconds=60)
+    status = await h.reconcile()
+    assert h.served() == [ServedVersion("v1", 100)]
+    assert status.failed_version == "v2" and status.current_version == "v1" and status.candidate_version is None
+    assert status.phase == Phase.DEGRADED
+    rolled = status.condition(ConditionType.ROLLED_OUT)
+    assert rolled.reason == "RolledBack" and "error rate 0.2000 > maxErrorRate 0.01" in rolled.message
+    assert ("Warning", "RolledBack") in [(t, r) for t, r, _ in h.events]
+    h.now += timedelta(minutes=10)
+    await h.reconcile()
+    assert h.served() == [ServedVersion("v1", 100)]  # v2 is not retried until spec.version changes
+
+
+@pytest.mark.asyncio
+async def test_failed_training_leaves_the_served_version_untouched(h, cr):
+    await serve_v1(h, cr)
+    serve_config = h.get(consts.RAYSERVICES, NAME)["spec"]["serveConfigV2"]
+    await h.set_spec(version="v2")
+    await h.reconcile()
+    await h.finish_job("v2", "FAILED", "Job entrypoint command failed with exit code 1")
+    status = await h.reconcile()
+    assert h.get(consts.RAYSERVICES, NAME)["spec"]["serveConfigV2"] == serve_config
+    trained = status.condition(ConditionType.TRAINED)
+    assert trained.reason == "TrainingFailed" and "exit code 1" in trained.message
+    assert "version v1 keeps serving" in trained.message
+    assert status.phase == Phase.DEGRADED and status.current_version == "v1" and status.failed_version == "v2"
+    jobs_before = h.versions(consts.RAYJOBS, "shop-recs-train-v2")
+    await h.reconcile()
+    assert h.versions(consts.RAYJOBS, "shop-recs-train-v2") == jobs_before  # no retraining loop
+
+
+@pytest.mark.asyncio
+async def test_restarted_controller_resumes_at_the_recorded_step(h, cr):
+    cr["spec"]["rollout"]["steps"] = [10, 30, 60, 100]
+    await serve_v1(h, cr)
+    await h.set_spec(version="v2")
+    await h.reconcile()
+    await h.finish_job("v2", "SUCCEEDED")
+    await h.reconcile()
+    h.metrics.answers["v2"] = GOOD
+    h.now += timedelta(seconds=60)
+    await h.reconcile()
+    assert h.served()[1] == ServedVersion("v2", 30)
+
+    h.controller = h.new_controller()  # "restart": nothing survives but the cluster's state
+    h.now += timedelta(seconds=20)
+    await h.reconcile()
+    assert h.served()[1] == ServedVersion("v2", 30)  # the rest of the step's interval is waited out
+    h.now += timedelta(seconds=40)
+    status = await h.reconcile()
+    assert h.served()[1] == ServedVersion("v2", 60) and status.rollout_step == 2
+
+
+@pytest.mark.asyncio
+async def test_inconclusive_analysis_holds_and_says_why(h, cr):
+    await serve_v1(h, cr)
+    await h.set_spec(version="v2")
+    await h.reconcile()
+    await h.finish_job("v2", "SUCCEEDED")
+    await h.reconcile()
+    h.metrics.answers["v2"] = PrometheusError("Prometheus at http://prom is unreachable")
+    h.now += timedelta(seconds=60)
+    status = await h.reconcile()
+    assert h.served()[1] == ServedVersion("v2", 10)
+    rolled = status.condition(ConditionType.ROLLED_OUT)
+    assert rolled.reason == "AnalysisInconclusive" and "unreachable" in rolled.message
+    assert status.phase == Phase.ROLLING_OUT
+    h.metrics.answers["v2"] = GOOD
+    h.now += timedelta(seconds=1)
+    await h.reconcile()
+    assert h.served()[1] == ServedVersion("v2", 50)
+
+
+@pytest.mark.asyncio
+async def test_blue_green_runs_the_candidate_at_zero_then_switches(h, cr):
+    cr["spec"]["rollout"] = {"strategy": "blueGreen", "stepIntervalSeconds": 60}
+    await serve_v1(h, cr)
+    await h.set_spec(version="v2")
+    await h.reconcile()
+    await h.finish_job("v2", "SUCCEEDED")
+    await h.reconcile()
+    assert h.served() == [ServedVersion("v1", 100), ServedVersion("v2", 0)]
+    h.now += timedelta(seconds=60)
+    await h.reconcile()
+    assert h.served() == [ServedVersion("v2", 100)]
+
+
+@pytest.mark.asyncio
+async def test_new_version_supersedes_one_still_training(h, cr):
+    await serve_v1(h, cr)
+    await h.set_spec(version="v2")
+    await h.reconcile()
+    await h.set_spec(version="v3")
+    status = await h.reconcile()
+    assert h.get(consts.RAYJOBS, "shop-recs-train-v2") is None
+    assert h.get(consts.RAYJOBS, "shop-recs-train-v3") is not None
+    assert status.candidate_version == "v3" and "Superseded" in h.reasons()
+
+
+@pytest.mark.asyncio
+async def test_invalid_spec_is_a_condition_and_one_event(h, cr):
+    cr["spec"]["storage"]["uri"] = "./runs"
+    await h.create(cr)
+    for _ in range(2):
+        with pytest.raises(InvalidSpec, match="spec.storage.uri"):
+            await h.reconcile()
+    stored = FusionRecommenderStatus.from_body(h.get(consts.FUSIONRECOMMENDERS, NAME))
+    assert stored.phase == Phase.FAILED
+    assert "not shared storage" in stored.condition(ConditionType.SPEC_VALID).message
+    assert h.reasons() == ["InvalidSpec"]
+    assert h.get(consts.RAYJOBS, "shop-recs-train-v1") is None
+
+
+@pytest.mark.asyncio
+async def test_schedule_starts_a_retrain(h, cr):
+    cr["spec"]["training"]["schedule"] = "0 13 * * *"
+    await serve_v1(h, cr)
+    h.now = datetime(2025, 1, 1, 13, 0, 30, tzinfo=timezone.utc)
+    status = await h.reconcile()
+    assert status.candidate_version == "v1-r202501011300" and status.phase == Phase.TRAINING
+    assert h.get(consts.RAYJOBS, "shop-recs-train-v1-r202501011300") is not None
+    assert status.last_scheduled_run == "2025-01-01T13:00:30Z"
+
+
+@pytest.mark.asyncio
+async def test_service_monitor_follows_the_spec(h, cr):
+    await serve_v1(h, cr)
+    await h.set_spec(monitoring={"serviceMonitor": False})
+    status = await h.reconcile()
+    assert h.get(consts.SERVICE_MONITORS, NAME) is None and h.get(consts.SERVICES, "shop-recs-metrics") is None
+    assert status.condition(ConditionType.MONITORING) is None
+
+
+@pytest.mark.asyncio
+async def test_a_child_owned_by_someone_else_is_not_taken_over(h, cr):
+    await h.kube.create(consts.CONFIGMAPS, NS, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                "metadata": {"name": "shop-recs-v1-manifest", "namespace": NS}})
+    await h.create(cr)
+    with pytest.raises(InvalidSpec, match="ConfigMap recs/shop-recs-v1-manifest already exists"):
+        await h.reconcile()
+
+
+@pytest.mark.asyncio
+async def test_missing_kuberay_is_shown_and_retried(h, cr):
+    h.emulator["post /apis/ray.io/v1/namespaces/recs/rayjobs"] << 404
+    await h.create(cr)
+    with pytest.raises(KubeApiError) as error:
+        await h.reconcile()
+    assert error.value.status == 404
+    stored = FusionRecommenderStatus.from_body(h.get(consts.FUSIONRECOMMENDERS, NAME))
+    ready = stored.condition(ConditionType.READY)
+    assert ready.reason == "DependencyMissing" and "is KubeRay installed" in ready.message
+    assert "DependencyMissing" in h.reasons()

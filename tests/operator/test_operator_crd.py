@@ -1,0 +1,160 @@
+"""The committed CRD is the generated one, structural, and what `kubectl get frec` needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import kubernetes_validate
+import pytest
+import yaml
+from _operator_apiserver import evaluate
+from fusionrec.operator import consts, crd
+from fusionrec.operator.schema import check_structural, structural_schema
+from pydantic import BaseModel
+
+REPO = Path(__file__).resolve().parents[2]
+REPO_CRD = crd.CHART_CRD_PATH
+
+
+@pytest.fixture(scope="module")
+def generated() -> dict:
+    return crd.build_crd()
+
+
+def _root(document: dict) -> dict:
+    return document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_committed_crd_is_the_generated_one():
+    committed = (REPO / REPO_CRD).read_text(encoding="utf-8")
+    assert committed == crd.render_crd(), (
+        f"{REPO_CRD} is stale: run `python -m fusionrec.operator.crd --write {REPO_CRD}`")
+
+
+def test_crd_is_a_valid_customresourcedefinition(generated):
+    kubernetes_validate.validate(generated, "1.37.0", strict=True)
+
+
+def test_names_scope_and_status_subresource(generated):
+    spec = generated["spec"]
+    assert generated["metadata"]["name"] == "fusionrecommenders.fusionrec.io"
+    assert spec["group"] == "fusionrec.io" and spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == "FusionRecommender" and spec["names"]["shortNames"] == ["frec"]
+    (version,) = spec["versions"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns(generated):
+    columns = generated["spec"]["versions"][0]["additionalPrinterColumns"]
+    default = [c["name"] for c in columns if not c.get("priority")]
+    assert default == ["VERSION", "PHASE", "CANARY", "READY", "AGE"]
+    by_name = {c["name"]: c for c in columns}
+    assert by_name["READY"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert by_name["CANARY"]["type"] == "integer" and by_name["AGE"]["type"] == "date"
+    status_props = _root(generated)["properties"]["status"]["properties"]
+    for column in columns:
+        path = column["jsonPath"]
+        if path.startswith(".status."):
+            assert path.split(".")[2].split("[")[0] in status_props, f"{column['name']} points at no status field"
+
+
+def test_schema_is_structural(generated):
+    root = _root(generated)
+    assert check_structural(root) == []
+    text = json.dumps(root)
+    for forbidden in ('"$ref"', '"anyOf"', '"allOf"', '"oneOf"', '"const"', '"title"'):
+        assert forbidden not in text
+
+
+def test_preserve_unknown_fields_only_on_status(generated):
+    found = []
+
+    def walk(node: dict, path: str) -> None:
+        if node.get("x-kubernetes-preserve-unknown-fields"):
+            found.append(path)
+        for name, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+
+    walk(_root(generated), "")
+    assert found == [".status"]
+
+
+def test_spec_schema_carries_enums_bounds_defaults_and_required(generated):
+    spec = _root(generated)["properties"]["spec"]
+    props = spec["properties"]
+    assert spec["required"] == ["version", "encoders"]
+    assert props["task"]["properties"]["type"]["enum"] == ["ranking", "ctr", "rating"]
+    assert props["rollout"]["properties"]["strategy"]["enum"] == ["canary", "blueGreen"]
+    assert props["serving"]["properties"]["minReplicas"]["minimum"] == 0
+    assert props["serving"]["properties"]["targetOngoingRequests"] == {
+        "type": "number", "default": 2, "minimum": 0, "exclusiveMinimum": True, "maximum": 10_000}
+    assert props["rollout"]["properties"]["steps"]["default"] == [10, 50, 100]
+    assert props["serving"]["default"] == {}  # so the server fills the serving defaults when it is omitted
+    assert props["merge"]["nullable"] is True and "default" not in props["merge"]
+
+
+def test_every_cel_rule_compiles(generated):
+    rules = []
+
+    def walk(node: dict) -> None:
+        rules.extend(node.get("x-kubernetes-validations", []))
+        for child in node.get("properties", {}).values():
+            walk(child)
+        if isinstance(node.get("items"), dict):
+            walk(node["items"])
+
+    walk(_root(generated))
+    assert len(rules) >= 10
+    import celpy
+
+    for rule in rules:
+        celpy.Environment().compile(rule["rule"])
+        if "messageExpression" in rule:
+            celpy.Environment().compile(rule["messageExpression"])
+
+
+def test_name_rule_matches_kuberay_limits():
+    rule = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"][0]["rule"]
+    assert evaluate(rule, {"metadata": {"name": "shop-recs"}})
+    assert not evaluate(rule, {"metadata": {"name": "9shop"}})
+    assert not evaluate(rule, {"metadata": {"name": "a" * 48}})
+
+
+def test_cli_write_and_check(tmp_path):
+    target = tmp_path / "crds" / "frec.yaml"
+    assert crd.main(["--write", str(target)]) == 0
+    assert yaml.safe_load(target.read_text())["kind"] == "CustomResourceDefinition"
+    assert crd.main(["--check", str(target)]) == 0
+    target.write_text(target.read_text().replace("frec", "frc"))
+    assert crd.main(["--check", str(target)]) == 1
+
+
+class _Union(BaseModel):
+    value: int | str
+
+
+class _Literal(BaseModel):
+    kind: Literal["a"] = "a"
+    ratio: float = 0.5
+
+
+def test_converter_refuses_what_has_no_structural_form():
+    with pytest.raises(ValueError, match="_Union.value: a union of 2 non-null types"):
+        structural_schema(_Union)
+    with pytest.raises(ValueError, match="fields that do not exist"):
+        structural_schema(_Literal, {(_Literal, "missing"): {"maxLength": 1}})
+    assert structural_schema(_Literal)["properties"]["kind"] == {"type": "string", "default": "a", "enum": ["a"]}
+
+
+def test_consts_agree_with_the_spec_module():
+    from fusionrec import spec
+
+    assert (consts.GROUP, consts.VERSION, consts.KIND) == (spec.API_GROUP, spec.API_VERSION, spec.KIND)
+    assert consts.FUSIONRECOMMENDERS.path("recs", "x", "status") == \
+        "/apis/fusionrec.io/v1alpha1/namespaces/recs/fusionrecommenders/x/status"
+    assert consts.CONFIGMAPS.path("recs") == "/api/v1/namespaces/recs/configmaps"

@@ -1,0 +1,250 @@
+"""The real operator process (`python -m fusionrec.operator`) against kmock's Kubernetes emulator on loopback.
+
+The test plays KubeRay (it marks RayJobs succeeded or failed and the RayService ready) and Prometheus (a
+second kmock server answering /api/v1/query with good or bad numbers per version), and kills the
+operator with SIGKILL mid-rollout to see it resume from the step recorded in the status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kmock
+import kopf
+import pytest
+import pytest_asyncio
+from fusionrec.operator import consts
+from fusionrec.operator.builders.serving import ServedVersion, parse_serve_versions
+from fusionrec.operator.kube import KubeApi
+
+NS, NAME = "recs", "shop-recs"
+pytestmark = pytest.mark.asyncio
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FakePrometheus:
+    """Answers the operator's three instant queries from per-version numbers the test sets."""
+
+    def __init__(self) -> None:
+        self.handler = kmock.RawHandler()
+        self.handler["get /api/v1/query"] << self.answer
+        self.numbers: dict[str, tuple[float, float, float]] = {}  # version -> (rps, error rate, p99 seconds)
+
+    def answer(self, request: kmock.Request) -> dict[str, Any]:
+        query = request.params["query"]
+        version = query.split('version="', 1)[1].split('"', 1)[0]
+        value: float | None = None
+        if version in self.numbers:
+            rps, error_rate, p99 = self.numbers[version]
+            value = p99 if "histogram_quantile" in query else rps * error_rate if "5.." in query else rps
+        result = [] if value is None else [{"metric": {}, "value": [0, str(value)]}]
+        return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+class OperatorProcess:
+    def __init__(self, kube_url: str, prometheus_url: str, workdir: Path) -> None:
+        self.metrics_port, self.health_port = free_port(), free_port()
+        self.log = workdir / "operator.log"
+        self.workdir = workdir
+        self.env = {**os.environ, "FUSIONREC_KUBE_SERVER": kube_url, "FUSIONREC_PROMETHEUS_URL": prometheus_url,
+                    "FUSIONREC_PROMETHEUS_SELECTOR": "", "FUSIONREC_SYNC_INTERVAL": "0.3",
+                    "FUSIONREC_METRICS_PORT": str(self.metrics_port), "FUSIONREC_METRICS_HOST": "127.0.0.1"}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # Cluster-wide: with --namespace kopf lists /api/v1/namespaces, a path kmock 0.8 fails to parse.
+        command = [sys.executable, "-m", "fusionrec.operator", "--all-namespaces", "--verbose",
+                   "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"]
+        with self.log.open("ab") as log:
+            # cwd outside the repository: the repo root holds a folder named `operator`.
+            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=self.workdir)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else "(no log)"
+
+
+class World:
+    """The emulated cluster and Prometheus, plus helpers to play KubeRay's part."""
+
+    def __init__(self, emulator: Any, kube_url: str, prometheus: FakePrometheus, operator: OperatorProcess) -> None:
+        self.emulator = emulator
+        self.kube = KubeApi(lambda: kopf.ConnectionInfo(server=kube_url))
+        self.prometheus = prometheus
+        self.operator = operator
+
+    def get(self, resource: consts.Resource, name: str) -> dict[str, Any] | None:
+        key = (kmock.resource(resource.group, resource.version, resource.plural), NS, name)
+        if key not in self.emulator.objects or self.emulator.objects[key].deleted:
+            return None
+        return self.emulator.objects[key].raw
+
+    def history(self, resource: consts.Resource, name: str) -> list[dict[str, Any]]:
+        key = (kmock.resource(resource.group, resource.version, resource.plural), NS, name)
+        return [version.raw for version in self.emulator.objects[key].history if version is not None]
+
+    def served(self) -> list[ServedVersion]:
+        service = self.get(consts.RAYSERVICES, NAME)
+        return parse_serve_versions(service) if service else []
+
+    def status(self) -> dict[str, Any]:
+        return (self.get(consts.FUSIONRECOMMENDERS, NAME) or {}).get("status") or {}
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        return next((c for c in self.status().get("conditions", []) if c["type"] == type_), {})
+
+    async def wait(self, predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            value = predicate()
+            if value:
+                return value
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout}s waiting until {what}\nstatus: {self.status()}\n"
+                             f"served: {self.served()}\n--- operator log ---\n{self.operator.tail()}")
+
+    async def set_spec(self, **changes: Any) -> None:
+        generation = self.get(consts.FUSIONRECOMMENDERS, NAME)["metadata"]["generation"] + 1
+        await self.kube.patch(consts.FUSIONRECOMMENDERS, NS, NAME,
+                              {"metadata": {"generation": generation}, "spec": changes})
+
+    async def train(self, version: str, outcome: str = "SUCCEEDED", message: str = "") -> None:
+        job = f"{NAME}-train-{version}"
+        await self.wait(lambda: self.get(consts.RAYJOBS, job), f"RayJob {job} exists")
+        deployment = "Complete" if outcome == "SUCCEEDED" else "Failed"
+        await self.kube.patch(consts.RAYJOBS, NS, job, {"status": {
+            "jobStatus": outcome, "jobDeploymentStatus": deployment, "message": message}}, subresource="status")
+
+    async def service_ready(self) -> None:
+        await self.wait(lambda: self.get(consts.RAYSERVICES, NAME), "the RayService exists")
+        await self.kube.patch(consts.RAYSERVICES, NS, NAME, {"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints", "message": "",
+             "lastTransitionTime": "2025-01-01T00:00:00Z"}]}}, subresource="status")
+
+    async def serve_v1(self) -> None:
+        await self.train("v1")
+        await self.wait(lambda: self.served() == [ServedVersion("v1", 100)], "v1 serves 100%")
+        await self.service_ready()
+        await self.wait(lambda: self.status().get("phase") == "Serving", "phase is Serving")
+
+
+@pytest_asyncio.fixture
+async def world(kube_emulator, tmp_path, design_cr):
+    emulator, kube_url = kube_emulator
+    prometheus = FakePrometheus()
+    async with prometheus.handler, kmock.Server(prometheus.handler) as prometheus_server:
+        operator = OperatorProcess(kube_url, str(prometheus_server.url).rstrip("/"), tmp_path)
+        operator.start()
+        world = World(emulator, kube_url, prometheus, operator)
+        try:
+            yield world
+        finally:
+            operator.stop()
+            await world.kube.close()
+
+
+def cr(design_cr: dict[str, Any], steps: list[int], interval: int = 1) -> dict[str, Any]:
+    doc = copy.deepcopy(design_cr)
+    doc["spec"]["version"] = "v1"
+    # kmock keeps no resourceVersion of its own; kopf adds its finalizer with a JSON patch that tests it.
+    doc["metadata"]["resourceVersion"] = "1"
+    doc["spec"]["training"].pop("schedule")
+    doc["spec"]["rollout"].update(steps=steps, stepIntervalSeconds=interval)
+    doc["spec"]["rollout"]["analysis"]["windowSeconds"] = 10
+    return doc
+
+
+async def test_trains_serves_canaries_and_resumes_after_sigkill(world, design_cr):
+    # 2 s per step leaves the test time to SIGKILL the operator while v2 sits at 30%.
+    await world.kube.create(consts.FUSIONRECOMMENDERS, NS, cr(design_cr, [10, 30, 60, 100], interval=2))
+    await world.serve_v1()
+    job = world.get(consts.RAYJOBS, f"{NAME}-train-v1")
+    assert job["metadata"]["ownerReferences"][0]["uid"] == design_cr["metadata"]["uid"]
+
+    world.prometheus.numbers["v2"] = (25.0, 0.001, 0.012)  # good: 0.1% errors, p99 12 ms
+    await world.set_spec(version="v2")
+    await world.train("v2")
+    await world.wait(lambda: world.served() == [ServedVersion("v1", 90), ServedVersion("v2", 10)], "v2 at 10%")
+    await world.wait(lambda: world.served() == [ServedVersion("v1", 70), ServedVersion("v2", 30)], "v2 at 30%")
+    world.operator.kill()
+    assert world.status()["rolloutStep"] == 1 and world.status()["canaryWeight"] == 30
+    killed_at = len(world.history(consts.RAYSERVICES, NAME))
+    await asyncio.sleep(1.5)
+    assert world.served()[1] == ServedVersion("v2", 30)  # nobody moves it while the operator is down
+
+    world.operator.start()
+    await world.wait(lambda: world.served() == [ServedVersion("v2", 100)], "v2 promoted", timeout=40)
+    after = [parse_serve_versions(v) for v in world.history(consts.RAYSERVICES, NAME)[killed_at:]]
+    weights = [dict((s.version, s.weight) for s in served).get("v2", 0) for served in after]
+    assert weights == sorted(weights) and 10 not in weights, f"went back after restart: {weights}"
+    assert 60 in weights
+    await world.wait(lambda: world.status().get("phase") == "Serving" and
+                     world.status().get("currentVersion") == "v2", "v2 is current")
+
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"http://127.0.0.1:{world.operator.metrics_port}/metrics")).text
+        health = await client.get(f"http://127.0.0.1:{world.operator.health_port}/healthz")
+    assert health.status_code == 200
+    assert 'fusionrec_operator_reconcile_total{result="ok",trigger="timer"}' in metrics
+    assert 'fusionrec_operator_rollout_outcome_total{outcome="Promoted"}' in metrics
+
+
+async def test_failed_training_keeps_serving_and_bad_metrics_roll_back(world, design_cr):
+    await world.kube.create(consts.FUSIONRECOMMENDERS, NS, cr(design_cr, [10, 50, 100]))
+    await world.serve_v1()
+
+    await world.set_spec(version="v2")
+    await world.train("v2", "FAILED", "Job entrypoint command failed with exit code 1")
+    failed = await world.wait(lambda: world.condition("Trained").get("reason") == "TrainingFailed"
+                              and world.condition("Trained"), "Trained=False TrainingFailed")
+    assert "exit code 1" in failed["message"] and "v1 keeps serving" in failed["message"]
+    assert world.served() == [ServedVersion("v1", 100)]
+    assert world.status()["phase"] == "Degraded"
+
+    world.prometheus.numbers["v3"] = (25.0, 0.2, 0.3)  # bad: 20% errors, p99 300 ms
+    await world.set_spec(version="v3")
+    await world.train("v3")
+    await world.wait(lambda: ServedVersion("v3", 10) in world.served(), "v3 at 10%")
+    await world.wait(lambda: world.condition("RolledOut").get("reason") == "RolledBack", "the rollback")
+    # The status is written before the RayService changes (so a crash in between resumes, not repeats).
+    await world.wait(lambda: world.served() == [ServedVersion("v1", 100)], "v1 takes 100% again")
+    status = world.status()
+    assert (status["failedVersion"], status["currentVersion"], status["phase"]) == ("v3", "v1", "Degraded")
+    assert "error rate 0.2000 > maxErrorRate 0.01" in world.condition("RolledOut")["message"]
+
+    def rolled_back_event() -> bool:
+        # Read from the request log: kmock stores generateName objects under one key, so it keeps only
+        # the first Event it is sent.
+        posted = [r.data for r in list(world.emulator) if r.method == "POST" and r.url.path.endswith("/events")]
+        return any(e.get("reason") == "RolledBack" and e.get("type") == "Warning" and
+                   e["involvedObject"]["name"] == NAME for e in posted)
+
+    await world.wait(rolled_back_event, "a Warning event RolledBack is posted")

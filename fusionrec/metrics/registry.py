@@ -1,0 +1,52 @@
+"""Every metric the project reports, listed explicitly, each saying what it needs.
+
+`needs` tells the evaluators what to collect, after RecBole's `metric_need`: "ranks" metrics read the target's
+rank from a full-catalogue ranking (and take a cutoff K, named `ndcg@10`); "labels" metrics read a probability
+per row and its 0/1 label; "ratings" metrics read a predicted rating and the true one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from fusionrec.metrics import pointwise, ranking
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    needs: Literal["ranks", "labels", "ratings"]
+    higher_is_better: bool
+    # ranks metrics: (ranks [U], k) -> per-user values [U]; the others: (predictions, targets) -> float
+    fn: Callable[..., object]
+
+
+METRICS: dict[str, Metric] = {
+    "hr": Metric("hr", "ranks", True, ranking.hit_rate),
+    "ndcg": Metric("ndcg", "ranks", True, ranking.ndcg),
+    "mrr": Metric("mrr", "ranks", True, ranking.reciprocal_rank),
+    "auc": Metric("auc", "labels", True, pointwise.auc),
+    "logloss": Metric("logloss", "labels", False, pointwise.logloss),
+    "rmse": Metric("rmse", "ratings", False, pointwise.rmse),
+    "mae": Metric("mae", "ratings", False, pointwise.mae),
+}
+
+_NAME = re.compile(r"^(?P<name>[a-z]+)(?:@(?P<k>\d+))?$")
+
+
+def parse_metric(text: str) -> tuple[Metric, int | None]:
+    """`"ndcg@10"` -> (the NDCG metric, 10); `"auc"` -> (the AUC metric, None). Cutoffs go with rank metrics only."""
+    match = _NAME.match(text.strip().lower())
+    metric = METRICS.get(match["name"]) if match else None
+    if metric is None:
+        known = ", ".join(f"{m.name}@K" if m.needs == "ranks" else m.name for m in METRICS.values())
+        raise ValueError(f"unknown metric {text!r}; known: {known}")
+    k = int(match["k"]) if match["k"] else None
+    if metric.needs == "ranks" and (k is None or k < 1):
+        raise ValueError(f"metric {text!r} needs a cutoff of at least 1, e.g. {metric.name}@10")
+    if metric.needs != "ranks" and k is not None:
+        raise ValueError(f"metric {text!r} takes no cutoff; use {metric.name}")
+    return metric, k

@@ -27,6 +27,18 @@ class UserError(Exception):
     def as_json(self) -> dict[str, Any]:
         return {"error": self.message, "field": self.field}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors raised on a Ray worker are pickled back to the driver; subclasses take other __init__
+        # arguments, so rebuild from the instance state instead of calling __init__ again.
+        return (_restore_error, (type(self), self.__dict__))
+
+
+def _restore_error(cls: type[UserError], state: dict[str, Any]) -> UserError:
+    error = cls.__new__(cls)
+    error.__dict__.update(state)
+    Exception.__init__(error, error.render())
+    return error
+
 
 class DataError(UserError):
     """A bad row or column in a data file: names the file, the line (1-based, header included) and the field."""

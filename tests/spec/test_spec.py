@@ -101,3 +101,16 @@ def test_load_manifest_errors_name_the_file(tmp_path):
 def test_status_from_a_cluster_is_ignored():
     doc = dict(MINIMAL, status={"phase": "Serving"})
     assert manifest_from_dict(doc).spec.version == "v1"
+
+
+def test_user_errors_survive_pickling():
+    """Errors raised on a Ray worker travel back to the driver pickled."""
+    import pickle
+
+    from fusionrec.errors import DataError
+
+    error = DataError("not a number", file="inter.csv", line=7, field="rating", fix="use a float")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is DataError
+    assert (copy.file, copy.line, copy.field, copy.fix) == ("inter.csv", 7, "rating", "use a float")
+    assert str(copy) == str(error)

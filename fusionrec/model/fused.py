@@ -1,0 +1,381 @@
+"""The fused recommender: several pretrained LMs fused into one item tower, a user tower, and a task head.
+
+It follows the same contract as the in-project baselines (`fusionrec.baselines.base`): `training_batches` /
+`calculate_loss` / `full_sort_predict` for ranking, `encode_rows` / `calculate_loss` / `predict` for CTR and
+rating, so `fusionrec.metrics.evaluate_ranking` and `evaluate_pointwise` measure it with the same code as
+every baseline, and one training loop fits them all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fusionrec.data.schema import ITEM, ITEM_IDX, RATING, USER_IDX, Dataset
+from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
+from fusionrec.errors import DataError, UserError
+from fusionrec.model.encoders import TextEncoder
+from fusionrec.model.fusion import build_fusion
+from fusionrec.model.heads import RankingHead, RatingHead, build_head
+from fusionrec.model.towers import ItemTower, SequenceUserTower, TextUserTower, histories_before, left_pad
+from fusionrec.spec import FusionRecommenderSpec, FusionSpec
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Tensor]
+
+
+@dataclass
+class FusedConfig:
+    """Settings of the fused model; `from_spec` fills them from the spec, the rest are architecture defaults."""
+
+    task: Literal["ranking", "ctr", "rating"] = "ranking"
+    user_tower: Literal["sequence", "text"] = "sequence"
+    use_item_ids: bool = True
+    history_length: int = 50
+    negatives: Literal["full", "in_batch", "sampled"] = "full"
+    num_negatives: int = 256
+    dropout: float = 0.2  # sequence tower and head MLP (training.dropout)
+    feature_dropout: float = 0.1  # each encoder's projected vector, before fusion (fusion.dropout)
+    n_layers: int = 2
+    n_heads: int = 1
+    head_hidden: int = 128
+    text_windows_per_user: int = 4  # text tower: training targets per user (its last N training items)
+
+
+class FusedRecommender(nn.Module):
+    """Item tower (fused LM text embeddings, optional item IDs) + user tower + task head.
+
+    Args:
+        encoders: the M text encoders, all projecting to the fusion dimension.
+        fusion_spec: the fusion method, its dimension (the towers' D), hidden width and dropout.
+        item_texts: [N] text per item, in item-index order.
+        n_users: users of the training vocabulary.
+        config: see `FusedConfig`.
+    """
+
+    name = "fused"
+    trainable = True
+
+    def __init__(self, encoders: Sequence[TextEncoder], fusion_spec: FusionSpec, item_texts: Sequence[str],
+                 n_users: int, config: FusedConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = fusion_spec.dim
+        fusion = build_fusion(fusion_spec, [e.spec.name for e in encoders])
+        self.items = ItemTower(encoders, fusion, item_texts, use_item_ids=config.use_item_ids,
+                               dropout=config.feature_dropout)
+        self.n_items = self.items.n_items
+        self.n_users = n_users
+        self.pad = self.n_items  # padding slot of every history tensor
+        if config.user_tower == "sequence":
+            self.user_tower: nn.Module = SequenceUserTower(dim, config.history_length, config.dropout,
+                                                           config.n_layers, config.n_heads)
+        else:
+            self.user_tower = TextUserTower(dim, config.history_length)
+        self.user_embedding = (nn.Embedding(n_users, dim) if config.use_item_ids and config.task != "ranking"
+                               else None)
+        if self.user_embedding is not None:
+            nn.init.normal_(self.user_embedding.weight, std=0.02)
+        self.head = build_head(config.task, dim=dim, n_users=n_users, negatives=config.negatives,
+                               num_negatives=config.num_negatives, hidden=config.head_hidden,
+                               dropout=config.dropout)
+        self._catalogue: Tensor | None = None
+
+    # --- construction ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_spec(cls, spec: FusionRecommenderSpec, dataset: Dataset, split: LeaveOneOutSplit | RandomSplit, *,
+                  model_cache_dir: Path | None = None, embedding_cache_dir: Path | None = None,
+                  encoders: Sequence[TextEncoder] | None = None, **overrides: Any) -> FusedRecommender:
+        """Build the model a spec describes for a dataset and its split (item texts in vocabulary order,
+        the user vocabulary, the training rating scale). `overrides` replace `FusedConfig` fields."""
+        model = cls.build(spec, item_texts_in_order(dataset, split.vocab.item_ids), split.vocab.n_users,
+                          model_cache_dir=model_cache_dir, embedding_cache_dir=embedding_cache_dir,
+                          encoders=encoders, **overrides)
+        if isinstance(model.head, RatingHead):
+            if RATING not in split.train:
+                raise UserError("task.type is rating but the interactions have no rating column",
+                                field="task.type", fix="use task.type ctr or ranking, or map a rating column")
+            ratings = split.train[RATING].to_numpy(dtype=np.float64)
+            model.head.set_rating_range(float(ratings.mean()), float(ratings.min()), float(ratings.max()))
+        return model
+
+    @classmethod
+    def build(cls, spec: FusionRecommenderSpec, item_texts: Sequence[str], n_users: int, *,
+              model_cache_dir: Path | None = None, embedding_cache_dir: Path | None = None,
+              encoders: Sequence[TextEncoder] | None = None, **overrides: Any) -> FusedRecommender:
+        """Build from a spec and an explicit catalogue (how an artifact is reloaded without its data).
+
+        `encoders` reuses already loaded encoders of the same specs (a benchmark that trains many models on
+        one catalogue loads each LM once); their projections are re-initialised by the item tower.
+        """
+        if encoders is None:
+            encoders = [TextEncoder(e, spec.fusion.dim, model_cache_dir=model_cache_dir,
+                                    embedding_cache_dir=embedding_cache_dir) for e in spec.encoders]
+        elif [e.spec for e in encoders] != list(spec.encoders) or any(e.dim != spec.fusion.dim for e in encoders):
+            raise ValueError(f"encoders {[e.spec.name for e in encoders]} were built for other specs than "
+                             f"spec.encoders {[e.name for e in spec.encoders]} (dim {spec.fusion.dim})")
+        frozen = all(e.frozen for e in encoders)
+        task = spec.task
+        negatives = task.negatives
+        if task.type == "ranking" and negatives == "full" and not frozen:
+            if "negatives" in task.model_fields_set:
+                log.warning("task.negatives=full with a fine-tuned encoder runs the whole catalogue through "
+                            "the LM every step; in_batch or sampled is much cheaper")
+            else:
+                negatives = "sampled"
+                log.info("an encoder is fine-tuned: softmax over sampled negatives (task.negatives not set)")
+        config = FusedConfig(task=task.type, user_tower=task.user_tower, use_item_ids=task.use_item_ids,
+                             history_length=task.history_length, negatives=negatives,
+                             num_negatives=task.num_negatives, dropout=spec.training.dropout,
+                             feature_dropout=spec.fusion.dropout)
+        for key, value in overrides.items():
+            if not hasattr(config, key):
+                raise ValueError(f"unknown FusedConfig field {key!r}; fields: {sorted(vars(config))}")
+            setattr(config, key, value)
+        return cls(encoders, spec.fusion, item_texts, n_users, config)
+
+    # --- the shared plumbing -----------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> FusedRecommender:
+        self._catalogue = None  # weights are about to change (or just did)
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self._catalogue = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @property
+    def evaluates(self) -> str:
+        """What the evaluator reads: "ranks", "labels" (CTR) or "ratings"."""
+        return self.head.evaluates
+
+    @property
+    def device(self) -> torch.device:
+        return self.items.encoders[0].projection.weight.device
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """Trainable LM weights: the training loop gives them `training.encoderLearningRate`."""
+        return [p for encoder in self.items.encoders for p in encoder.backbone.parameters() if p.requires_grad]
+
+    def catalogue(self) -> Tensor:
+        """[N, D] every item's vector; cached while the model is in eval mode without gradients."""
+        if self.training or torch.is_grad_enabled():
+            return self.items()
+        if self._catalogue is None:
+            self._catalogue = self.items()
+        return self._catalogue
+
+    def _item_table(self, ids: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Vectors of the items a batch needs, and where each item index finds its row.
+
+        Args:
+            ids: item indices the batch touches (padding allowed), or None for the whole catalogue.
+        Returns:
+            table [U + 1, D] (last row zeros, for padding) and lookup [N + 1] (item index -> row).
+        """
+        device = self.device
+        if ids is None or (not self.training and not torch.is_grad_enabled()):
+            vectors = self.catalogue()  # [N, D]
+            lookup = torch.arange(self.n_items + 1, device=vectors.device)
+        else:
+            unique = torch.unique(ids[ids != self.pad])  # [U]
+            vectors = self.items(unique)  # [U, D]
+            lookup = torch.full((self.n_items + 1,), len(unique), dtype=torch.long, device=device)
+            lookup[unique] = torch.arange(len(unique), device=device)
+        table = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])  # [U + 1, D]
+        return table, lookup
+
+    def _user_vectors(self, history: Tensor, table: Tensor, lookup: Tensor) -> Tensor:
+        """[B, L] left-padded histories (oldest first) -> [B, D] user vectors."""
+        if isinstance(self.user_tower, SequenceUserTower):
+            return self.user_tower(table[lookup[history]], history != self.pad)  # [B, L, D] -> [B, D]
+        rows = [row[row != self.pad].tolist() for row in history]
+        return self.user_tower(self.items, rows)
+
+    def _pad_histories(self, histories: Sequence[np.ndarray]) -> Tensor:
+        """B histories of item indices, oldest first -> [B, L] left-padded with the last history_length items."""
+        return left_pad([np.asarray(h, dtype=np.int64)[-self.config.history_length:] for h in histories],
+                         self.pad).to(self.device)
+
+    # --- ranking contract --------------------------------------------------------------------------------
+
+    def training_batches(self, split: LeaveOneOutSplit, batch_size: int,
+                         rng: np.random.Generator) -> Iterator[Batch]:
+        """One epoch of (history, next item) windows over the training sequences, shuffled by `rng`.
+
+        Sequence tower: every prefix of a window predicts its next item (SASRec's all-positions objective).
+        Text tower: one target per window, the user's last `text_windows_per_user` training items.
+        """
+        if self.config.task != "ranking":
+            raise ValueError(f"training_batches is the ranking contract; this model's task is {self.config.task}")
+        length = self.config.history_length
+        windows: list[tuple[np.ndarray, np.ndarray]] = []
+        for seq in split.train_sequences:
+            if self.config.user_tower == "sequence":
+                for end in range(len(seq) - 1, 0, -length):  # disjoint windows, newest first
+                    start = max(0, end - length)
+                    windows.append((seq[start:end], seq[start + 1:end + 1]))
+            else:
+                for t in range(len(seq) - 1, max(0, len(seq) - 1 - self.config.text_windows_per_user), -1):
+                    windows.append((seq[max(0, t - length):t], seq[t:t + 1]))
+        head = self.head
+        order = rng.permutation(len(windows))
+        for begin in range(0, len(order), batch_size):
+            chosen = [windows[i] for i in order[begin:begin + batch_size]]
+            batch = {"items": left_pad([w[0] for w in chosen], self.pad),  # [B, L]
+                     "targets": left_pad([w[1] for w in chosen], self.pad)}  # [B, L] or [B, 1]
+            if isinstance(head, RankingHead):
+                negatives = head.sample_negatives(rng, self.n_items)
+                if negatives is not None:
+                    batch["negatives"] = negatives  # [K]
+            yield batch
+
+    def calculate_loss(self, batch: Batch) -> Tensor:
+        if self.config.task != "ranking":
+            return self._pointwise_loss(batch)
+        history, targets = batch["items"], batch["targets"]
+        sequence = isinstance(self.user_tower, SequenceUserTower)
+        real = targets != self.pad  # [B, L]
+        flat_targets = targets[real] if sequence else targets[:, -1]  # [Q]
+        candidates, target_index = self.head.candidates(flat_targets, batch.get("negatives"))
+        needed = None if candidates is None else (torch.cat([history.flatten(), candidates]) if sequence
+                                                  else candidates)
+        table, lookup = self._item_table(needed)
+        if sequence:
+            states = self.user_tower.states(table[lookup[history]], history != self.pad)  # [B, L, D]
+            queries = states[real]  # [Q, D]
+        else:
+            queries = self._user_vectors(history, table, lookup)  # [B, D]
+        items = table[: self.n_items] if candidates is None else table[lookup[candidates]]  # [C, D]
+        return self.head.calculate_loss(queries, items, {"target_index": target_index})
+
+    def full_sort_predict(self, users: Tensor, histories: list[np.ndarray]) -> Tensor:
+        """[B] users and their histories (oldest first) -> [B, N] scores over the whole catalogue."""
+        if len(histories) != len(users):
+            raise ValueError(f"need one history per user, got {len(histories)} histories for {len(users)} users")
+        history = self._pad_histories(histories)
+        table, lookup = self._item_table(None)
+        user_vectors = self._user_vectors(history, table, lookup)
+        if self.user_embedding is not None:
+            user_vectors = user_vectors + self.user_embedding(users.to(self.device))
+        return self.head.full_sort_predict(user_vectors, table[: self.n_items], users.to(self.device))
+
+    # --- pointwise contract (ctr, rating) -----------------------------------------------------------------
+
+    def encode_rows(self, split: RandomSplit, stage: str) -> Batch:
+        """All rows of `stage` with each row's history: the user's training items strictly before the row's
+        timestamp, so a training row never sees itself and train and test rows are built alike."""
+        if self.config.task == "ranking":
+            raise ValueError("encode_rows is the CTR/rating contract; this model ranks (use training_batches)")
+        part = split.part(stage)
+        rows = {"user": torch.tensor(part[USER_IDX].to_numpy(dtype=np.int64)),
+                "item": torch.tensor(part[ITEM_IDX].to_numpy(dtype=np.int64)),
+                "history": histories_before(split.train, part, self.config.history_length, self.pad)}
+        if "label" in part:
+            rows["label"] = torch.tensor(part["label"].to_numpy(dtype=np.float32))
+        if RATING in part:
+            rows["rating"] = torch.tensor(part[RATING].to_numpy(dtype=np.float32))
+        return rows
+
+    def _pair_vectors(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        history, item = batch["history"], batch["item"]
+        table, lookup = self._item_table(torch.cat([history.flatten(), item]))
+        users = self._user_vectors(history, table, lookup)  # [B, D]
+        if self.user_embedding is not None:
+            users = users + self.user_embedding(batch["user"])
+        return users, table[lookup[item]]
+
+    def _pointwise_loss(self, batch: Batch) -> Tensor:
+        users, items = self._pair_vectors(batch)
+        return self.head.calculate_loss(users, items, batch)
+
+    def predict(self, batch: Batch) -> Tensor:
+        """[B] click probabilities (ctr) or ratings (rating), or dot-product scores (ranking)."""
+        users, items = self._pair_vectors(batch)
+        return self.head.predict(users, items, batch)
+
+    # --- reports -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def item_embeddings(self) -> np.ndarray:
+        """[N, D] float32 final item vectors (the artifact's item_index.npy)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.catalogue().float().cpu().numpy()
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def fusion_weights(self, histories: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
+        """How much each LM counts: over the catalogue ("global") and, given histories, per user.
+
+        Per user: for a sequence tower, the mean of the item-level weights over the user's recent items (the
+        items that make up the user state); for a text tower, the fusion weights of the user's own text.
+        Returns {"method", "kind", "models", "global": {name: weight}, "per_user": [U, M] tensor or None}.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            fusion = self.items.fusion
+            per_item = fusion.weights(self.items.stacked(None))  # over [N, M, D]
+            report: dict[str, Any] = {"method": fusion.name, "kind": per_item["kind"],
+                                      "models": list(fusion.model_names), "global": per_item["per_model"],
+                                      "per_user": None}
+            if histories is None:
+                return report
+            if isinstance(self.user_tower, TextUserTower):
+                stacked = self.user_tower.stacked(self.items, [np.asarray(h).tolist() for h in histories])
+                user_weights = fusion.weights(stacked)
+                report["per_user"] = user_weights.get("per_example", _repeat(user_weights, len(histories)))
+                return report
+            if per_item["kind"] != "per_example":
+                report["per_user"] = _repeat(per_item, len(histories))
+                return report
+            weights = per_item["per_example"]  # [N, M]
+            rows = []
+            for history in histories:
+                recent = np.asarray(history, dtype=np.int64)[-self.config.history_length:]
+                rows.append(weights[torch.tensor(recent)].mean(dim=0) if len(recent)
+                            else weights.mean(dim=0))
+            report["per_user"] = torch.stack(rows) if rows else weights.new_zeros(0, weights.shape[1])
+            return report
+        finally:
+            self.train(was_training)
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _repeat(weights: dict[str, Any], n: int) -> Tensor:
+    """A per-model report -> [n, M], the same row for everyone."""
+    row = torch.tensor([weights["per_model"][name] for name in weights["models"]])
+    return row.unsqueeze(0).expand(n, -1).clone()
+
+
+def item_texts_in_order(dataset: Dataset, item_ids: np.ndarray) -> list[str]:
+    """The `text` of every vocabulary item, in index order; items without text fall back to their id
+    (counted in the log), so an item nobody described can still be ranked."""
+    if "text" not in dataset.items:
+        raise DataError("items have no text column; render one with data.itemTextTemplate",
+                        file=dataset.name, field="text")
+    texts = dict(zip(dataset.items[ITEM].astype(str), dataset.items["text"]))
+    out, missing = [], 0
+    for item_id in item_ids:
+        text = texts.get(str(item_id))
+        if not isinstance(text, str) or not text.strip():
+            missing += 1
+            text = str(item_id)
+        out.append(text)
+    if missing:
+        log.warning("%d of %d items have no text; their id stands in for it", missing, len(item_ids))
+    return out

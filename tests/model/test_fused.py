@@ -1,0 +1,219 @@
+"""The fused recommender on tiny random bert/mpnet/llama models and a tiny synthetic catalogue: every head
+trains, shapes hold, frozen encoders stay cached, unfrozen ones learn, and fusion weights are reported."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fusionrec.data.schema import Dataset
+from fusionrec.data.splits import leave_one_out, random_split
+from fusionrec.data.text import with_item_text
+from fusionrec.model.fused import FusedRecommender, item_texts_in_order
+from fusionrec.model.fusion import FUSION_METHODS
+from fusionrec.model.towers import SequenceUserTower, TextUserTower
+from fusionrec.spec import FusionRecommenderSpec, TrainingSpec
+from fusionrec.train.loop import fit
+
+torch.set_num_threads(1)  # tiny tensors: a thread pool on a 2-core machine only adds overhead
+
+GENRES = ("Action", "Drama", "Comedy")
+WORDS = "star war king queen cat dog".split()  # words the tiny tokenizers know
+
+
+def synthetic(n_users: int = 24, n_items: int = 18, per_user: int = 9, seed: int = 0) -> Dataset:
+    """Each user sticks to one genre (a text signal) and likes the even-numbered items of it (a CTR signal)."""
+    rng = np.random.default_rng(seed)
+    genre_of = [GENRES[i % 3] for i in range(n_items)]
+    rows = []
+    for u in range(n_users):
+        pool = [i for i in range(n_items) if genre_of[i] == GENRES[u % 3]]
+        for t, item in enumerate(rng.choice(pool, size=min(per_user, len(pool)), replace=False)):
+            rows.append((f"u{u}", f"i{item}", 1000 + 10 * t, 5.0 if item % 2 == 0 else 2.0))
+    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"])
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(n_items)],
+                          "title": [f"{WORDS[i % len(WORDS)]} movie {i}" for i in range(n_items)],
+                          "genres": genre_of, "year": [str(1990 + i % 4) for i in range(n_items)]})
+    return with_item_text(Dataset("synthetic", interactions, items), "{title}. Genres: {genres}. Year: {year}")
+
+
+def make_spec(tiny_models, *, task="ranking", tower="sequence", ids=False, method="attention",
+              frozen=("bert", "mpnet", "llama"), negatives=None, epochs=3) -> FusionRecommenderSpec:
+    encoders = []
+    for family in ("bert", "mpnet", "llama"):
+        encoder = {"name": family, "source": str(tiny_models[family]), "maxLength": 24,
+                   "pooling": "last" if family == "llama" else "mean"}
+        encoder.update({"freeze": True} if family in frozen else {"freezeLayers": 2})
+        encoders.append(encoder)
+    task_spec = {"type": task, "userTower": tower, "useItemIds": ids, "historyLength": 6, "numNegatives": 8}
+    if negatives:
+        task_spec["negatives"] = negatives
+    return FusionRecommenderSpec.model_validate({
+        "version": "v1", "encoders": encoders, "fusion": {"method": method, "dim": 16, "hidden": 16},
+        "task": task_spec,
+        "training": {"epochs": epochs, "batchSize": 8, "learningRate": 1e-2, "encoderLearningRate": 1e-3,
+                     "warmupRatio": 0.0, "lrSchedule": "constant", "earlyStopping": {"patience": 50}}})
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return synthetic()
+
+
+@pytest.fixture(scope="module")
+def ranking_split(dataset):
+    return leave_one_out(dataset)
+
+
+@pytest.fixture(scope="module")
+def pointwise_split(dataset):
+    return random_split(dataset, seed=2020)
+
+
+def build(spec, dataset, split, **overrides):
+    torch.manual_seed(0)
+    return FusedRecommender.from_spec(spec, dataset, split, **overrides)
+
+
+CASES = [("ranking", "sequence", False), ("ranking", "text", False), ("ranking", "sequence", True),
+         ("ctr", "sequence", True), ("rating", "sequence", False), ("ctr", "text", False)]
+
+
+@pytest.mark.parametrize("task, tower, ids", CASES, ids=[f"{t}-{w}-{'ids' if i else 'text'}" for t, w, i in CASES])
+def test_each_head_trains_and_its_loss_falls(tiny_models, dataset, ranking_split, pointwise_split, task, tower, ids):
+    split = ranking_split if task == "ranking" else pointwise_split
+    spec = make_spec(tiny_models, task=task, tower=tower, ids=ids, epochs=6)
+    model = build(spec, dataset, split)
+    result = fit(model, split, spec.training, device="cpu")
+    losses = [record["loss"] for record in result.history]
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert result.best_epoch >= 1 and result.best_valid
+
+
+def test_full_sort_and_pointwise_shapes(tiny_models, dataset, ranking_split, pointwise_split):
+    model = build(make_spec(tiny_models), dataset, ranking_split).eval()
+    histories = ranking_split.history("test")[:5]
+    scores = model.full_sort_predict(torch.arange(5), histories)
+    assert scores.shape == (5, ranking_split.n_items) and torch.isfinite(scores).all()
+    assert model.item_embeddings().shape == (ranking_split.n_items, 16)
+    ctr = build(make_spec(tiny_models, task="ctr", ids=True), dataset, pointwise_split).eval()
+    rows = ctr.encode_rows(pointwise_split, "test")
+    assert rows["history"].shape == (len(pointwise_split.test), 6)
+    probabilities = ctr.predict({k: v[:7] for k, v in rows.items()})
+    assert probabilities.shape == (7,) and ((probabilities >= 0) & (probabilities <= 1)).all()
+    assert ctr.full_sort_predict(torch.arange(3), histories[:3]).shape == (3, pointwise_split.vocab.n_items)
+
+
+def test_pointwise_histories_hold_only_earlier_training_items(tiny_models, dataset, pointwise_split):
+    model = build(make_spec(tiny_models, task="rating"), dataset, pointwise_split)
+    rows = model.encode_rows(pointwise_split, "train")
+    train = pointwise_split.train
+    time_of = {(u, i): t for u, i, t in zip(train["user_idx"], train["item_idx"], train["timestamp"])}
+    for r in range(0, len(train), 7):
+        user, item, when = int(rows["user"][r]), int(rows["item"][r]), int(train["timestamp"].iloc[r])
+        history = [int(i) for i in rows["history"][r] if i != model.pad]
+        assert item not in history
+        assert all(time_of[(user, i)] < when for i in history)
+    # the rating head is centred on the training mean
+    assert model.head.offset.item() == pytest.approx(float(train["rating"].mean()))
+
+
+def test_frozen_encoders_never_run_during_training(tiny_models, dataset, ranking_split):
+    spec = make_spec(tiny_models, epochs=2)
+    model = build(spec, dataset, ranking_split)
+    calls = []
+    hooks = [e.backbone.register_forward_hook(lambda *_: calls.append(1)) for e in model.items.encoders]
+    try:
+        fit(model, ranking_split, spec.training, device="cpu")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == []
+    assert model.items.frozen
+    assert all(e.cache_stats["computed"] == 1 for e in model.items.encoders)  # the catalogue, once each
+
+
+def test_an_unfrozen_encoder_gets_gradients_only_above_its_frozen_layers(tiny_models, dataset, ranking_split):
+    spec = make_spec(tiny_models, frozen=("bert", "mpnet"))
+    model = build(spec, dataset, ranking_split)
+    assert model.head.negatives == "sampled"  # fine-tuning switches the default away from a full softmax
+    batch = next(model.training_batches(ranking_split, 16, np.random.default_rng(0)))
+    model.train()
+    model.calculate_loss(batch).backward()
+    llama = model.items.encoders[2].backbone
+    top = [p for n, p in llama.named_parameters() if n.startswith("layers.2.")]
+    bottom = [p for n, p in llama.named_parameters() if n.startswith(("layers.0.", "embed_tokens"))]
+    assert top and all(p.grad is not None and p.grad.abs().sum() > 0 for p in top)
+    assert bottom and all(p.grad is None for p in bottom)
+    assert all(p.grad is None for e in model.items.encoders[:2] for p in e.backbone.parameters())
+    pretrained = {id(p) for p in model.pretrained_parameters()}
+    assert {id(p) for p in top} <= pretrained and not {id(p) for p in bottom} & pretrained
+
+
+@pytest.mark.parametrize("method", sorted(FUSION_METHODS))
+def test_every_fusion_method_trains_inside_the_model(tiny_models, dataset, ranking_split, method):
+    model = build(make_spec(tiny_models, method=method), dataset, ranking_split)
+    model.train()
+    batch = next(model.training_batches(ranking_split, 16, np.random.default_rng(0)))
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.items.fusion.parameters()]
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("tower", ["sequence", "text"])
+def test_fusion_weights_global_and_per_user(tiny_models, dataset, ranking_split, tower):
+    model = build(make_spec(tiny_models, tower=tower), dataset, ranking_split)
+    histories = ranking_split.history("test")[:4]
+    report = model.fusion_weights(histories)
+    assert report["models"] == ["bert", "mpnet", "llama"] and report["kind"] == "per_example"
+    assert sum(report["global"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert report["per_user"].shape == (4, 3)
+    torch.testing.assert_close(report["per_user"].sum(dim=1), torch.ones(4))
+    assert isinstance(model.user_tower, SequenceUserTower if tower == "sequence" else TextUserTower)
+    weighted = build(make_spec(tiny_models, method="weighted"), dataset, ranking_split)
+    flat = weighted.fusion_weights(histories)
+    assert flat["kind"] == "global" and torch.allclose(flat["per_user"], flat["per_user"][0].expand(4, 3))
+
+
+def test_scores_are_the_same_in_and_out_of_the_catalogue_cache(tiny_models, dataset, ranking_split):
+    model = build(make_spec(tiny_models, ids=True), dataset, ranking_split).eval()
+    histories = ranking_split.history("valid")[:3]
+    with torch.no_grad():
+        cached = model.full_sort_predict(torch.arange(3), histories)
+        again = model.full_sort_predict(torch.arange(3), histories)
+    with torch.enable_grad():
+        fresh = model.full_sort_predict(torch.arange(3), histories).detach()
+    torch.testing.assert_close(cached, again)
+    torch.testing.assert_close(cached, fresh)
+
+
+def test_bad_inputs_are_named(tiny_models, dataset, ranking_split, pointwise_split):
+    model = build(make_spec(tiny_models), dataset, ranking_split)
+    with pytest.raises(ValueError, match="one history per user"):
+        model.full_sort_predict(torch.arange(3), ranking_split.history("test")[:2])
+    with pytest.raises(ValueError, match="item indices must be in"):
+        model.items(torch.tensor([ranking_split.n_items]))
+    with pytest.raises(ValueError, match="CTR/rating contract"):
+        model.encode_rows(pointwise_split, "train")
+    with pytest.raises(ValueError, match="unknown FusedConfig field"):
+        build(make_spec(tiny_models), dataset, ranking_split, layers=3)
+    with pytest.raises(ValueError, match="ranking contract"):
+        next(build(make_spec(tiny_models, task="ctr"), dataset, pointwise_split).training_batches(
+            ranking_split, 8, np.random.default_rng(0)))
+
+
+def test_items_without_text_fall_back_to_their_id(dataset):
+    ids = np.asarray(["i0", "i1", "unknown"], dtype=object)
+    texts = item_texts_in_order(dataset, ids)
+    assert texts[:2] == dataset.items["text"].tolist()[:2] and texts[2] == "unknown"
+
+
+def test_training_spec_dropout_reaches_the_sequence_tower(tiny_models, dataset, ranking_split):
+    spec = make_spec(tiny_models)
+    spec.training = TrainingSpec(dropout=0.35)
+    model = build(spec, dataset, ranking_split)
+    assert model.user_tower.encoder.cfg.dropout == 0.35

@@ -1,0 +1,398 @@
+"""Fine-tuning under Ray Train: the pipeline's one fit loop, run by `TorchTrainer` on N workers.
+
+Each worker builds the same model from the same seed and runs `fusionrec.train.loop.fit` with three hooks:
+the loss module is wrapped by `ray.train.torch.prepare_model` (DDP; gloo on CPU, nccl on GPU), each epoch's
+batches are sharded so every rank trains on its own share, and every epoch's metrics and checkpoint go to
+`ray.train.report`. A restarted worker group (a lost worker, `FailureConfig.max_failures`) resumes from the
+last reported checkpoint, which also carries the best epoch's weights.
+
+The driver then downloads that checkpoint and lets `fusionrec.pipeline.train_and_evaluate` resume from it:
+no epoch is left, so it restores the best epoch's weights (the best checkpoint's), evaluates on test and
+writes the versioned artifact with the full history. The artifact is written where the driver runs, so on
+a multi-node cluster workers never need the output folder, only the data and `storage_path`.
+
+Everything that can be checked before training (spec, output and storage folders, GPUs, the cluster
+address) is checked first, so bad input fails in seconds with a `UserError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusionrec.errors import UserError
+from fusionrec.spec import FusionRecommenderSpec, Manifest, TrainingSpec, load_manifest
+
+log = logging.getLogger(__name__)
+
+TRAINING_FOLDER = "_training"  # under the output root; not a version (no MANIFEST.json), so never listed
+NEEDS = {"ranking": "ranks", "ctr": "labels", "rating": "ratings"}
+
+
+@dataclass(frozen=True)
+class FailureDrill:
+    """A chaos drill: rank `rank` raises at its second step of epoch `epoch` (>= 2), once: the first time it
+    fires it creates `marker`, whose existence keeps it from firing again after the restart."""
+
+    rank: int
+    epoch: int
+    marker: str
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What preflight settled: where checkpoints go, this run's name and its local folder."""
+
+    spec: FusionRecommenderSpec
+    name: str
+    output_root: Path
+    storage_path: str
+    run_dir: Path
+
+
+@dataclass
+class DistributedResult:
+    """The written artifact, its test metrics and history (from metrics.json), the Ray checkpoint that was
+    selected, and the last epoch's reported metrics (throughput, world size, `resumed_after`...)."""
+
+    artifact: Path
+    test: dict[str, float]
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_checkpoint: str | None
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# --- preflight --------------------------------------------------------------------------------------------
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise UserError(f"{what} {str(folder)!r} is not writable: {exc}", field=what,
+                        fix="choose a folder this user can create and write") from None
+
+
+def storage_location(training: TrainingSpec, output_root: Path) -> str:
+    """`training.storagePath` as Ray Train takes it: a URI (s3://, gs://, ...) passes through untouched,
+    a local path (or file://) must be writable; unset, `<output>/_training`."""
+    configured = training.storage_path
+    if configured and "://" in configured and not configured.startswith("file://"):
+        return configured
+    local = Path(configured.removeprefix("file://")) if configured else output_root / TRAINING_FOLDER
+    local = local.expanduser().resolve()
+    _check_writable(local, "training.storagePath")
+    return str(local)
+
+
+def check_gpus(training: TrainingSpec, *, remote: bool) -> None:
+    """GPUs asked of a machine without them fail here, not as a trainer pending forever."""
+    needed = math.ceil(training.workers * training.gpus_per_worker)
+    if needed == 0 or remote:
+        return
+    import torch
+
+    available = torch.cuda.device_count()
+    if available < needed:
+        raise UserError(f"{training.workers} workers x {training.gpus_per_worker} GPUs need {needed} GPUs but this "
+                        f"machine has {available}", field="training.gpusPerWorker",
+                        fix="set training.gpusPerWorker: 0 to train on CPUs, or pass --address of a GPU cluster")
+
+
+def preflight(manifest: Manifest | str | Path, output_root: str | Path, *, address: str | None = None,
+              overwrite: bool = False) -> RunPlan:
+    """Every check that needs no cluster: spec, output folder, existing version, storage, GPUs, address."""
+    from fusionrec.train.local_ray import check_reachable, requested_address
+
+    document = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    spec = document.spec
+    root = Path(output_root).expanduser().resolve()
+    _check_writable(root, "--output")
+    if (root / spec.version).exists() and not overwrite:
+        raise UserError(f"version {spec.version!r} already exists at {root / spec.version}", field="spec.version",
+                        fix="bump spec.version, or pass --overwrite")
+    storage = storage_location(spec.training, root)
+    target = requested_address(address)
+    check_gpus(spec.training, remote=target is not None)
+    if target is not None:
+        check_reachable(target)
+    # Unique per invocation: Ray Train V2 resumes a run whose name it finds in storage.
+    name = f"{document.metadata.name}-{spec.version}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_dir = root / TRAINING_FOLDER / name
+    _check_writable(run_dir, "--output")
+    return RunPlan(spec, name, root, storage, run_dir)
+
+
+def check_inputs(spec: FusionRecommenderSpec, *, remote: bool) -> None:
+    """Read the data (a bad row is a DataError now, not on every worker after Ray started) and, for a local
+    run, resolve every encoder's source once, so workers do not race to unpack the same packaged model.
+    On a cluster the sources are left to the workers: a pvc:// claim may be mounted only there."""
+    from fusionrec.data import load_dataset
+    from fusionrec.pipeline import make_split
+
+    make_split(load_dataset(spec.data), spec.task.type)
+    if not remote:
+        from fusionrec.model.sources import resolve_source
+
+        for encoder in spec.encoders:
+            resolve_source(encoder.source)
+
+
+# --- the trainer ------------------------------------------------------------------------------------------
+
+
+def selection(spec: FusionRecommenderSpec) -> tuple[str, str]:
+    """(reported metric key, "max" | "min") by which the best checkpoint is kept."""
+    from fusionrec.metrics import parse_metric
+    from fusionrec.train.loop import selection_metric
+
+    metric = selection_metric(spec.training, NEEDS[spec.task.type])
+    return f"valid_{metric}", "max" if parse_metric(metric)[0].higher_is_better else "min"
+
+
+def build_trainer(plan: RunPlan, worker_config: dict[str, Any]) -> Any:
+    """TorchTrainer from the spec: one worker per DDP rank, GPUs when asked, best + latest checkpoints kept."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    training = plan.spec.training
+    use_gpu = training.gpus_per_worker > 0
+    resources = {"CPU": training.cpus_per_worker, **({"GPU": training.gpus_per_worker} if use_gpu else {})}
+    metric, order = selection(plan.spec)
+    return TorchTrainer(
+        train_worker, train_loop_config=worker_config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=training.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=plan.name, storage_path=plan.storage_path,
+            # The latest checkpoint is always kept besides the best one: restarts resume from it.
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+                                               checkpoint_score_order=order),
+            failure_config=FailureConfig(max_failures=training.max_failures)))
+
+
+def _cluster_fits(training: TrainingSpec, resources: dict[str, float]) -> None:
+    need = {"CPU": training.workers * training.cpus_per_worker, "GPU": training.workers * training.gpus_per_worker}
+    for kind, amount in need.items():
+        if amount > resources.get(kind, 0.0) + 1e-9:
+            log.warning("the run needs %g %s but the cluster has %g now; it waits for the autoscaler", amount,
+                        kind, resources.get(kind, 0.0))
+
+
+def _worker_failure(exc: BaseException) -> UserError | None:
+    """The UserError a worker raised (bad data, a diverging loss), if that is why training failed."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for failure in failures.values():
+        seen: BaseException | None = failure
+        while seen is not None:
+            if isinstance(seen, UserError):
+                return seen
+            # Ray Train V2 wraps it (UserExceptionWithTraceback._base_exc); Ray core uses .cause
+            seen = getattr(seen, "_base_exc", None) or getattr(seen, "cause", None) or seen.__cause__
+    return None
+
+
+def train_distributed(manifest: Manifest | str | Path, output_root: str | Path, *, address: str | None = None,
+                      overwrite: bool = False, embeddings: Path | None = None, dashboard: bool = False,
+                      verify_sync: bool = False, failure_drill: FailureDrill | None = None) -> DistributedResult:
+    """Fine-tune the manifest's model under Ray Train and write `<output_root>/<spec.version>/`.
+
+    Args:
+        address: a Ray cluster (host:port, ray://..., auto); None uses `RAY_ADDRESS`, else a local Ray.
+        embeddings: frozen encoders' embedding cache (default: the pipeline's).
+        verify_sync: every epoch, compare a digest of each rank's weights (reported as `ranks_in_sync`).
+        failure_drill: make one worker fail once, to exercise the restart path.
+    """
+    from ray.train import TrainingFailedError
+
+    from fusionrec.artifact import load_artifact
+    from fusionrec.pipeline import embedding_cache_dir, train_and_evaluate
+    from fusionrec.train.checkpoint import LATEST
+    from fusionrec.train.local_ray import ray_session, requested_address
+
+    plan = preflight(manifest, output_root, address=address, overwrite=overwrite)
+    check_inputs(plan.spec, remote=requested_address(address) is not None)
+    training = plan.spec.training
+    cache = Path(embeddings or embedding_cache_dir()).expanduser().resolve()
+    config = {"spec": plan.spec.model_dump(mode="json", by_alias=True), "embeddings": str(cache),
+              "verify_sync": verify_sync, "drill": asdict(failure_drill) if failure_drill else None}
+    local_cpus = max(os.cpu_count() or 1, math.ceil(training.workers * training.cpus_per_worker))
+    with ray_session(address, plan.run_dir, num_cpus=local_cpus, dashboard=dashboard) as connection:
+        _cluster_fits(training, connection.resources)
+        log.info("training %s on %d worker(s), checkpoints in %s/%s", plan.spec.version, training.workers,
+                 plan.storage_path, plan.name)
+        try:
+            result = build_trainer(plan, config).fit()
+        except TrainingFailedError as exc:
+            cause = _worker_failure(exc)
+            if cause is not None:
+                raise cause from None
+            raise RuntimeError(f"training failed after {training.max_failures} restart(s): {exc}") from exc
+    if result.checkpoint is None:
+        raise RuntimeError(f"training of {plan.spec.version} reported no checkpoint")
+    final = plan.run_dir / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    result.checkpoint.to_directory(str(final / LATEST))
+    artifact = train_and_evaluate(plan.spec, plan.output_root, overwrite=overwrite, checkpoint_dir=final,
+                                  resume=True, embeddings=cache)
+    metrics = load_artifact(artifact).metrics
+    metric, order = selection(plan.spec)
+    ranked = sorted(result.best_checkpoints, key=lambda pair: pair[1].get(metric, math.nan),
+                    reverse=order == "max")
+    return DistributedResult(artifact=artifact, test=metrics["test"], history=metrics["history"],
+                             best_epoch=metrics["best_epoch"], best_checkpoint=ranked[0][0].path if ranked else None,
+                             last_metrics=dict(result.metrics or {}))
+
+
+# --- on each worker ---------------------------------------------------------------------------------------
+
+
+class _Shard:
+    """Every `world`-th batch from `rank` on; the last round is completed with the epoch's first batches (as
+    torch's DistributedSampler pads), so every rank takes the same number of steps: a rank with one step
+    fewer would leave the others waiting in DDP's all-reduce for ever. Counts samples and training time."""
+
+    def __init__(self, rank: int, world: int, drill: dict[str, Any] | None) -> None:
+        self.rank, self.world, self.drill = rank, world, drill
+        self.samples, self.seconds = 0, 0.0
+
+    def __call__(self, batches: Iterable[Any], epoch: int) -> Iterator[Any]:
+        started = time.perf_counter()
+        self.samples = 0
+        head: list[Any] = []
+        count = 0
+        for index, batch in enumerate(batches):
+            count = index + 1
+            if index < self.world:
+                head.append(batch)
+            if index % self.world == self.rank:
+                yield self._counted(batch, epoch)
+        for position in range(count, count + (-count) % self.world):  # pad the last round
+            if position % self.world == self.rank:
+                yield self._counted(head[(position - count) % len(head)], epoch)
+        self.seconds = time.perf_counter() - started
+
+    def _counted(self, batch: Any, epoch: int) -> Any:
+        self._maybe_fail(epoch)
+        self.samples += len(next(iter(batch.values())))
+        return batch
+
+    def _maybe_fail(self, epoch: int) -> None:
+        drill = self.drill
+        if (drill and drill["rank"] == self.rank and drill["epoch"] == epoch and self.samples > 0
+                and not os.path.exists(drill["marker"])):
+            Path(drill["marker"]).write_text(f"rank {self.rank} failed at epoch {epoch}\n")
+            raise RuntimeError(f"failure drill: rank {self.rank} fails at epoch {epoch}")
+
+
+def _weights_digest(model: Any) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _restore(checkpoint: Any, root: Path) -> int:
+    """Download Ray's checkpoint into the loop's `<root>/latest`; returns the epoch it was taken after."""
+    from fusionrec.train.checkpoint import LATEST
+
+    if checkpoint is None:
+        return 0
+    checkpoint.to_directory(str(root / LATEST))
+    name = Path(checkpoint.path).name  # epoch-0003
+    return int(name.rsplit("-", 1)[-1]) if name.rsplit("-", 1)[-1].isdigit() else -1
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """One rank: build, restore, fit with DDP and sharded batches, report every epoch."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from fusionrec.data import load_dataset
+    from fusionrec.model.fused import FusedRecommender
+    from fusionrec.pipeline import make_split
+    from fusionrec.train.loop import EpochReport, FitHooks, fit, seed_everything
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    # Ray Train routes print() and logging to its own handlers; rank 0 speaks for the group.
+    logging.getLogger("fusionrec").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logging.getLogger("fusionrec.train.loop").setLevel(logging.WARNING)  # the epoch line is printed below
+    spec = FusionRecommenderSpec.model_validate(config["spec"])
+    seed_everything(spec.training.seed)  # every rank starts from the same weights (DDP also broadcasts rank 0's)
+    dataset = load_dataset(spec.data)
+    split = make_split(dataset, spec.task.type)
+    model = FusedRecommender.from_spec(spec, dataset, split, embedding_cache_dir=Path(config["embeddings"]))
+    device = ray.train.torch.get_device()
+    root = Path(tempfile.mkdtemp(prefix=f"fusionrec-rank{rank}-"))
+    resumed_after = _restore(ray.train.get_checkpoint(), root)
+    if rank == 0 and resumed_after:
+        print(f"resuming from the checkpoint of epoch {resumed_after}", flush=True)
+    shard = _Shard(rank, world, config["drill"])
+    metric, _ = selection(spec)
+
+    def reduce(values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def on_epoch_end(report: EpochReport) -> None:
+        loss_sum, samples = reduce([report.metrics["loss"] * shard.samples, float(shard.samples)])
+        seconds = max(reduce([shard.seconds])[0] / world, 1e-9)
+        metrics = {**report.metrics, "loss": loss_sum / max(samples, 1.0), "samples": int(samples),
+                   "samples_per_s": samples / seconds, "train_seconds": seconds, "world_size": world,
+                   "resumed_after": resumed_after, "improved": int(report.improved),
+                   "threads": torch.get_num_threads()}
+        if config["verify_sync"]:
+            digests: list[str | None] = [None] * world
+            dist.all_gather_object(digests, _weights_digest(model))
+            metrics["ranks_in_sync"] = int(len(set(digests)) == 1)
+        checkpoint = None
+        if rank == 0 and report.checkpoint_dir is not None:
+            checkpoint = ray.train.Checkpoint.from_directory(str(report.checkpoint_dir))
+            print(f"epoch {report.epoch}/{spec.training.epochs} loss {metrics['loss']:.4f} "
+                  f"{metric.removeprefix('valid_')} "
+                  f"{metrics.get(metric, math.nan):.4f}{' *' if report.improved else ''} "
+                  f"{metrics['samples_per_s']:.0f} samples/s x{world} {seconds:.1f}s", flush=True)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{report.epoch:04d}")
+
+    hooks = FitHooks(on_epoch_end=on_epoch_end, wrap_model=ray.train.torch.prepare_model, wrap_batches=shard)
+    try:
+        fit(model, split, spec.training, device=device, hooks=hooks, checkpoint_dir=root, resume=resumed_after != 0)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- the summary ------------------------------------------------------------------------------------------
+
+
+def summary_table(result: DistributedResult) -> str:
+    """Per-epoch loss and validation metrics, then the test metrics of the selected epoch."""
+    valid_keys = sorted({key for row in result.history for key in row if key.startswith("valid_")})
+    header = ["epoch", "loss", *[key.removeprefix("valid_") for key in valid_keys], "elapsed_s"]
+    rows = [[f"{int(row['epoch'])}{'*' if int(row['epoch']) == result.best_epoch else ''}", f"{row['loss']:.4f}",
+             *[f"{row[key]:.4f}" if key in row else "-" for key in valid_keys], f"{row.get('seconds', 0.0):.1f}"]
+            for row in result.history]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    test = ", ".join(f"{key} {value:.4f}" for key, value in result.test.items())
+    lines += [f"* best epoch {result.best_epoch} (validation); test: {test}", f"artifact: {result.artifact}"]
+    return "\n".join(lines)

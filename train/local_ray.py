@@ -1,0 +1,197 @@
+"""Starting a local Ray, or connecting to an existing cluster, for one training run.
+
+A local Ray started here is sized to the machine and kept out of the user's way: it listens on 127.0.0.1
+only, keeps token authentication on with a token that lives in this process's environment (nothing is written
+to `~/.ray/`, which may be read-only in CI), caps the object store (Ray's default takes 30% of RAM), writes
+its session files and Python's temp files (`/tmp/pymp-*`) under the run folder, and runs without the dashboard
+unless asked. `--address` / `RAY_ADDRESS` connects to a running cluster instead; an address that does not
+answer is a `UserError` raised in about a second, not after Ray's own minute of retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusionrec.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OBJECT_STORE_BYTES = 1 << 30  # training moves weights through files, not the object store
+MIN_OBJECT_STORE_BYTES = 80 << 20  # Ray refuses less than ~75 MiB
+# Ray's session folder holds Unix sockets, whose paths must stay under 108 bytes, and Ray appends ~64 bytes
+# (`/session_<date>_<time>_<pid>/sockets/plasma_store`); a deeper run folder falls back to a short folder in
+# the system temp dir (and the log says where).
+MAX_TEMP_DIR_CHARS = 40
+LOCAL_ADDRESSES = {"", "local"}
+LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@dataclass(frozen=True)
+class RayConnection:
+    """Where this run's Ray lives: `started` is True when this process started (and will stop) it."""
+
+    address: str
+    started: bool
+    temp_dir: Path | None
+    resources: dict[str, float]
+
+
+def requested_address(address: str | None) -> str | None:
+    """The cluster to use: `--address`, else `RAY_ADDRESS`, else None (start a local Ray)."""
+    chosen = address if address is not None else os.environ.get("RAY_ADDRESS")
+    if chosen is None or chosen.strip() in LOCAL_ADDRESSES:
+        return None
+    return chosen.strip()
+
+
+def check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail fast when nothing listens at `address` (host:port, ray://host:port or http://host:port).
+
+    "auto" (the cluster this machine belongs to) is left to Ray, which knows where to look.
+    """
+    if address == "auto":
+        return
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise UserError(f"--address {address!r} is not host:port", field="--address",
+                        fix="e.g. --address 10.0.0.5:6379, ray://head:10001 or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address!r}: {exc}", field="--address",
+                        fix="check the head node's address and port, or omit --address (and unset RAY_ADDRESS) "
+                            "to start a local Ray") from None
+
+
+def object_store_bytes(requested: int | None = None) -> int:
+    """The object store cap: `requested`, else 1 GiB but never more than a fifth of the free memory."""
+    if requested is not None:
+        if requested < MIN_OBJECT_STORE_BYTES:
+            raise UserError(f"object store of {requested} bytes is below Ray's minimum of {MIN_OBJECT_STORE_BYTES}",
+                            field="object_store_memory")
+        return requested
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return DEFAULT_OBJECT_STORE_BYTES
+    return max(MIN_OBJECT_STORE_BYTES, min(DEFAULT_OBJECT_STORE_BYTES, available // 5))
+
+
+def ray_temp_dir(run_dir: Path) -> Path:
+    """`<run_dir>/ray`, or a short folder in the system temp dir when that path is too long for sockets."""
+    preferred = Path(run_dir).resolve() / "ray"
+    if len(str(preferred)) <= MAX_TEMP_DIR_CHARS:
+        preferred.mkdir(parents=True, exist_ok=True)
+        return preferred
+    short = Path(tempfile.mkdtemp(prefix="fusionrec-ray-"))
+    log.info("Ray session files go to %s (%s is too long for Ray's socket paths)", short, preferred)
+    return short
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set variables while Ray starts: its processes inherit them, this process gets its own back."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def local_environment(temp_dir: Path) -> dict[str, str]:
+    """Environment of a local Ray: loopback only, temp files in the run, and token auth (Ray's default) with a
+    token generated for this process instead of one Ray would write to `~/.ray/auth_token`."""
+    env = {LOOPBACK_VAR: "0", "TMPDIR": str(temp_dir)}
+    mode = os.environ.get("RAY_AUTH_MODE", "token").lower()
+    if mode == "token" and not os.environ.get("RAY_AUTH_TOKEN"):
+        env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    elif mode != "token":
+        log.warning("RAY_AUTH_MODE=%s: the local Ray runs without token authentication", mode)
+    return env
+
+
+def _loopback_before_import() -> None:
+    """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when it is imported: set it first, or every Ray
+    process binds to the machine's network address instead of 127.0.0.1."""
+    if "ray" in sys.modules:
+        if os.environ.get(LOOPBACK_VAR) != "0":
+            log.info("ray was imported before %s=0 was set: the local Ray may bind to the network address",
+                     LOOPBACK_VAR)
+        return
+    os.environ.setdefault(LOOPBACK_VAR, "0")
+
+
+def start_local(run_dir: str | Path, *, num_cpus: int | None = None, num_gpus: int | None = None,
+                object_store_memory: int | None = None, dashboard: bool = False) -> RayConnection:
+    """Start a single-machine Ray for this process (see the module docstring for how it is set up)."""
+    _loopback_before_import()
+    import ray
+
+    temp_dir = ray_temp_dir(Path(run_dir))
+    cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
+    env = local_environment(temp_dir)
+    with _environment(env):
+        ray.init(num_cpus=cpus, num_gpus=num_gpus, object_store_memory=object_store_bytes(object_store_memory),
+                 include_dashboard=dashboard, _temp_dir=str(temp_dir), _node_ip_address="127.0.0.1",
+                 configure_logging=False, log_to_driver=True)
+    # Ray's processes (and so the workers) inherited the scoped variables; this process keeps the token,
+    # since every client it opens to the cluster (Ray Train's included) must present the token.
+    if "RAY_AUTH_TOKEN" in env:
+        os.environ["RAY_AUTH_TOKEN"] = env["RAY_AUTH_TOKEN"]
+    resources = ray.cluster_resources()
+    log.info("started a local Ray: %s CPUs, %s GPUs, session files in %s", resources.get("CPU", 0),
+             resources.get("GPU", 0), temp_dir)
+    return RayConnection(ray.get_runtime_context().gcs_address, True, temp_dir, resources)
+
+
+def connect(address: str) -> RayConnection:
+    """Join a running cluster (its reachability checked first)."""
+    import ray
+
+    check_reachable(address)
+    try:
+        ray.init(address=address, configure_logging=False, log_to_driver=True)
+    except (ConnectionError, RuntimeError) as exc:
+        raise UserError(f"cannot connect to the Ray cluster at {address!r}: {exc}", field="--address",
+                        fix="check the address and, with token auth, that RAY_AUTH_TOKEN holds the cluster's "
+                            "token") from None
+    return RayConnection(address, False, None, ray.cluster_resources())
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, run_dir: str | Path, *, num_cpus: int | None = None,
+                dashboard: bool = False) -> Iterator[RayConnection]:
+    """Ray for the span of a run: an already initialised Ray is reused as it is (a test's module cluster,
+    a notebook's session); otherwise connect to `address` or start a local Ray, and stop what was started."""
+    target = requested_address(address)
+    if target is not None:
+        check_reachable(target)
+    else:
+        _loopback_before_import()
+    import ray
+
+    if ray.is_initialized():
+        yield RayConnection(ray.get_runtime_context().gcs_address, False, None, ray.cluster_resources())
+        return
+    connection = connect(target) if target is not None else start_local(run_dir, num_cpus=num_cpus,
+                                                                         dashboard=dashboard)
+    try:
+        yield connection
+    finally:
+        ray.shutdown()

@@ -1,0 +1,213 @@
+"""`compile_artifact`: export the towers of a trained artifact, build the backend's graph, gate it on parity
+with torch, and only then add the files to the artifact (atomically, via `fusionrec.artifact.add_files`).
+
+A failure anywhere (bad choice, export error, parity breach) raises before anything is written, so an
+artifact is either left exactly as it was or gains a complete, checked set of compiled files.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fusionrec import __version__
+from fusionrec.artifact import add_files, load_artifact
+from fusionrec.compile import onnxruntime_backend as ort_backend
+from fusionrec.compile import tensorrt_backend as trt_backend
+from fusionrec.compile.export import export_onnx
+from fusionrec.compile.graphs import GRAPHS, build_graph
+from fusionrec.compile.inputs import TowerInputs, select
+from fusionrec.compile.parity import ParityCheck, enforce, output_check, ranking_check
+from fusionrec.compile.pruning import check_depth, drop_top_layers
+from fusionrec.compile.registry import check_choice
+from fusionrec.compile.scoring import graph_ranking_metrics
+from fusionrec.compile.torch_backend import TorchRuntime
+from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
+from fusionrec.errors import UserError
+
+log = logging.getLogger(__name__)
+
+COMPILE_RECORD = "compile.json"
+FILES = {"user": "encoder.onnx", "item": "item_encoder.onnx"}
+PLANS = {"user": "encoder.plan", "item": "item_encoder.plan"}
+EXAMPLE_ROWS = 16
+
+
+def compile_artifact(path: str | Path, *, backend: str | None = None, precision: str | None = None,
+                     threads: int | None = None, opset: int | None = None, prune_layers: int = 0,
+                     tolerance: float | None = None, split: LeaveOneOutSplit | RandomSplit | None = None,
+                     embeddings: Path | None = None, timing_cache: Path | None = None,
+                     report: Callable[[str], None] = print) -> dict[str, Any]:
+    """Compile the artifact at `path`; returns the record written as compile.json.
+
+    Args:
+        backend, precision, threads, opset: override the artifact spec's `compile` section.
+        prune_layers: drop this many top layers of every encoder before export (quality cost measured).
+        tolerance: override the gate (relative output error, or for int8 the relative NDCG@10 drop).
+        split: the validation data for the int8 ranking gate (default: loaded from the spec's data section).
+        embeddings: frozen encoders' embedding cache (see `fusionrec.pipeline.load_model`).
+        timing_cache: TensorRT timing cache file, reused across builds.
+        report: where the parity lines are printed.
+    Raises:
+        UserError: bad choices or a corrupt artifact; ParityError (a UserError) when the gate fails.
+    """
+    started = time.perf_counter()
+    settings = load_artifact(path).spec.compile
+    backend = settings.backend if backend is None else backend
+    precision = settings.precision if precision is None else precision
+    threads = settings.threads if threads is None else threads
+    opset = settings.opset if opset is None else opset
+    check_choice(backend, precision)
+    if prune_layers < 0:
+        raise UserError(f"prune_layers must be >= 0, got {prune_layers}", field="prune_layers")
+
+    from fusionrec.pipeline import load_model
+
+    model, artifact = load_model(path, embeddings=embeddings)
+    needs_ranking = precision == "int8" or (prune_layers > 0 and artifact.spec.task.type == "ranking")
+    if needs_ranking and split is None:
+        split = _load_split(artifact)
+    if precision == "int8" and not isinstance(split, LeaveOneOutSplit):
+        raise UserError(f"the int8 gate measures NDCG@10 and needs a ranking model; this one is "
+                        f"{artifact.spec.task.type}", field="compile.precision", fix="use fp32 for ctr/rating")
+    inputs = TowerInputs.from_model(model)
+    quality: dict[str, Any] = {}
+    if prune_layers:
+        check_depth(list(model.items.encoders), prune_layers)  # fail before minutes of evaluation
+        if needs_ranking:  # ctr/rating models: the cost is not measured (noted in the record)
+            quality["unpruned_ndcg@10"] = _torch_ndcg(model, inputs, split)
+        else:
+            quality["pruning_cost"] = "not measured: only ranking models are evaluated here"
+        quality["layers"] = drop_top_layers(model, prune_layers)
+    examples = _examples(model, inputs, artifact)
+    graphs = {kind: build_graph(model, kind) for kind in GRAPHS}
+    reference = {kind: TorchRuntime(copy.deepcopy(graphs[kind][0]), graphs[kind][1], "fp32", "cpu", "eager")
+                 for kind in GRAPHS}
+    checks: list[ParityCheck] = []
+    with tempfile.TemporaryDirectory(prefix="fusionrec-compile-") as tmp:
+        folder = Path(tmp)
+        files: dict[str, Any] = {}
+        runtimes: dict[str, Any] = {}
+        for kind in GRAPHS:
+            module, signature = graphs[kind]
+            example = select(examples[kind], signature)
+            if backend == "torch":
+                runtimes[kind] = TorchRuntime(copy.deepcopy(module), signature, precision, compile_mode="eager")
+                continue
+            onnx_path = export_onnx(module, signature, example, folder / FILES[kind], opset)
+            if precision == "int8":
+                onnx_path = ort_backend.quantize_int8(onnx_path, folder / "int8" / FILES[kind])
+            files[FILES[kind]] = onnx_path
+            if backend == "tensorrt":
+                plan = folder / PLANS[kind]
+                shapes = trt_backend.profile_shapes(signature, example, max_batch=256, opt_batch=32,
+                                                    max_lengths=_max_lengths(model), opt_length=64)
+                sidecar = trt_backend.build_engine(onnx_path, plan, precision, shapes, timing_cache)
+                files[PLANS[kind]] = plan
+                files[f"{PLANS[kind]}.json"] = json.dumps(sidecar, indent=2).encode()
+                runtimes[kind] = trt_backend.TensorRTRuntime(plan, _write(folder / f"{PLANS[kind]}.json", sidecar))
+            else:
+                runtimes[kind] = ort_backend.OnnxRuntime(onnx_path, threads)
+        for kind in GRAPHS:
+            signature = graphs[kind][1]
+            example = select(examples[kind], signature)
+            check = output_check(kind, reference[kind].run(example), runtimes[kind].run(example),
+                                 "fp32" if precision == "int8" else precision,
+                                 None if precision == "int8" else tolerance)
+            if precision == "int8":
+                check.passed, check.tolerance = True, None  # int8 is gated on ranking quality below
+            checks.append(check)
+        if needs_ranking:
+            torch_ndcg = graph_ranking_metrics(model, reference["user"], reference["item"], inputs, split)["ndcg@10"]
+            compiled_ndcg = graph_ranking_metrics(model, runtimes["user"], runtimes["item"], inputs,
+                                                  split)["ndcg@10"]
+            quality.update({"torch_ndcg@10": torch_ndcg, "compiled_ndcg@10": compiled_ndcg})
+            if precision == "int8":
+                checks.append(ranking_check("ranking", torch_ndcg, compiled_ndcg, tolerance))
+            if "unpruned_ndcg@10" in quality:
+                base = quality["unpruned_ndcg@10"]
+                quality["pruning_relative_drop"] = (base - compiled_ndcg) / base if base > 0 else 0.0
+                report(f"pruning: NDCG@10 {base:.4f} -> {compiled_ndcg:.4f} (validation)")
+        enforce(checks, report)
+        record = _record(model, graphs, backend, precision, threads, opset, prune_layers, checks, quality,
+                         time.perf_counter() - started)
+        files[COMPILE_RECORD] = json.dumps(record, indent=2, sort_keys=True).encode()
+        add_files(artifact.path, files, replace=True)
+    return record
+
+
+def _load_split(artifact) -> LeaveOneOutSplit | RandomSplit:
+    from fusionrec.data import load_dataset
+    from fusionrec.pipeline import make_split
+
+    return make_split(load_dataset(artifact.spec.data), artifact.spec.task.type)
+
+
+def _torch_ndcg(model, inputs: TowerInputs, split) -> float:
+    graphs = {kind: build_graph(model, kind) for kind in GRAPHS}
+    runtimes = {k: TorchRuntime(copy.deepcopy(m), s, "fp32", "cpu", "eager") for k, (m, s) in graphs.items()}
+    return graph_ranking_metrics(model, runtimes["user"], runtimes["item"], inputs, split)["ndcg@10"]
+
+
+def _examples(model, inputs: TowerInputs, artifact) -> dict[str, dict[str, np.ndarray]]:
+    """Example rows for export and the output gate: the first catalogue items, and real users' histories
+    (from users.parquet) so the tokens and padding look like serving's."""
+    n = model.n_items
+    items = np.arange(min(n, EXAMPLE_ROWS)) if n >= 2 else np.zeros(2, dtype=np.int64)
+    index = {item_id: i for i, item_id in enumerate(pd.read_parquet(artifact.items_path)["item_id"].astype(str))}
+    users = pd.read_parquet(artifact.path / "users.parquet")
+    histories = [np.array([index[i] for i in h if i in index], dtype=np.int64)
+                 for h in users["history"].head(EXAMPLE_ROWS)]
+    histories = [h for h in histories if len(h)] or [np.arange(min(n, 3))]
+    histories += histories[:1] * max(0, 2 - len(histories))  # export examples need every axis >= 2
+    if max(len(h) for h in histories) < 2:
+        histories[0] = np.repeat(histories[0], 2)
+    user_rows = np.arange(len(histories)) % max(model.n_users, 1)
+    return {"item": inputs.item_inputs(items),
+            "user": inputs.user_inputs(histories, model.item_embeddings(), user_rows)}
+
+
+def _max_lengths(model) -> dict[str, int]:
+    """The longest value of each length axis: tokens per encoder, items per history."""
+    lengths = {f"tokens_{e.spec.name}": e.max_length for e in model.items.encoders}
+    lengths["history"] = model.config.history_length
+    return lengths
+
+
+def _write(path: Path, value: dict) -> Path:
+    path.write_text(json.dumps(value), encoding="utf-8")
+    return path
+
+
+def _record(model, graphs, backend, precision, threads, opset, prune_layers, checks, quality,
+            seconds: float) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    graph_info = {}
+    for kind, (_, signature) in graphs.items():
+        entry: dict[str, Any] = {"signature": signature.as_json()}
+        if backend != "torch":
+            entry["onnx"] = FILES[kind]
+        if backend == "tensorrt":
+            entry["plan"] = PLANS[kind]
+        graph_info[kind] = entry
+    return {
+        "backend": backend, "precision": precision, "opset": opset, "threads": threads,
+        "prune_layers": prune_layers, "graphs": graph_info,
+        "encoders": {e.spec.name: {"max_length": e.max_length} for e in model.items.encoders},
+        "history_length": model.config.history_length, "user_tower": model.config.user_tower,
+        "parity": [c.as_json() for c in checks], "quality": quality, "seconds": round(seconds, 2),
+        "versions": {"fusionrec": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__},
+    }

@@ -1,0 +1,84 @@
+"""The parity gate: a compiled graph is written into an artifact only if it computes what torch computes.
+
+fp32 must match to 1e-4 relative, fp16/bf16 to 1e-2 (half precision keeps ~3 significant digits), and int8,
+which cannot match elementwise, must keep the ranking: validation NDCG@10 may drop by under 1% relative.
+Relative error is measured against the largest reference magnitude (max |a - b| / max |b|), so near-zero
+components of an embedding do not blow the ratio up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fusionrec.errors import UserError
+
+OUTPUT_TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}
+NDCG_DROP_TOLERANCE = 0.01  # int8: relative drop of validation NDCG@10
+
+
+class ParityError(UserError):
+    """A compiled graph differs from torch by more than its precision allows."""
+
+
+@dataclass
+class ParityCheck:
+    """One measured gate: what was compared, the value, the limit and whether it passed."""
+
+    graph: str
+    metric: str  # "max_relative_error" or "ndcg@10_relative_drop"
+    value: float
+    tolerance: float | None  # None: measured for the record, not gated
+    passed: bool
+    detail: dict | None = None
+
+    def as_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def line(self) -> str:
+        if self.tolerance is None:
+            return f"{self.graph}: {self.metric} = {self.value:.3g} (informational, not gated)"
+        verdict = "ok" if self.passed else "FAILED"
+        return f"{self.graph}: {self.metric} = {self.value:.3g} (limit {self.tolerance:.3g}) {verdict}"
+
+
+def max_relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """max |candidate - reference| / max |reference| (shapes must match; NaN or inf counts as infinite)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    candidate = np.asarray(candidate, dtype=np.float64)
+    if reference.shape != candidate.shape:
+        raise ValueError(f"compiled output shape {candidate.shape} != torch output shape {reference.shape}")
+    if not np.all(np.isfinite(candidate)):
+        return float("inf")
+    scale = max(float(np.max(np.abs(reference), initial=0.0)), 1e-12)
+    return float(np.max(np.abs(candidate - reference), initial=0.0)) / scale
+
+
+def output_check(graph: str, reference: np.ndarray, candidate: np.ndarray, precision: str,
+                 tolerance: float | None = None) -> ParityCheck:
+    """Elementwise gate for fp32/fp16/bf16 (`tolerance` overrides the precision's default)."""
+    limit = OUTPUT_TOLERANCES[precision] if tolerance is None else tolerance
+    value = max_relative_error(reference, candidate)
+    return ParityCheck(graph, "max_relative_error", value, limit, value <= limit)
+
+
+def ranking_check(graph: str, reference_ndcg: float, compiled_ndcg: float,
+                  tolerance: float | None = None) -> ParityCheck:
+    """int8 gate: relative NDCG@10 drop of the compiled model against torch on the validation split."""
+    limit = NDCG_DROP_TOLERANCE if tolerance is None else tolerance
+    drop = (reference_ndcg - compiled_ndcg) / reference_ndcg if reference_ndcg > 0 else 0.0
+    return ParityCheck(graph, "ndcg@10_relative_drop", drop, limit, drop < limit,
+                       {"torch_ndcg@10": reference_ndcg, "compiled_ndcg@10": compiled_ndcg})
+
+
+def enforce(checks: list[ParityCheck], report: Callable[[str], None] = print) -> None:
+    """Print every check, then raise ParityError naming the failed ones."""
+    for check in checks:
+        report(check.line())
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        raise ParityError("compiled graph failed the parity gate: " + "; ".join(c.line() for c in failed),
+                          field="compile.precision",
+                          fix="use a higher precision (fp32), another backend, or fewer pruned layers")

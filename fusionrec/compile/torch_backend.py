@@ -1,0 +1,61 @@
+"""The torch backend: the tower graph itself, cast to the precision, optionally under `torch.compile`.
+
+Nothing is serialised: torch.compile output is tied to the torch version and machine, so the artifact only
+records the settings and the parity numbers, and each replica compiles at load. On a GPU the default mode is
+"reduce-overhead" (CUDA graphs: one launch per request instead of one per kernel, which is what small
+batches need); on CPU compiling takes minutes for an LM and gains little, so it is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusionrec.compile.graphs import GraphSignature
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def default_compile_mode(device: torch.device) -> str | None:
+    return "reduce-overhead" if device.type == "cuda" else None
+
+
+class TorchRuntime:
+    """Runs a tower graph module with numpy in and out.
+
+    Args:
+        module: from `graphs.build_graph` (moved and cast here; pass a copy if the model is still needed).
+        signature: its inputs.
+        precision: fp32, fp16 or bf16 (the weights are cast; integer inputs stay integer).
+        device: where to run (default: CUDA when available).
+        compile_mode: a `torch.compile` mode, "eager" for none, or None for the device's default.
+    """
+
+    backend = "torch"
+
+    def __init__(self, module: nn.Module, signature: GraphSignature, precision: str = "fp32",
+                 device: str | torch.device | None = None, compile_mode: str | None = None) -> None:
+        if precision not in DTYPES:
+            raise ValueError(f"torch precision must be one of {PRECISIONS}, got {precision!r}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = DTYPES[precision]
+        self.signature = signature
+        self.input_names = signature.inputs
+        module = module.to(self.device, self.dtype).eval()
+        mode = default_compile_mode(self.device) if compile_mode is None else compile_mode
+        self.compile_mode = None if mode == "eager" else mode
+        self.module = torch.compile(module, mode=self.compile_mode) if self.compile_mode else module
+
+    @torch.inference_mode()
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        args = []
+        for name in self.input_names:
+            tensor = torch.from_numpy(np.ascontiguousarray(inputs[name])).to(self.device)
+            args.append(tensor.to(self.dtype) if tensor.is_floating_point() else tensor)
+        return self.module(*args).float().cpu().numpy()

@@ -1,0 +1,93 @@
+"""Tiny trained artifacts to compile: the tiny random bert/mpnet/llama models of tests/model/conftest.py
+(loaded from there, not copied), a synthetic catalogue written as CSV (so the int8 gate can reload the
+validation split from the spec's data section) and one epoch of training through the real pipeline."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fusionrec.pipeline import train_and_evaluate
+from fusionrec.spec import Manifest
+
+torch.set_num_threads(1)
+
+_BUILDER = Path(__file__).resolve().parents[1] / "model" / "conftest.py"
+GENRES = ("Action", "Drama", "Comedy")
+WORDS = ["star", "war", "king", "queen", "cat", "dog"]  # words the tiny tokenizers know
+
+
+def _load_builder():
+    spec = importlib.util.spec_from_file_location("_fusionrec_tiny_models_compile", _BUILDER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return _load_builder().build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+def write_data(folder: Path, n_users: int = 24, n_items: int = 18, per_user: int = 8) -> dict:
+    """Users stick to one genre; returns the spec's data section for the CSV files written."""
+    rng = np.random.default_rng(0)
+    genre_of = [GENRES[i % 3] for i in range(n_items)]
+    rows = []
+    for u in range(n_users):
+        pool = [i for i in range(n_items) if genre_of[i] == GENRES[u % 3]]
+        for t, item in enumerate(rng.choice(pool, size=min(per_user, len(pool)), replace=False)):
+            rows.append((f"u{u}", f"i{item}", 1000 + 10 * t, 4.0))
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"]).to_csv(
+        folder / "interactions.csv", index=False)
+    pd.DataFrame({"item_id": [f"i{i}" for i in range(n_items)],
+                  "title": [f"{WORDS[i % len(WORDS)]} movie {i}" for i in range(n_items)],
+                  "genres": genre_of, "year": ["1995"] * n_items}).to_csv(folder / "items.csv", index=False)
+    return {"path": str(folder), "interactions": "interactions.csv", "items": "items.csv"}
+
+
+def spec_document(tiny_models: dict[str, Path], data: dict, *, tower: str, families=("bert", "mpnet", "llama"),
+                  version: str = "v1") -> dict:
+    encoders = [{"name": f, "source": str(tiny_models[f]), "maxLength": 24, "freeze": True,
+                 "pooling": "last" if f == "llama" else "mean"} for f in families]
+    return {"version": version, "encoders": encoders, "fusion": {"method": "attention", "dim": 16, "hidden": 16},
+            "task": {"type": "ranking", "userTower": tower, "historyLength": 6, "useItemIds": True},
+            "data": data,
+            "training": {"epochs": 1, "batchSize": 8, "learningRate": 1e-2, "warmupRatio": 0.0,
+                         "lrSchedule": "constant"}}
+
+
+def train_artifact(root: Path, tiny_models, *, tower: str, **kwargs) -> Path:
+    data = write_data(root / "data")
+    manifest = Manifest.model_validate({"metadata": {"name": "shop"},
+                                        "spec": spec_document(tiny_models, data, tower=tower, **kwargs)})
+    return train_and_evaluate(manifest, root / "runs", embeddings=root / "embeddings")
+
+
+@pytest.fixture(scope="session")
+def text_artifact(tiny_models, tmp_path_factory) -> Path:
+    """A trained ranking artifact whose user tower reads text (the LMs run per request)."""
+    return train_artifact(tmp_path_factory.mktemp("text"), tiny_models, tower="text")
+
+
+@pytest.fixture(scope="session")
+def sequence_artifact(tiny_models, tmp_path_factory) -> Path:
+    """A trained ranking artifact with the sequence user tower (item vectors in, LMs only in the item graph)."""
+    return train_artifact(tmp_path_factory.mktemp("sequence"), tiny_models, tower="sequence")
+
+
+@pytest.fixture()
+def fresh_copy(tmp_path):
+    """Copy an artifact folder so a test can compile it without touching the shared one."""
+    def copy(path: Path) -> Path:
+        dest = tmp_path / "runs" / path.name
+        shutil.copytree(path, dest)
+        return dest
+    return copy

@@ -1,0 +1,193 @@
+"""`fusionrec serve` (a local Ray Serve app over one artifact) and `fusionrec recommend` (its client).
+
+`serve` deploys the same application, through the same declarative config, as the operator does on a
+cluster, so what works locally works there. It listens on loopback unless told otherwise, and auth is off
+unless the spec (or an option) names a token file or variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fusionrec.errors import UserError
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback exposes the API (set a token).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Require bearer tokens from this file.")
+@click.option("--token-env", help="Require bearer tokens from this environment variable (comma-separated).")
+@click.option("--replicas", type=click.IntRange(1, 64), help="Fix the model replicas (default: the spec's "
+                                                              "minReplicas..maxReplicas).")
+def serve(path: Path, host: str, port: int, token_file: str | None, token_env: str | None,
+          replicas: int | None) -> None:
+    """Serve an artifact folder (or the current version of a manifest) with a local Ray until Ctrl-C.
+
+    \b
+    Examples:
+      fusionrec serve runs/v3
+      fusionrec serve examples/ml100k.yaml --port 8080
+      fusionrec serve runs/v3 --token-file tokens.txt
+    """
+    from fusionrec.serving.local import deploy, start_local_serve, stop_local_serve
+
+    artifact = resolve_artifact(path)
+    args = local_args(artifact, token_file=token_file, token_env=token_env, replicas=replicas)
+    if host not in ("127.0.0.1", "localhost", "::1") and not (args["serving"]["auth"].get("tokenFile")
+                                                              or args["serving"]["auth"].get("tokenEnv")):
+        click.echo(f"warning: listening on {host} without auth; anyone who can reach it can query the model",
+                   err=True)
+    workdir = Path(tempfile.mkdtemp(prefix="fusionrec-serve-"))
+    cpus = max(os.cpu_count() or 1, (replicas or args["serving"]["maxReplicas"]) + 1)
+    local = start_local_serve(workdir, host=host, port=port, num_cpus=cpus)
+    stop = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        click.echo(f"loading {artifact} ...", err=True)
+        deploy(args)
+        click.echo(banner(local.url, artifact, auth=bool(token_file or token_env
+                                                       or args["serving"]["auth"].get("tokenFile")
+                                                       or args["serving"]["auth"].get("tokenEnv"))))
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        click.echo("shutting down", err=True)
+        stop_local_serve()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def resolve_artifact(path: Path) -> Path:
+    """An artifact folder as given, or a manifest's `<spec.storage.uri>/[<name>/]<spec.version>`."""
+    if path.is_dir():
+        if not (path / "MANIFEST.json").is_file():
+            raise UserError(f"{path} is not an artifact folder (no MANIFEST.json)",
+                            fix="pass a version folder written by `fusionrec train`, e.g. runs/v1")
+        return path
+    from fusionrec.spec import load_manifest
+
+    manifest = load_manifest(path)
+    uri = manifest.spec.storage.uri
+    if "://" in uri:
+        raise UserError(f"spec.storage.uri {uri!r} is not a local folder; pass the artifact folder itself",
+                        field="spec.storage.uri")
+    roots = [Path(uri)] if Path(uri).is_absolute() else [Path(uri), path.parent / uri]  # as `train` wrote it
+    version, name = manifest.spec.version, manifest.metadata.name
+    tried = [folder for root in roots for folder in (root / version, root / name / version)]
+    for folder in tried:
+        if (folder / "MANIFEST.json").is_file():
+            return folder
+    raise UserError(f"no artifact for version {manifest.spec.version!r} of {path}; looked in "
+                    f"{', '.join(str(t) for t in tried)}", field="spec.storage.uri",
+                    fix=f"train it first: fusionrec train {path}")
+
+
+def local_args(artifact: Path, *, token_file: str | None = None, token_env: str | None = None,
+               replicas: int | None = None) -> dict[str, Any]:
+    """The application's args for one local artifact, from the spec it was trained with."""
+    from fusionrec.artifact import load_artifact
+
+    loaded = load_artifact(artifact, verify=False)  # the replicas verify every file when they load it
+    serving = loaded.spec.serving.model_copy(deep=True)
+    if replicas is not None:
+        serving.min_replicas = serving.max_replicas = replicas
+    auth = serving.auth
+    if token_file or token_env:
+        auth.token_file, auth.token_env = token_file, token_env
+    elif auth.secret_ref and not (auth.token_file or auth.token_env):
+        click.echo(f"note: serving.auth.secretRef {auth.secret_ref!r} is a cluster Secret; auth is off locally "
+                   "(use --token-file)", err=True)
+    auth.secret_ref = None
+    return {"name": loaded.spec.version, "versions": [{"version": loaded.version,
+                                                       "artifact": str(Path(artifact).resolve()), "weight": 100}],
+            "serving": serving.model_dump(by_alias=True, mode="json")}
+
+
+def banner(url: str, artifact: Path, *, auth: bool) -> str:
+    """What to tell the user once the app is up: where it is and a request that works."""
+    import pandas as pd
+
+    users = pd.read_parquet(artifact / "users.parquet", columns=["user_id"])
+    user = str(users["user_id"].iloc[0]) if len(users) else "42"
+    header = " -H 'Authorization: Bearer <token>'" if auth else ""
+    return (f"serving {artifact.name} at {url}  (OpenAPI: {url}/docs, metrics: {url}/metrics)\n"
+            f"  curl -s {url}/v1/recommend -H 'Content-Type: application/json'{header} "
+            f"-d '{{\"user_id\": \"{user}\", \"k\": 5}}'\n"
+            f"  fusionrec recommend --user {user} --url {url}\n"
+            "Ctrl-C stops it.")
+
+
+@click.command()
+@click.option("--user", "user_id", help="User id the model knows.")
+@click.option("--history", help="Comma-separated item ids, oldest first (instead of, or as well as, --user).")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, envvar="FUSIONREC_URL")
+@click.option("-k", "--k", default=10, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--candidates", help="Comma-separated item ids to rank instead of the whole catalogue.")
+@click.option("--include-seen", is_flag=True, help="Do not leave out the items of the history.")
+@click.option("--token", envvar="FUSIONREC_TOKEN", help="Bearer token (or $FUSIONREC_TOKEN).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
+def recommend(user_id: str | None, history: str | None, url: str, k: int, candidates: str | None,
+              include_seen: bool, token: str | None, as_json: bool) -> None:
+    """Ask a running `fusionrec serve` (or a cluster's endpoint) for recommendations.
+
+    \b
+    Examples:
+      fusionrec recommend --user 42
+      fusionrec recommend --history 50,172,133 -k 5 --url http://127.0.0.1:8080
+    """
+    import httpx
+
+    if user_id is None and history is None:
+        raise UserError("give --user or --history", field="--user")
+    body: dict[str, Any] = {"k": k, "exclude_seen": not include_seen}
+    if user_id is not None:
+        body["user_id"] = user_id
+    if history is not None:
+        body["history"] = _split(history)
+    if candidates is not None:
+        body["candidates"] = _split(candidates)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.post(f"{url.rstrip('/')}/v1/recommend", json=body, headers=headers, timeout=30.0)
+    except httpx.HTTPError as exc:
+        raise UserError(f"no answer from {url}: {exc}", field="--url",
+                        fix="start a server with `fusionrec serve <artifact>`, or pass its --url") from None
+    answer = _json_or_text(response)
+    if response.status_code >= 400:
+        error = answer if isinstance(answer, dict) else {"error": answer}
+        raise UserError(f"{response.status_code}: {error.get('error')}", field=error.get("field"))
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    note = f", fallback: {answer['fallback']}" if answer.get("fallback") else ""
+    click.echo(f"model {answer['model_version']}{note}")
+    for rank, item in enumerate(answer["items"], 1):
+        click.echo(f"{rank:>3}  {item['score']:>9.4f}  {item['item_id']:<12} {item['title']}")
+
+
+def _split(text: str) -> list[str]:
+    return [piece.strip() for piece in text.split(",") if piece.strip()]
+
+
+def _json_or_text(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text

@@ -1,0 +1,122 @@
+"""Bearer-token auth for the HTTP API: tokens from a mounted secret file or an environment variable.
+
+401 when no (or a malformed) `Authorization: Bearer` header is sent, 403 when the token is wrong. Every
+configured token is compared in constant time, and all of them are compared on every request, so the
+response time does not tell how much of a guess was right or which token it was close to. Tokens are never
+logged or echoed back. A mounted Secret is updated in place by the kubelet when it rotates, so the file is
+re-read when its modification time changes (checked at most once a second).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from fusionrec.errors import UserError
+from fusionrec.serving.errors import ApiError
+from fusionrec.spec import AuthSpec
+
+log = logging.getLogger(__name__)
+
+RECHECK_SECONDS = 1.0
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fusionrec"'}
+
+
+def parse_tokens(text: str) -> list[bytes]:
+    """Tokens from a secret's text: one per line or comma-separated; blanks and `#` comment lines skipped."""
+    lines = [line.strip() for line in text.splitlines()]
+    tokens = [t.strip() for line in lines if not line.startswith("#") for t in line.split(",")]
+    return [t.encode("utf-8") for t in tokens if t]
+
+
+class TokenAuth:
+    """Checks `Authorization` headers; `enabled` is False when no token source is configured.
+
+    Args:
+        token_file: file with one token a line (a mounted Secret's key).
+        token_env: environment variable with comma-separated tokens.
+    """
+
+    def __init__(self, token_file: str | None = None, token_env: str | None = None) -> None:
+        self.token_file = Path(token_file) if token_file else None
+        self.token_env = token_env
+        self._lock = threading.Lock()
+        self._file_tokens: list[bytes] = []
+        self._mtime: float | None = None
+        self._checked = 0.0
+        self._env_tokens = self._read_env()
+        if self.token_file is not None:
+            self._reload_file(force=True)
+        if self.enabled and not self._tokens():
+            sources = [s for s in (token_file and f"file {token_file}", token_env and f"${token_env}") if s]
+            raise UserError(f"serving.auth is configured but {' and '.join(sources)} hold no token; refusing to "
+                            "start open", field="serving.auth", fix="put at least one token in the secret, or "
+                                                                    "remove serving.auth to disable auth")
+
+    @classmethod
+    def from_spec(cls, auth: AuthSpec) -> TokenAuth:
+        return cls(auth.token_file, auth.token_env)
+
+    @property
+    def enabled(self) -> bool:
+        return self.token_file is not None or self.token_env is not None
+
+    def _read_env(self) -> list[bytes]:
+        if self.token_env is None:
+            return []
+        value = os.environ.get(self.token_env)
+        if value is None:
+            raise UserError(f"serving.auth.tokenEnv names ${self.token_env}, which is not set",
+                            field="serving.auth.tokenEnv")
+        return parse_tokens(value)
+
+    def _reload_file(self, force: bool = False) -> None:
+        if self.token_file is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._checked < RECHECK_SECONDS:
+            return
+        self._checked = now
+        try:
+            mtime = self.token_file.stat().st_mtime
+        except FileNotFoundError:
+            if force:
+                raise UserError(f"serving.auth.tokenFile {self.token_file} does not exist",
+                                field="serving.auth.tokenFile") from None
+            log.warning("token file %s disappeared; keeping the tokens read before", self.token_file)
+            return
+        if mtime == self._mtime:
+            return
+        tokens = parse_tokens(self.token_file.read_text(encoding="utf-8"))
+        if not tokens and not force:
+            log.warning("token file %s is now empty; keeping the tokens read before", self.token_file)
+            return
+        self._file_tokens, self._mtime = tokens, mtime
+        if not force:
+            log.info("token file %s changed: %d token(s) loaded", self.token_file, len(tokens))
+
+    def _tokens(self) -> list[bytes]:
+        return self._file_tokens + self._env_tokens
+
+    def check(self, authorization: str | None) -> None:
+        """Raise ApiError 401 (no bearer token) or 403 (wrong token); return when allowed or auth is off."""
+        if not self.enabled:
+            return
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing bearer token: send 'Authorization: Bearer <token>'", "Authorization",
+                           headers=_CHALLENGE)
+        if self.token_file is not None:
+            with self._lock:
+                self._reload_file()
+        candidate = token.encode("utf-8")
+        matched = False
+        for known in self._tokens():
+            matched |= hmac.compare_digest(candidate, known)  # no early exit: time is the same for every token
+        if not matched:
+            raise ApiError(403, "invalid bearer token", "Authorization")

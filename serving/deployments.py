@@ -1,0 +1,168 @@
+"""The Ray Serve deployments: one `ModelServer` per model version, the `Router` ingress, and the metrics hub.
+
+They are thin: what a replica computes lives in `engine.py` (model side) and `router.py` / `api.py` (ingress
+side), which run without Ray in the unit tests. Here are only the Serve-specific parts: `@serve.batch` with
+`reconfigure` for the batch settings, handles with retries across replica deaths, and the metrics push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from fusionrec.errors import UserError
+from fusionrec.serving.api import create_api
+from fusionrec.serving.auth import TokenAuth
+from fusionrec.serving.engine import Embedded, HistoryKey, VersionEngine
+from fusionrec.serving.metrics import ServingMetrics, merge, render
+from fusionrec.serving.router import BackendUnavailable, Router
+from fusionrec.spec import ServingSpec
+
+log = logging.getLogger("ray.serve")
+
+RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 2.0)  # a killed replica: Serve notices and routes around it within ~1 s
+METRICS_PUSH_S = 2.0
+
+
+@serve.deployment
+class ModelServer:
+    """One model version: loads and verifies its artifact once, then answers recommend/score queries.
+
+    Args:
+        artifact: the version's artifact folder, as this replica sees it.
+        version: the version the args say this is; it must match the artifact's own.
+        threads: torch intra-op threads (the replica's CPUs).
+    """
+
+    def __init__(self, artifact: str, version: str, threads: int = 1) -> None:
+        import torch
+
+        from fusionrec.serving.scorer import VersionScorer
+
+        torch.set_num_threads(max(1, threads))
+        scorer = VersionScorer.load(artifact)
+        if scorer.version != version:
+            raise UserError(f"args.versions names {version!r} but the artifact at {artifact} is version "
+                            f"{scorer.version!r}", field="args.versions.artifact")
+        self.engine = VersionEngine(scorer, embed=self._embed)
+        self.replica = str(serve.get_replica_context().replica_id)
+        log.info("model %s loaded from %s: %d items, task %s", version, artifact, scorer.n_items, scorer.task)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Batch settings (`user_config`): changed in place, no restart."""
+        self._embed_batch.set_max_batch_size(int(config["max_batch_size"]))
+        self._embed_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def _embed_batch(self, keys: list[HistoryKey]) -> list[Embedded]:
+        return await asyncio.to_thread(self.engine.embed_batch, keys)
+
+    async def _embed(self, key: HistoryKey) -> Embedded:
+        return await self._embed_batch(key)
+
+    async def recommend(self, query: dict[str, Any]) -> dict[str, Any]:
+        return await self.engine.recommend(query)
+
+    async def score(self, query: dict[str, Any]) -> dict[str, Any]:
+        return await self.engine.score(query)
+
+    def describe(self, _: Any = None) -> dict[str, Any]:
+        return {**self.engine.describe(), "replica": self.replica}
+
+    def ready(self, _: Any = None) -> dict[str, Any]:
+        return {"ready": True, "version": self.engine.version, "replica": self.replica}
+
+
+class HandleClient:
+    """A `VersionClient` over a DeploymentHandle: retries a call whose replica died (the calls are read-only,
+    so a retry is safe), and turns an unavailable deployment into BackendUnavailable (503)."""
+
+    def __init__(self, handle: DeploymentHandle, version: str) -> None:
+        self.handle = handle
+        self.version = version
+
+    async def call(self, method: str, query: dict[str, Any]) -> dict[str, Any]:
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                return await getattr(self.handle, method).remote(query)
+            except (RayActorError, ReplicaUnavailableError) as exc:
+                if delay is None:
+                    raise BackendUnavailable(f"model version {self.version}: no replica answered "
+                                             f"({type(exc).__name__})") from exc
+                await asyncio.sleep(delay)
+            except (BackPressureError, DeploymentUnavailableError) as exc:
+                raise BackendUnavailable(f"model version {self.version} is unavailable: {exc}") from exc
+        raise AssertionError("unreachable: the loop returns or raises")
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+class MetricsHub:
+    """Sums the ingress replicas' metrics (each pushes its cumulative snapshot; see metrics.py)."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict[str, list[Any]] = {}
+
+    def push(self, replica: str, families: list[Any]) -> None:
+        self.snapshots[replica] = families
+
+    def render(self) -> bytes:
+        return render(merge(self.snapshots.values()))
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress:
+    """The HTTP entry point: auth, limits, the canary split, per-version metrics.
+
+    Args:
+        name: the application's name.
+        versions: version -> its ModelServer deployment (every deployed version, weight 0 included).
+        weights: version -> percent of traffic (`reconfigure({"weights": ...})` replaces it in place).
+        serving: the spec's serving section (camelCase, as in the args).
+        hub: the MetricsHub deployment.
+    """
+
+    def __init__(self, name: str, versions: dict[str, DeploymentHandle], weights: dict[str, int],
+                 serving: dict[str, Any], hub: DeploymentHandle) -> None:
+        self.serving = ServingSpec.model_validate(serving)
+        self.auth = TokenAuth.from_spec(self.serving.auth)
+        clients = {version: HandleClient(handle, version) for version, handle in versions.items()}
+        self.router = Router(name, clients, weights, ServingMetrics())
+        self.hub = hub
+        self.replica = str(serve.get_replica_context().replica_id)
+        self._pusher: asyncio.Task[None] | None = None
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """`user_config: {weights: {version: percent}}`: a canary step without restarting anything."""
+        if config and config.get("weights"):
+            self.router.set_weights({str(v): int(w) for v, w in config["weights"].items()})
+
+    async def __serve_build_asgi_app__(self) -> Any:
+        self._pusher = asyncio.get_running_loop().create_task(self._push_forever())
+        return create_api(self.router, self.auth, self.serving.limits, metrics_text=self._metrics_text)
+
+    async def _push(self) -> None:
+        await self.hub.push.remote(self.replica, self.router.metrics.snapshot())
+
+    async def _push_forever(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_PUSH_S)
+            try:
+                await self.router.refresh_info()
+                await self._push()
+            except Exception as exc:  # noqa: BLE001  (a hub restart must not end this replica's pushes)
+                log.warning("metrics push to the hub failed: %s", exc)
+
+    async def _metrics_text(self) -> bytes:
+        try:
+            await self._push()  # this replica's newest numbers, then everyone's sum
+            return await self.hub.render.remote()
+        except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError) as exc:
+            # A failed scrape is better than one replica's numbers, which Prometheus would read as resets.
+            raise BackendUnavailable(f"the metrics hub is unavailable: {type(exc).__name__}") from exc

@@ -1,0 +1,117 @@
+"""Prometheus metrics of the serving app, per version, as the rollout gate and the dashboards read them.
+
+    fusionrec_requests_total{route,code,version}        counter
+    fusionrec_request_latency_seconds{route,version}    histogram (ingress time, auth to response)
+    fusionrec_batch_size{version}                       histogram (one observation per user-tower batch)
+    fusionrec_model_info{version,task,score}            gauge, 1 per served version
+    fusionrec_traffic_weight{version}                   gauge, the version's percent of traffic
+
+Ray Serve replicas are separate processes and a scrape of the app's `/metrics` reaches one ingress replica
+through the proxy, so per-replica registries alone would make counters jump between replicas' values
+(Prometheus reads that as resets). Each ingress replica therefore records into its own registry and pushes a
+snapshot of it (cumulative values, so a lost push is harmless) to one `MetricsHub`; `/metrics` returns the
+hub's sum over replicas. Batch sizes are measured in the model replicas and travel back with the answers.
+Ray's own metrics (`ray_serve_*`, on each node's metrics port) are left on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+
+NO_VERSION = "none"  # label of requests refused before a version was chosen (auth, validation)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+# One family: (name, type, documentation, samples); a sample: (name, sorted label pairs, value).
+Sample = tuple[str, tuple[tuple[str, str], ...], float]
+Family = tuple[str, str, str, list[Sample]]
+
+
+class ServingMetrics:
+    """One replica's registry of the serving metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("fusionrec_requests", "HTTP requests by route, status code and model version.",
+                                ["route", "code", "version"], registry=self.registry)
+        self.latency = Histogram("fusionrec_request_latency_seconds", "Request latency at the ingress.",
+                                 ["route", "version"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("fusionrec_batch_size", "Histories per user-tower batch.", ["version"],
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        self.model_info = Gauge("fusionrec_model_info", "1 for each served model version.",
+                                ["version", "task", "score"], registry=self.registry)
+        self.weight = Gauge("fusionrec_traffic_weight", "Percent of traffic routed to a version.", ["version"],
+                            registry=self.registry)
+
+    def observe_request(self, route: str, code: int, version: str | None, seconds: float) -> None:
+        label = version or NO_VERSION
+        self.requests.labels(route=route, code=str(code), version=label).inc()
+        self.latency.labels(route=route, version=label).observe(seconds)
+
+    def observe_batch(self, version: str, size: int) -> None:
+        self.batch_size.labels(version=version).observe(size)
+
+    def set_weights(self, weights: Mapping[str, int]) -> None:
+        for version, weight in weights.items():
+            self.weight.labels(version=version).set(weight)
+
+    def set_model(self, version: str, task: str, score: str) -> None:
+        self.model_info.labels(version=version, task=task, score=score).set(1)
+
+    def snapshot(self) -> list[Family]:
+        """Plain, picklable families of this registry (what an ingress replica pushes to the hub)."""
+        return [(m.name, m.type, m.documentation,
+                 [(s.name, tuple(sorted(s.labels.items())), float(s.value)) for s in m.samples])
+                for m in self.registry.collect()]
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def merge(snapshots: Iterable[list[Family]]) -> list[Family]:
+    """Sum counters and histograms over replicas; gauges take the largest value (info and weight gauges are
+    the same on every replica); `_created` timestamps take the earliest."""
+    families: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+    for snapshot in snapshots:
+        for name, kind, doc, samples in snapshot:
+            _, _, values = families.setdefault(name, (kind, doc, {}))
+            for sample, labels, value in samples:
+                key = (sample, labels)
+                if key not in values:
+                    values[key] = value
+                elif sample.endswith("_created"):
+                    values[key] = min(values[key], value)
+                elif kind == "gauge":
+                    values[key] = max(values[key], value)
+                else:
+                    values[key] += value
+    return [(name, kind, doc, [(s, labels, v) for (s, labels), v in values.items()])
+            for name, (kind, doc, values) in families.items()]
+
+
+def render(families: list[Family]) -> bytes:
+    """Prometheus text exposition of merged families."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(families))
+    return generate_latest(registry)
+
+
+class _Fixed:
+    """A collector that replays given families."""
+
+    def __init__(self, families: list[Family]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        for name, kind, doc, samples in self.families:
+            metric = Metric(name, doc, kind)
+            for sample, labels, value in samples:
+                metric.add_sample(sample, dict(labels), value)
+            yield metric
+
+    def describe(self) -> list[Any]:
+        return []

@@ -1,0 +1,91 @@
+"""Request and response bodies of the HTTP API (they also make its OpenAPI document).
+
+Ids are strings on the wire; integers are accepted and turned into strings, since MovieLens-style ids are
+often sent as numbers (`{"user_id": 42}`). Unknown fields are refused: a misspelt `exclude_seen` must not be
+silently ignored. Limits that come from the spec (`serving.limits`) are checked by the API layer, because
+they are settings of the deployment, not of the schema.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, model_validator
+
+MAX_ID_LENGTH = 256
+SCORE_KINDS = {"ranking": "ranking_score", "ctr": "probability", "rating": "rating"}  # task -> /v1/score's `score`
+
+
+def _as_id(value: Any) -> str:
+    """A string id, or an integer written as one; anything else (null, bool, float, list) is refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):  # ValueError, not TypeError: pydantic reports only ValueErrors as field errors
+        raise ValueError(f"ids are strings or integers, got {type(value).__name__}")  # noqa: TRY004
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"ids are 1..{MAX_ID_LENGTH} characters, got {len(value)}")
+    return value
+
+
+Id = Annotated[str, BeforeValidator(_as_id)]
+NEED_USER = "give user_id or history (or both)"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _UserQuery(_Body):
+    user_id: Id | None = Field(None, description="A user the model version knows (its history is stored in the "
+                                                 "artifact); unknown users without a history get popular items.")
+    history: list[Id] | None = Field(
+        None, description="Item ids the user interacted with, oldest first; overrides the stored history.")
+
+    @model_validator(mode="after")
+    def _someone(self) -> _UserQuery:
+        if self.user_id is None and self.history is None:
+            raise ValueError(NEED_USER)
+        return self
+
+
+class RecommendRequest(_UserQuery):
+    k: StrictInt = Field(10, ge=1, description="How many items to return (at most serving.limits.maxK).")
+    exclude_seen: bool = Field(True, description="Leave out the items of the history.")
+    candidates: list[Id] | None = Field(
+        None, min_length=1, description="Rank only these item ids (re-ranking a retrieval stage's output).")
+
+
+class ScoreRequest(_UserQuery):
+    item_ids: list[Id] = Field(min_length=1, description="Items to score for the user.")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    title: str
+
+
+class RecommendResponse(BaseModel):
+    items: list[RecommendedItem]
+    model_version: str
+    fallback: Literal["popularity"] | None = Field(
+        None, description="Set when the model could not be used (no history): the ranking is by popularity.")
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    scores: list[ScoredItem]
+    score: Literal["ranking_score", "probability", "rating", "popularity"] = Field(
+        description="What the numbers are: a two-tower dot product, a click probability (ctr), a rating, or "
+                    "the share of users who interacted with the item (popularity fallback).")
+    model_version: str
+    fallback: Literal["popularity"] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    field: str | None = None

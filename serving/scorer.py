@@ -1,0 +1,204 @@
+"""One model version in memory, without Ray: ids to positions, the user tower, top-k and pointwise scores.
+
+The Serve model deployment wraps this class (batching, caching, metrics) and the tests and benches use it
+directly, so the offline answer and the served answer come from the same code path below the HTTP layer.
+Items are never encoded per request: the catalogue's vectors come from the artifact's verified
+`item_index.npy`, and only the user tower runs, once per batch of distinct histories.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fusionrec.artifact import Artifact
+from fusionrec.errors import UserError
+from fusionrec.model.fused import FusedRecommender
+from fusionrec.serving.errors import not_found
+from fusionrec.serving.schemas import SCORE_KINDS
+from fusionrec.serving.topk import InnerProductIndex, Ranked, top_k
+
+log = logging.getLogger(__name__)
+
+_PAIR_CHUNK = 65_536  # items scored at once by a pointwise head (its MLP sees [chunk, 3D] features)
+_INDEX_TOLERANCE = 1e-3
+
+
+class VersionScorer:
+    """A loaded artifact, ready to answer.
+
+    Args:
+        model: the fused model, in eval mode.
+        artifact: its verified artifact (spec, metrics, item index).
+        items: items.parquet (item_id, title), in catalogue order.
+        users: users.parquet (user_id, history of item ids, oldest first), in user-index order.
+        use_faiss: see `InnerProductIndex`.
+    """
+
+    def __init__(self, model: FusedRecommender, artifact: Artifact, items: pd.DataFrame, users: pd.DataFrame, *,
+                 use_faiss: bool | None = None) -> None:
+        self.model = model.eval()
+        self.artifact = artifact
+        self.version = artifact.version
+        self.task = model.config.task
+        self.history_length = model.config.history_length
+        self.item_ids = items["item_id"].astype(str).to_numpy()
+        self.titles = items["title"].astype(str).to_numpy() if "title" in items else self.item_ids
+        self._item_position = {item: i for i, item in enumerate(self.item_ids)}
+        self._user_position = {str(user): u for u, user in enumerate(users["user_id"])}
+        self._histories = [self.positions_of([str(i) for i in h], "users.parquet") for h in users["history"]]
+        catalogue = artifact.load_item_index().astype(np.float32)  # [N, D]
+        self._check_index(catalogue)
+        self.index = InnerProductIndex(catalogue, use_faiss)
+        self._catalogue_t = torch.from_numpy(self.index.catalogue)
+        counts = Counter(int(i) for h in self._histories for i in set(h.tolist()))
+        popularity = np.zeros(len(self.item_ids), dtype=np.float32)
+        for item, count in counts.items():
+            popularity[item] = count / max(len(self._histories), 1)  # share of users with the item
+        self.popularity = popularity
+
+    @classmethod
+    def load(cls, path: str | Path, *, embeddings: Path | None = None, use_faiss: bool | None = None) -> VersionScorer:
+        """Load and verify an artifact (manifest checked, pickles refused) and rebuild its model."""
+        from fusionrec.pipeline import USERS_NAME, load_model
+
+        model, artifact = load_model(path, embeddings=embeddings)
+        items = pd.read_parquet(artifact.items_path)
+        users = pd.read_parquet(artifact.path / USERS_NAME)
+        return cls(model, artifact, items, users, use_faiss=use_faiss)
+
+    def _check_index(self, catalogue: np.ndarray) -> None:
+        """The precomputed index must be the model's own catalogue: an index from other weights would rank
+        with vectors the user tower never learned to match."""
+        with torch.inference_mode():
+            own = self.model.catalogue().float().cpu().numpy()
+        if catalogue.shape != own.shape or len(catalogue) != len(self.item_ids):
+            raise UserError(f"artifact {self.artifact.path}: item_index.npy has shape {catalogue.shape}, the model's "
+                            f"catalogue {own.shape}, items.parquet {len(self.item_ids)} rows", field="item_index.npy")
+        error = float(np.abs(catalogue - own).max()) if own.size else 0.0
+        if error > _INDEX_TOLERANCE * max(1.0, float(np.abs(own).max())):
+            raise UserError(f"artifact {self.artifact.path}: item_index.npy differs from the model's item vectors "
+                            f"by up to {error:.3g}; it was not written from these weights", field="item_index.npy")
+
+    # --- ids ---------------------------------------------------------------------------------------------
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def positions_of(self, item_ids: Sequence[str], field: str) -> np.ndarray:
+        """Item ids -> catalogue positions; an unknown id is a 404 naming its place (`history[3]`)."""
+        out = np.empty(len(item_ids), dtype=np.int64)
+        for n, item in enumerate(item_ids):
+            position = self._item_position.get(item)
+            if position is None:
+                raise not_found(f"unknown item_id {item!r} (model version {self.version} has {self.n_items} items)",
+                                f"{field}[{n}]")
+            out[n] = position
+        return out
+
+    def user_position(self, user_id: str) -> int | None:
+        return self._user_position.get(user_id)
+
+    def stored_history(self, user: int) -> np.ndarray:
+        """The user's recent items as the artifact stores them (oldest first)."""
+        return self._histories[user]
+
+    def history_key(self, history: np.ndarray) -> tuple[int, ...]:
+        """What the user tower reads of a history: its last `history_length` items (the cache key)."""
+        return tuple(int(i) for i in history[-self.history_length:])
+
+    # --- the model ---------------------------------------------------------------------------------------
+
+    def user_vectors(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        """B histories (positions, oldest first, non-empty) -> [B, D] user-tower outputs, in one model call.
+
+        Per-user ID embeddings (pointwise tasks) are not included: they are added in `score`/`recommend`, so
+        a vector depends on the history alone and can be cached under it.
+        """
+        arrays = [np.asarray(h, dtype=np.int64) for h in histories]
+        with torch.inference_mode():
+            return _user_tower(self.model, arrays).float().cpu().numpy()
+
+    def recommend(self, vector: np.ndarray, user: int | None, k: int, exclude: np.ndarray | None = None,
+                  candidates: np.ndarray | None = None) -> Ranked:
+        """The k best items for a user vector [D], `exclude` left out, within `candidates` when given."""
+        if candidates is None and self.task == "ranking":
+            positions, scores = self.index.search(vector, k, exclude)
+            return Ranked(positions, scores.astype(np.float32))
+        pool = np.arange(self.n_items) if candidates is None else np.unique(candidates)
+        scores = self._scores(vector, user, pool)
+        excluded = np.flatnonzero(np.isin(pool, exclude)) if exclude is not None and len(exclude) else None
+        best = top_k(scores, k, excluded) if len(pool) else np.empty(0, dtype=np.int64)
+        return Ranked(pool[best], scores[best])
+
+    def score(self, vector: np.ndarray, user: int | None, items: np.ndarray) -> np.ndarray:
+        """[I] scores of the given items: dot products (ranking), click probabilities (ctr) or ratings."""
+        return self._scores(vector, user, items)
+
+    def popular(self, k: int, exclude: np.ndarray | None = None, candidates: np.ndarray | None = None) -> Ranked:
+        """The fallback for users the model knows nothing about: the most popular items."""
+        pool = np.arange(self.n_items) if candidates is None else np.unique(candidates)
+        scores = self.popularity[pool]
+        excluded = np.flatnonzero(np.isin(pool, exclude)) if exclude is not None and len(exclude) else None
+        best = top_k(scores, k, excluded) if len(pool) else np.empty(0, dtype=np.int64)
+        return Ranked(pool[best], scores[best], fallback="popularity")
+
+    def _scores(self, vector: np.ndarray, user: int | None, items: np.ndarray) -> np.ndarray:
+        if self.task == "ranking":
+            return self.index.catalogue[items] @ vector  # [I, D] @ [D] -> [I]
+        with torch.inference_mode():
+            user_vector = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32))  # [D]
+            if user is not None and self.model.user_embedding is not None:
+                user_vector = user_vector + self.model.user_embedding.weight[user]
+            out = [_pointwise(self.model, user_vector, self._catalogue_t[torch.from_numpy(items[s:s + _PAIR_CHUNK])],
+                              user) for s in range(0, len(items), _PAIR_CHUNK)]
+        return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
+
+    # --- reports -----------------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What `GET /v1/model` shows for this version."""
+        spec, metrics = self.artifact.spec, self.artifact.metrics
+        return {
+            "version": self.version,
+            "task": self.task,
+            "score": SCORE_KINDS[self.task],
+            "encoders": [{"name": e.name, "source": e.source, "pooling": e.pooling, "max_length": e.max_length}
+                         for e in spec.encoders],
+            "fusion": {"method": spec.fusion.method, "dim": spec.fusion.dim,
+                       "weights": metrics.get("fusion_weights")},
+            "user_tower": self.model.config.user_tower,
+            "items": self.n_items,
+            "users": len(self._histories),
+            "metrics": metrics.get("test"),
+            "topk_backend": self.index.backend,
+        }
+
+
+# --- adapters over FusedRecommender (see the report: they belong in the model as public methods) ------------
+
+
+def _user_tower(model: FusedRecommender, histories: list[np.ndarray]) -> torch.Tensor:
+    """[B] histories -> [B, D]: the user tower alone, over the model's cached catalogue table."""
+    history = model._pad_histories(histories)  # [B, L] left-padded
+    table, lookup = model._item_table(None)  # [N + 1, D], [N + 1]
+    return model._user_vectors(history, table, lookup)
+
+
+def _pointwise(model: FusedRecommender, user: torch.Tensor, items: torch.Tensor, user_index: int | None) -> np.ndarray:
+    """A pointwise head's output for one user [D] against items [I, D]; an unknown user gets no user bias."""
+    head = model.head
+    users = user.unsqueeze(0).expand(len(items), -1)  # [D] -> [I, D]
+    index = torch.full((len(items),), 0 if user_index is None else user_index, dtype=torch.long)
+    raw = head.score(users, items, index)  # [I]
+    if user_index is None:
+        raw = raw - head.user_bias.weight[0, 0]  # take user 0's bias back out: unknown users have none
+    return head.link(raw).float().numpy()

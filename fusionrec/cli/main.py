@@ -47,12 +47,16 @@ def cli(verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from fusionrec.cli import data_cmd, evaluate_cmd, merge_cmd, models_cmd
+    from fusionrec.cli import compile_cmd, data_cmd, evaluate_cmd, merge_cmd, models_cmd, serve_cmd, train_cmd
 
     cli.add_command(data_cmd.data)
     cli.add_command(evaluate_cmd.evaluate)
     cli.add_command(models_cmd.models)
     cli.add_command(merge_cmd.merge)
+    cli.add_command(compile_cmd.compile_)
+    cli.add_command(train_cmd.train)
+    cli.add_command(serve_cmd.serve)
+    cli.add_command(serve_cmd.recommend)
 
 
 _register()

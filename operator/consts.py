@@ -45,6 +45,8 @@ MODELS_MOUNT_ROOT = "/mnt/models"
 
 # The serving application inside serveConfigV2 (contract with fusionrec.serving).
 SERVE_APP_NAME = "fusionrec"
+# The app's ingress deployment; its `user_config.weights` is the live canary split (fusionrec.serving.config).
+SERVE_INGRESS_DEPLOYMENT = "Router"
 SERVE_IMPORT_PATH = "fusionrec.serving.app:build_app"
 SERVE_PORT = 8000
 RAY_METRICS_PORT = 8080

@@ -48,7 +48,12 @@ def _check_weights(versions: Sequence[ServedVersion]) -> None:
 
 
 def serving_args(manifest: Manifest, versions: Sequence[ServedVersion]) -> dict[str, Any]:
-    """The `args` of the Serve application; artifact paths are as the Ray pods see them."""
+    """The `args` of the Serve application; artifact paths are as the Ray pods see them.
+
+    The weights here are only where a freshly built router starts (the stable version, listed first, takes
+    everything); the live split is the router's `user_config` (see `build_serve_config`). So `args` change only
+    when the set of versions does, and a canary step never makes Serve rebuild the application.
+    """
     _check_weights(versions)
     spec = manifest.spec
     serving = spec.serving.model_dump(by_alias=True, mode="json")
@@ -56,20 +61,26 @@ def serving_args(manifest: Manifest, versions: Sequence[ServedVersion]) -> dict[
         # The pods cannot read Secrets through the API; the Secret is mounted and its file handed over.
         serving["auth"]["tokenFile"] = f"{consts.AUTH_DIR}/{consts.AUTH_TOKENS_KEY}"
     entries = []
-    for served in versions:
+    for position, served in enumerate(versions):
         artifact, _ = pod_path(artifact_uri(spec.storage.uri, manifest.metadata.name, served.version),
                                "spec.storage.uri")
-        entries.append({"version": served.version, "artifact": artifact, "weight": served.weight})
+        entries.append({"version": served.version, "artifact": artifact, "weight": 100 if position == 0 else 0})
     return {"name": manifest.metadata.name, "versions": entries, "serving": serving}
 
 
 def build_serve_config(manifest: Manifest, versions: Sequence[ServedVersion]) -> dict[str, Any]:
-    """The serveConfigV2 document (before it is dumped to the YAML string KubeRay expects)."""
+    """The serveConfigV2 document (before it is dumped to the YAML string KubeRay expects).
+
+    The canary split lives in the router's `user_config`, which Serve applies with `reconfigure`: moving
+    traffic restarts no replica and reloads no model.
+    """
     return {"applications": [{
         "name": consts.SERVE_APP_NAME,
         "route_prefix": "/",
         "import_path": consts.SERVE_IMPORT_PATH,
         "args": serving_args(manifest, versions),
+        "deployments": [{"name": consts.SERVE_INGRESS_DEPLOYMENT,
+                         "user_config": {"weights": {v.version: v.weight for v in versions}}}],
     }]}
 
 
@@ -79,7 +90,12 @@ def parse_serve_versions(rayservice: dict[str, Any]) -> list[ServedVersion]:
     document = yaml.safe_load(text) or {}
     for app in document.get("applications", []):
         if app.get("name") == consts.SERVE_APP_NAME:
-            return [ServedVersion(v["version"], int(v["weight"])) for v in app.get("args", {}).get("versions", [])]
+            live: dict[str, Any] = {}
+            for deployment in app.get("deployments") or []:
+                if deployment.get("name") == consts.SERVE_INGRESS_DEPLOYMENT:
+                    live = (deployment.get("user_config") or {}).get("weights") or {}
+            return [ServedVersion(v["version"], int(live.get(v["version"], v["weight"])))
+                    for v in app.get("args", {}).get("versions", [])]
     return []
 
 

@@ -108,9 +108,12 @@ def test_rayservice_serves_the_contract_application(manifest, rayservice_schema)
     assert (app["name"], app["route_prefix"]) == ("fusionrec", "/")
     assert app["import_path"] == "fusionrec.serving.app:build_app"
     assert app["args"]["name"] == "shop-recs"
+    # args: where a freshly built router starts (stable version first, all traffic); the live split is the
+    # router's user_config, applied by reconfigure.
     assert app["args"]["versions"] == [
-        {"version": "v2", "artifact": "/mnt/models/fusionrec-artifacts/runs/shop-recs/v2", "weight": 90},
-        {"version": "v3", "artifact": "/mnt/models/fusionrec-artifacts/runs/shop-recs/v3", "weight": 10}]
+        {"version": "v2", "artifact": "/mnt/models/fusionrec-artifacts/runs/shop-recs/v2", "weight": 100},
+        {"version": "v3", "artifact": "/mnt/models/fusionrec-artifacts/runs/shop-recs/v3", "weight": 0}]
+    assert app["deployments"] == [{"name": "Router", "user_config": {"weights": {"v2": 90, "v3": 10}}}]
     serving = app["args"]["serving"]
     assert serving["maxReplicas"] == 8 and serving["maxBatchSize"] == 64  # spec.serving, by alias
     assert serving["auth"] == {"secretRef": "recs-tokens", "tokenFile": "/etc/fusionrec/auth/tokens", "tokenEnv": None}
@@ -121,6 +124,27 @@ def test_rayservice_serves_the_contract_application(manifest, rayservice_schema)
     auth_mount = {"name": "auth-tokens", "mountPath": "/etc/fusionrec/auth", "readOnly": True}
     assert auth_mount in pod["containers"][0]["volumeMounts"]
     assert pod["containers"][0]["resources"]["requests"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
+
+
+def test_canary_steps_change_only_the_routers_user_config(manifest):
+    """Serve rebuilds an application whose args change; a weight step must touch the router's user_config only."""
+    steps = [build_rayservice(manifest, [ServedVersion("v2", 100 - w), ServedVersion("v3", w)], CONFIG)
+             for w in (10, 50, 90)]
+    apps = [yaml.safe_load(s["spec"]["serveConfigV2"])["applications"][0] for s in steps]
+    assert all(app["args"] == apps[0]["args"] for app in apps)
+    assert [app["deployments"][0]["user_config"]["weights"]["v3"] for app in apps] == [10, 50, 90]
+    assert [parse_serve_versions(s)[1].weight for s in steps] == [10, 50, 90]
+
+
+def test_the_serving_app_accepts_the_operators_serve_config(manifest):
+    """The operator and the serving app agree on the application's names and the args contract."""
+    from fusionrec.serving.config import INGRESS_NAME, parse_args
+
+    service = build_rayservice(manifest, [ServedVersion("v2", 70), ServedVersion("v3", 30)], CONFIG)
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    assert app["deployments"][0]["name"] == INGRESS_NAME
+    parsed = parse_args(app["args"])
+    assert [v.version for v in parsed.versions] == ["v2", "v3"]
 
 
 def test_canary_steps_change_only_the_serve_config(manifest):

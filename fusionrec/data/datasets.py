@@ -108,7 +108,10 @@ def download_wheel(directory: Path) -> Path:
               f"(or --path a folder holding ml-100k.inter/.item/.user or GroupLens' u.data/u.item)")
     log.info("fetching MovieLens-100K: %s", " ".join(command))
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
+        # cwd: `python -m` puts the working directory first on sys.path, and a checkout of this repository
+        # has an `operator/` folder that would shadow the standard library's.
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False,
+                              cwd=directory)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UserError(f"could not download the recbole wheel that carries ml-100k: {exc}", field="path",
                         fix=manual) from None

@@ -9,15 +9,11 @@ never the data.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +23,7 @@ from fusionrec.baselines.fit import fit_pointwise, fit_ranking
 from fusionrec.baselines.registry import get_baseline
 from fusionrec.data.schema import Dataset
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit, leave_one_out, random_split
+from fusionrec.files import atomic_write_json as write_json  # noqa: F401  (public: results files are written atomically)
 from fusionrec.metrics import evaluate_pointwise, evaluate_ranking
 
 log = logging.getLogger(__name__)
@@ -172,19 +169,3 @@ def evaluate_baselines(dataset: Dataset, names: Sequence[str], seeds: Sequence[i
             run.seconds = time.perf_counter() - started  # building and testing included
             results.runs.append(run)
     return results
-
-
-def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(payload, out, indent=2, sort_keys=False)
-            out.write("\n")
-        os.chmod(temp, 0o644)  # mkstemp makes it private; a results file is meant to be read
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -82,5 +82,5 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: Path, payload: Any) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: Path, payload: Any, *, sort_keys: bool = False) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=sort_keys, default=str) + "\n")

@@ -21,7 +21,7 @@ from torch import nn
 
 from fusionrec.baselines.base import RankingModel
 from fusionrec.data.splits import LeaveOneOutSplit
-from fusionrec.model.sasrec import SequenceEncoder, SequenceEncoderConfig
+from fusionrec.model.sasrec import SequenceEncoder, SequenceEncoderConfig, left_pad
 
 LENGTH_BAND = 16  # training windows whose lengths differ by less than this may share a batch
 
@@ -61,16 +61,6 @@ def training_windows(sequence: np.ndarray, max_len: int, stride: int) -> list[tu
     return windows
 
 
-def _left_pad(rows: list[np.ndarray], pad: int) -> torch.Tensor:
-    """B ragged rows -> [B, L] int64 with `pad` in front, L the longest row (at least 1)."""
-    length = max([len(r) for r in rows] + [1])
-    out = np.full((len(rows), length), pad, dtype=np.int64)
-    for i, row in enumerate(rows):
-        if len(row):
-            out[i, length - len(row):] = row
-    return torch.from_numpy(out)
-
-
 class SASRec(RankingModel):
     name = "sasrec"
     paper = "https://arxiv.org/abs/1808.09781"
@@ -101,8 +91,8 @@ class SASRec(RankingModel):
         batches = [by_length[i:i + batch_size] for i in range(0, len(windows), batch_size)]
         for b in rng.permutation(len(batches)):
             chosen = [windows[i] for i in batches[b]]
-            inputs = _left_pad([w[0] for w in chosen], self.pad)  # [B, L]
-            targets = _left_pad([w[1] for w in chosen], self.pad)  # [B, L], pad where no target
+            inputs = left_pad([w[0] for w in chosen], self.pad)  # [B, L]
+            targets = left_pad([w[1] for w in chosen], self.pad)  # [B, L], pad where no target
             yield {"items": inputs, "targets": targets}
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
@@ -121,7 +111,7 @@ class SASRec(RankingModel):
         if len(histories) != len(users):
             raise ValueError(f"need one history per user, got {len(histories)} histories for {len(users)} users")
         device = self.item_embedding.weight.device
-        items = _left_pad([np.asarray(h, dtype=np.int64)[-self.config.max_len:] for h in histories],
+        items = left_pad([np.asarray(h, dtype=np.int64)[-self.config.max_len:] for h in histories],
                           self.pad).to(device)  # [B, L]
         last = SequenceEncoder.last_state(self.encode(items), items != self.pad)  # [B, D]
         return last @ self.item_embedding.weight[: self.n_items].T  # [B, n_items]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,3 +114,14 @@ class SequenceEncoder(nn.Module):
         slots = torch.arange(mask.shape[1], device=mask.device)
         last = (slots * mask).amax(dim=1)  # [B] index of the newest real item
         return states[torch.arange(states.shape[0], device=states.device), last]
+
+
+def left_pad(rows: list[np.ndarray], pad: int) -> torch.Tensor:
+    """B ragged rows of item indices -> [B, L] int64, right-aligned with `pad` in front, L the longest row
+    (at least 1): the newest item always sits in the last position, where `last_state` reads the user."""
+    length = max([len(r) for r in rows] + [1])
+    out = np.full((len(rows), length), pad, dtype=np.int64)
+    for i, row in enumerate(rows):
+        if len(row):
+            out[i, length - len(row):] = row
+    return torch.from_numpy(out)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from fusionrec.data.schema import ITEM_IDX, TIME, USER_IDX
 from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.fusion import FusionMethod
-from fusionrec.model.sasrec import SequenceEncoder, SequenceEncoderConfig
+from fusionrec.model.sasrec import SequenceEncoder, SequenceEncoderConfig, left_pad  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -226,16 +226,6 @@ class TextUserTower(nn.Module):
 
 
 # --- tower inputs ---------------------------------------------------------------------------------------------
-
-
-def left_pad(rows: list[np.ndarray], pad: int) -> Tensor:
-    """B ragged rows -> [B, L] int64, right-aligned with `pad` in front, L the longest row (at least 1)."""
-    length = max([len(r) for r in rows] + [1])
-    out = np.full((len(rows), length), pad, dtype=np.int64)
-    for i, row in enumerate(rows):
-        if len(row):
-            out[i, length - len(row):] = row
-    return torch.from_numpy(out)
 
 
 def histories_before(train: pd.DataFrame, part: pd.DataFrame, length: int, pad: int) -> Tensor:

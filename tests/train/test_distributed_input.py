@@ -41,7 +41,7 @@ def no_ray_started(monkeypatch):
 
 @pytest.fixture
 def tiny_data(tmp_path):
-    from train_testkit import synthetic_frames
+    from testkit import synthetic_frames
 
     interactions, items = synthetic_frames()
     interactions.to_csv(tmp_path / "interactions.csv", index=False)

@@ -1,4 +1,4 @@
-"""Builders the training tests share: a small synthetic catalogue with text, and a spec document over the tiny
+"""Builders the model and training tests share: a small synthetic catalogue with text, and a spec document over the tiny
 random bert/mpnet/llama encoders. A plain module with a unique name (not conftest) so `from ... import` always
 finds this file, whichever other conftest.py pytest has imported first."""
 

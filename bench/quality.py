@@ -69,6 +69,8 @@ class Experiment:
     history: int = 50
     overrides: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    # Bumped when a model change invalidates earlier runs (2: N(0, 0.02) init of the sequence tower).
+    revision: int = 2
 
     def spec(self, seed: int, epochs: int | None) -> FusionRecommenderSpec:
         training = {**TRAINING, **self.training, "seed": seed}

@@ -18,16 +18,24 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fusionrec.data.schema import ITEM, ITEM_IDX, RATING, USER_IDX, Dataset
+from fusionrec.data.schema import ITEM, ITEM_IDX, LABEL, RATING, USER_IDX, Dataset
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
 from fusionrec.errors import DataError, UserError
 from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.fusion import build_fusion
 from fusionrec.model.heads import RankingHead, RatingHead, build_head
-from fusionrec.model.towers import ItemTower, SequenceUserTower, TextUserTower, histories_before, left_pad
+from fusionrec.model.towers import (
+    UNKNOWN_FEEDBACK,
+    ItemTower,
+    SequenceUserTower,
+    TextUserTower,
+    histories_before,
+    left_pad,
+)
 from fusionrec.spec import FusionRecommenderSpec, FusionSpec
 
 log = logging.getLogger(__name__)
+FEEDBACK_DROPOUT = 0.15  # share of history labels hidden per training step
 
 Batch = dict[str, Tensor]
 
@@ -80,10 +88,14 @@ class FusedRecommender(nn.Module):
                                                            config.n_layers, config.n_heads)
         else:
             self.user_tower = TextUserTower(dim, config.history_length)
-        self.user_embedding = (nn.Embedding(n_users, dim) if config.use_item_ids and config.task != "ranking"
-                               else None)
-        if self.user_embedding is not None:
-            nn.init.normal_(self.user_embedding.weight, std=0.02)
+        pointwise = config.task != "ranking"
+        self.user_embedding = nn.Embedding(n_users, dim) if config.use_item_ids and pointwise else None
+        # CTR/rating histories carry whether the user liked each item (0/1, or unknown): added to its vector.
+        self.feedback = nn.Embedding(UNKNOWN_FEEDBACK + 1, dim) if pointwise and config.user_tower == "sequence" \
+            else None
+        for table in (self.user_embedding, self.feedback):
+            if table is not None:
+                nn.init.normal_(table.weight, std=0.02)
         self.head = build_head(config.task, dim=dim, n_users=n_users, negatives=config.negatives,
                                num_negatives=config.num_negatives, hidden=config.head_hidden,
                                dropout=config.dropout)
@@ -194,10 +206,19 @@ class FusedRecommender(nn.Module):
         table = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])  # [U + 1, D]
         return table, lookup
 
-    def _user_vectors(self, history: Tensor, table: Tensor, lookup: Tensor) -> Tensor:
-        """[B, L] left-padded histories (oldest first) -> [B, D] user vectors."""
+    def _user_vectors(self, history: Tensor, table: Tensor, lookup: Tensor, feedback: Tensor | None = None) -> Tensor:
+        """[B, L] left-padded histories (oldest first), [B, L] feedback ids (pointwise) -> [B, D] user vectors."""
         if isinstance(self.user_tower, SequenceUserTower):
-            return self.user_tower(table[lookup[history]], history != self.pad)  # [B, L, D] -> [B, D]
+            vectors = table[lookup[history]]  # [B, L, D]
+            if self.feedback is not None:
+                if feedback is None:
+                    feedback = torch.full_like(history, UNKNOWN_FEEDBACK)
+                elif self.training:
+                    # Serving may not know past labels: hide some in training so "unknown" stays meaningful.
+                    hidden = torch.rand(feedback.shape, device=feedback.device) < FEEDBACK_DROPOUT
+                    feedback = feedback.masked_fill(hidden, UNKNOWN_FEEDBACK)
+                vectors = vectors + self.feedback(feedback)
+            return self.user_tower(vectors, history != self.pad)  # [B, L, D] -> [B, D]
         rows = [row[row != self.pad].tolist() for row in history]
         return self.user_tower(self.items, rows)
 
@@ -273,15 +294,18 @@ class FusedRecommender(nn.Module):
 
     def encode_rows(self, split: RandomSplit, stage: str) -> Batch:
         """All rows of `stage` with each row's history: the user's training items strictly before the row's
-        timestamp, so a training row never sees itself and train and test rows are built alike."""
+        timestamp (so a training row never sees itself, and train and test rows are built alike) and whether
+        the user liked each of them (their label), which the sequence tower reads with the items."""
         if self.config.task == "ranking":
             raise ValueError("encode_rows is the CTR/rating contract; this model ranks (use training_batches)")
         part = split.part(stage)
+        history, feedback = histories_before(split.train, part, self.config.history_length, self.pad,
+                                             feedback=LABEL if LABEL in split.train else None)
         rows = {"user": torch.tensor(part[USER_IDX].to_numpy(dtype=np.int64)),
                 "item": torch.tensor(part[ITEM_IDX].to_numpy(dtype=np.int64)),
-                "history": histories_before(split.train, part, self.config.history_length, self.pad)}
-        if "label" in part:
-            rows["label"] = torch.tensor(part["label"].to_numpy(dtype=np.float32))
+                "history": history, "history_feedback": feedback}
+        if LABEL in part:
+            rows["label"] = torch.tensor(part[LABEL].to_numpy(dtype=np.float32))
         if RATING in part:
             rows["rating"] = torch.tensor(part[RATING].to_numpy(dtype=np.float32))
         return rows
@@ -289,7 +313,7 @@ class FusedRecommender(nn.Module):
     def _pair_vectors(self, batch: Batch) -> tuple[Tensor, Tensor]:
         history, item = batch["history"], batch["item"]
         table, lookup = self._item_table(torch.cat([history.flatten(), item]))
-        users = self._user_vectors(history, table, lookup)  # [B, D]
+        users = self._user_vectors(history, table, lookup, batch.get("history_feedback"))  # [B, D]
         if self.user_embedding is not None:
             users = users + self.user_embedding(batch["user"])
         return users, table[lookup[item]]

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 PROJECTION_STD = 0.05  # per-dimension std of a projected item vector at init: unsaturated first softmaxes
 STATS_ROWS = 4096  # catalogue rows the feature standardisation of an unfrozen encoder is estimated on
 TEXT_CACHE_ENTRIES = 50_000  # pooled user texts a frozen encoder keeps (LRU)
+UNKNOWN_FEEDBACK = 2  # feedback id of a history item whose label is unknown (and of padding)
 
 
 class ItemTower(nn.Module):
@@ -181,6 +182,7 @@ class SequenceUserTower(nn.Module):
         self.encoder = SequenceEncoder(SequenceEncoderConfig(dim=dim, n_layers=n_layers, n_heads=n_heads,
                                                              max_len=history_length, dropout=dropout,
                                                              inner_size=4 * dim))
+        self.encoder.apply(_small_init)
 
     def states(self, vectors: Tensor, mask: Tensor) -> Tensor:
         """[B, L, D] item vectors (oldest first) and [B, L] bool mask -> [B, L, D] state after each slot."""
@@ -225,21 +227,42 @@ class TextUserTower(nn.Module):
         return self.adapter(items.fusion(self.stacked(items, histories)))  # [B, M, D] -> [B, D]
 
 
+def _small_init(module: nn.Module) -> None:
+    """BERT's N(0, 0.02) init: PyTorch's default N(0, 1) position table would drown item vectors of norm ~0.5."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 # --- tower inputs ---------------------------------------------------------------------------------------------
 
 
-def histories_before(train: pd.DataFrame, part: pd.DataFrame, length: int, pad: int) -> Tensor:
-    """[R, length] per row of `part`: the user's training items with an earlier timestamp, oldest first,
-    left-padded with `pad`."""
+def histories_before(train: pd.DataFrame, part: pd.DataFrame, length: int, pad: int,
+                     feedback: str | None = None) -> tuple[Tensor, Tensor]:
+    """Per row of `part`, the user's training items with an earlier timestamp (oldest first, left-padded).
+
+    Args:
+        train: training interactions (user_idx, item_idx, timestamp and the `feedback` column).
+        part: the rows to build histories for.
+        length: most recent items kept.
+        pad: item index of padding slots.
+        feedback: a 0/1 column of `train` (e.g. the CTR label) to return beside each history item.
+    Returns:
+        items [R, length] int64 and feedback [R, length] int64: 0/1, or UNKNOWN_FEEDBACK (also at padding).
+    """
     ordered = train.sort_values([USER_IDX, TIME], kind="stable")
-    by_user = {int(u): (g[TIME].to_numpy(), g[ITEM_IDX].to_numpy(dtype=np.int64))
+    by_user = {int(u): (g[TIME].to_numpy(), g[ITEM_IDX].to_numpy(dtype=np.int64),
+                        g[feedback].to_numpy(dtype=np.int64) if feedback else np.full(len(g), UNKNOWN_FEEDBACK))
                for u, g in ordered.groupby(USER_IDX, sort=False)}
-    out = np.full((len(part), length), pad, dtype=np.int64)
-    empty = (np.empty(0), np.empty(0, dtype=np.int64))
+    items = np.full((len(part), length), pad, dtype=np.int64)
+    signals = np.full((len(part), length), UNKNOWN_FEEDBACK, dtype=np.int64)
+    empty = (np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
     for r, (user, when) in enumerate(zip(part[USER_IDX].to_numpy(), part[TIME].to_numpy())):
-        times, items = by_user.get(int(user), empty)
+        times, seen, signal = by_user.get(int(user), empty)
         end = int(np.searchsorted(times, when, side="left"))
-        recent = items[max(0, end - length):end]
-        if len(recent):
-            out[r, length - len(recent):] = recent
-    return torch.from_numpy(out)
+        start = max(0, end - length)
+        if end > start:
+            items[r, length - (end - start):] = seen[start:end]
+            signals[r, length - (end - start):] = signal[start:end]
+    return torch.from_numpy(items), torch.from_numpy(signals)

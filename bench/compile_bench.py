@@ -35,11 +35,11 @@ ENCODERS = {
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def build_artifact(encoders: list[str], work: Path, seq: int, epochs: int) -> Path:
+def build_artifact(encoders: list[str], work: Path, seq: int, epochs: int, max_users: int | None = None) -> Path:
     from fusionrec.pipeline import train_and_evaluate
     from fusionrec.spec import FusionRecommenderSpec
 
-    version = "bench-" + "-".join(encoders)
+    version = "bench-" + "-".join(encoders) + (f"-u{max_users}" if max_users else "")
     if (work / "runs" / version / "MANIFEST.json").is_file():
         return work / "runs" / version
     spec = FusionRecommenderSpec.model_validate({
@@ -48,6 +48,7 @@ def build_artifact(encoders: list[str], work: Path, seq: int, epochs: int) -> Pa
         "fusion": {"method": "attention", "dim": 64, "hidden": 64},
         "task": {"type": "ranking", "userTower": "text", "historyLength": 10, "useItemIds": False},
         "training": {"epochs": epochs, "batchSize": 128, "learningRate": 1e-3, "seed": 2020},
+        "data": {"dataset": "ml-100k", "maxUsers": max_users},
     })
     return train_and_evaluate(spec, work / "runs")
 
@@ -104,6 +105,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-users", type=int, default=None,
+                        help="Train on the first N users only (the timings do not depend on it; the gate does).")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fusionrec-compile-bench")
     parser.add_argument("--out", type=Path, default=RESULTS / "compile-cpu.md")
     args = parser.parse_args()
@@ -114,7 +117,7 @@ def main() -> None:
     from fusionrec.compile.onnxruntime_backend import OnnxRuntime
     from fusionrec.pipeline import load_model
 
-    artifact = build_artifact(encoders, args.work, args.seq, args.epochs)
+    artifact = build_artifact(encoders, args.work, args.seq, args.epochs, args.max_users)
     fp32_path, fp32 = compiled_copy(artifact, args.work, "fp32", 2)
     int8_path, int8 = compiled_copy(artifact, args.work, "int8", 2)
     model, _ = load_model(artifact)
@@ -151,7 +154,8 @@ def write_report(args, encoders, rows, fp32: dict, int8: dict) -> None:
         "# Compiled user tower on CPU (ONNX Runtime fp32 / int8 vs torch eager)", "",
         f"Command: `{command}`", "",
         (f"Model: fused text user tower over {', '.join(encoders)} (frozen, mean pooling), attention fusion, "
-        f"dim 64; trained {args.epochs} epoch(s) on MovieLens-100K (ranking protocol). Inputs: real user texts "
+        f"dim 64; trained {args.epochs} epoch(s) on MovieLens-100K (ranking protocol"
+        f"{f', first {args.max_users} users' if args.max_users else ''}). Inputs: real user texts "
         f"cut/padded to exactly {args.seq} tokens. Median of N runs after one warm-up (N in the table)."), "",
         (f"Machine: {platform.machine()}, {os.cpu_count()} cores **shared with other jobs** (load average at "
         f"the end {os.getloadavg()[0]:.1f}): the timings are noisy, ratios more trustworthy than absolutes. "

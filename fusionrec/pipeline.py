@@ -75,15 +75,31 @@ def user_histories(split: LeaveOneOutSplit | RandomSplit, n_users: int) -> list[
     return histories
 
 
-def summarise_weights(report: dict[str, Any]) -> dict[str, Any]:
-    """JSON form of `FusedRecommender.fusion_weights`: the global weights and per-user statistics."""
+def summarise_weights(report: dict[str, Any], quantiles: tuple[int, ...] = (5, 25, 50, 75, 95),
+                      bins: int = 20) -> dict[str, Any]:
+    """JSON form of `FusedRecommender.fusion_weights`: the global weights and per-user statistics.
+
+    The per-user matrix itself is not stored (one row per user), so the spread is kept as quantiles
+    (`p5`...`p95`) and a histogram per model: enough for `fusionrec report` to draw box plots and
+    distributions. The histograms of all models share one set of bin edges so they can be overlaid.
+    """
     out = {key: report[key] for key in ("method", "kind", "models", "global")}
     per_user = report.get("per_user")
     if per_user is not None and len(per_user):
-        stats = {"mean": per_user.mean(0), "std": per_user.std(0, unbiased=False), "min": per_user.min(0).values,
-                 "max": per_user.max(0).values}
-        out["per_user"] = {"users": len(per_user), **{name: {key: round(float(v[m]), 6) for key, v in stats.items()}
-                                                      for m, name in enumerate(report["models"])}}
+        values = per_user.detach().cpu().double().numpy()  # [U, M]
+        stats = {"mean": values.mean(0), "std": values.std(0), "min": values.min(0), "max": values.max(0),
+                 **{f"p{q}": np.percentile(values, q, axis=0) for q in quantiles}}
+        low, high = float(values.min()), float(values.max())
+        if high - low < 1e-9:  # every user has the same weights (a global fusion): one narrow bin range
+            low, high = low - 1e-3, high + 1e-3
+        edges = np.linspace(low, high, bins + 1)
+        summary: dict[str, Any] = {"users": len(values)}
+        for m, name in enumerate(report["models"]):
+            counts, _ = np.histogram(values[:, m], bins=edges)
+            summary[name] = {**{key: round(float(v[m]), 6) for key, v in stats.items()},
+                             "histogram": {"edges": [round(float(e), 6) for e in edges],
+                                           "counts": [int(c) for c in counts]}}
+        out["per_user"] = summary
     return out
 
 
@@ -136,15 +152,16 @@ def write_model_artifact(output_root: str | Path, spec: FusionRecommenderSpec, m
                          dataset: Dataset, split: LeaveOneOutSplit | RandomSplit, histories: list[np.ndarray],
                          metrics: dict[str, Any], *, overwrite: bool = False) -> Path:
     """The artifact of design.md section 5, plus users.parquet (user ids in index order and each user's
-    recent items, which the sequence tower reads when a request names a user)."""
+    whole history, oldest first: the tower reads its recent end, serving leaves all of it out)."""
     vocab = split.vocab
     titles = dict(zip(dataset.items["item_id"].astype(str), dataset.items.get("title", dataset.items["item_id"])))
     items = pd.DataFrame({"item_id": vocab.item_ids.astype(str),
                           "title": [str(titles.get(str(i), i)) for i in vocab.item_ids],
                           "text": model.items.item_texts})
-    keep = model.config.history_length
+    # Whole histories: the tower reads only the last history_length items, but serving must leave out every
+    # item the user has seen, not only the recent ones.
     users = pd.DataFrame({"user_id": vocab.user_ids.astype(str),
-                          "history": [[str(vocab.item_ids[i]) for i in h[-keep:]] for h in histories]})
+                          "history": [[str(vocab.item_ids[i]) for i in h] for h in histories]})
     files: dict[str, Any] = {
         WEIGHTS_NAME: lambda dest: save_tensors(model.state_dict(), dest),
         ITEM_INDEX_NAME: _npy_bytes(model.item_embeddings()),

@@ -21,6 +21,7 @@ from fusionrec.spec import ServingSpec
 INGRESS_NAME = "Router"
 METRICS_HUB_NAME = "MetricsHub"
 USER_CACHE_ENTRIES = 20_000  # user vectors kept per model replica: 20k x D=256 float32 = 20 MiB
+RESPONSE_CACHE_ENTRIES = 10_000  # answers kept per ingress replica: 10k x k=10 items ~ 10-20 MiB of dicts
 
 
 class _Args(BaseModel):

@@ -46,6 +46,8 @@ class ServingMetrics:
                                 ["version", "task", "score"], registry=self.registry)
         self.weight = Gauge("fusionrec_traffic_weight", "Percent of traffic routed to a version.", ["version"],
                             registry=self.registry)
+        self.response_cache = Counter("fusionrec_response_cache", "Ingress response-cache lookups by result.",
+                                      ["version", "result"], registry=self.registry)
 
     def observe_request(self, route: str, code: int, version: str | None, seconds: float) -> None:
         label = version or NO_VERSION
@@ -54,6 +56,9 @@ class ServingMetrics:
 
     def observe_batch(self, version: str, size: int) -> None:
         self.batch_size.labels(version=version).observe(size)
+
+    def observe_response_cache(self, version: str, hit: bool) -> None:
+        self.response_cache.labels(version=version, result="hit" if hit else "miss").inc()
 
     def set_weights(self, weights: Mapping[str, int]) -> None:
         for version, weight in weights.items():

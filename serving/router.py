@@ -8,10 +8,13 @@ canary step never restarts a replica.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from fusionrec.serving.cache import LRUCache
+from fusionrec.serving.config import RESPONSE_CACHE_ENTRIES
 from fusionrec.serving.engine import VersionEngine
 from fusionrec.serving.errors import ApiError
 from fusionrec.serving.metrics import ServingMetrics
@@ -20,6 +23,7 @@ from fusionrec.serving.routing import TrafficSplit, request_key
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0
+CACHEABLE = frozenset({"recommend", "score"})
 
 
 class BackendUnavailable(Exception):
@@ -54,13 +58,21 @@ class Router:
         clients: version -> client, for every deployed version (weight 0 included).
         weights: version -> percent of traffic.
         metrics: this replica's registry.
+        response_cache_entries: answers kept at the ingress (0 turns the cache off).
+
+    Why the ingress caches whole answers: a version is an immutable artifact, and a request naming a known user
+    (or a history) has one answer per version, so `(version, request)` is a key that can never be stale. A
+    repeated request (page reloads, pagination, several widgets) then costs no hop to a model replica, which on
+    a loaded node is as much CPU as the rest of the request. The version is picked first, so sticky canary
+    routing and per-version metrics are unchanged; a new version is a new key.
     """
 
     def __init__(self, name: str, clients: Mapping[str, VersionClient], weights: Mapping[str, int],
-                 metrics: ServingMetrics | None = None) -> None:
+                 metrics: ServingMetrics | None = None, response_cache_entries: int = RESPONSE_CACHE_ENTRIES) -> None:
         self.name = name
         self.clients = dict(clients)
         self.metrics = metrics or ServingMetrics()
+        self.responses: LRUCache[dict[str, Any]] = LRUCache(response_cache_entries)
         self._info: dict[str, dict[str, Any]] = {}
         self.split = self._make_split(weights)
         self.metrics.set_weights(self.split.weights)
@@ -81,7 +93,15 @@ class Router:
         return self.split.pick(request_key(query.get("user_id"), query.get("history")))
 
     async def call(self, version: str, method: str, query: dict[str, Any]) -> dict[str, Any]:
-        """Ask `version`; an error answer becomes ApiError, the batch size goes to the metrics."""
+        """Ask `version` (or the response cache); an error answer becomes ApiError, the batch size goes to the
+        metrics. Errors are never cached."""
+        key = (version, method, json.dumps(query, sort_keys=True, separators=(",", ":"))) \
+            if method in CACHEABLE and self.responses.capacity else None
+        if key is not None:
+            cached = self.responses.get(key)
+            self.metrics.observe_response_cache(version, hit=cached is not None)
+            if cached is not None:
+                return dict(cached)
         result = await self.clients[version].call(method, query)
         error = result.get("error")
         if error is not None:
@@ -91,6 +111,8 @@ class Router:
             self.metrics.observe_batch(version, int(batch))
         if result.get("fallback") is None:
             result.pop("fallback", None)
+        if key is not None:
+            self.responses.put(key, dict(result))
         return result
 
     async def describe(self) -> dict[str, Any]:

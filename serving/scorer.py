@@ -108,7 +108,7 @@ class VersionScorer:
         return self._user_position.get(user_id)
 
     def stored_history(self, user: int) -> np.ndarray:
-        """The user's recent items as the artifact stores them (oldest first)."""
+        """Everything the user did before the test stage, as the artifact stores it (oldest first)."""
         return self._histories[user]
 
     def history_key(self, history: np.ndarray) -> tuple[int, ...]:
@@ -183,14 +183,12 @@ class VersionScorer:
         }
 
 
-# --- adapters over FusedRecommender (see the report: they belong in the model as public methods) ------------
+# --- adapters over FusedRecommender ---------------------------------------------------------------------------
 
 
 def _user_tower(model: FusedRecommender, histories: list[np.ndarray]) -> torch.Tensor:
     """[B] histories -> [B, D]: the user tower alone, over the model's cached catalogue table."""
-    history = model._pad_histories(histories)  # [B, L] left-padded
-    table, lookup = model._item_table(None)  # [N + 1, D], [N + 1]
-    return model._user_vectors(history, table, lookup)
+    return model.user_vectors(histories)
 
 
 def _pointwise(model: FusedRecommender, user: torch.Tensor, items: torch.Tensor, user_index: int | None) -> np.ndarray:

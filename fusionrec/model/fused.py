@@ -279,12 +279,19 @@ class FusedRecommender(nn.Module):
         items = table[: self.n_items] if candidates is None else table[lookup[candidates]]  # [C, D]
         return self.head.calculate_loss(queries, items, {"target_index": target_index})
 
+    def user_vectors(self, histories: Sequence[np.ndarray]) -> Tensor:
+        """[B] histories (item indices, oldest first) -> [B, D] user-tower outputs, without any user-ID
+        embedding: a vector that depends on the history alone, which is what serving caches per history."""
+        history = self._pad_histories(histories)  # [B, L]
+        table, lookup = self._item_table(None)  # [N + 1, D], [N + 1]
+        return self._user_vectors(history, table, lookup)
+
     def full_sort_predict(self, users: Tensor, histories: list[np.ndarray]) -> Tensor:
         """[B] users and their histories (oldest first) -> [B, N] scores over the whole catalogue."""
         if len(histories) != len(users):
             raise ValueError(f"need one history per user, got {len(histories)} histories for {len(users)} users")
         history = self._pad_histories(histories)
-        table, lookup = self._item_table(None)
+        table, lookup = self._item_table(None)  # one catalogue pass serves the tower and the scores
         user_vectors = self._user_vectors(history, table, lookup)
         if self.user_embedding is not None:
             user_vectors = user_vectors + self.user_embedding(users.to(self.device))

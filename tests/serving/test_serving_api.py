@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -60,6 +61,19 @@ def test_recommend_equals_the_offline_ranking(client, scorers):
         assert all(i["title"].startswith(("star", "war", "king", "queen", "cat", "dog")) for i in answer["items"])
     unfiltered = client.post("/v1/recommend", json={"user_id": pd_user(scorer, 0), "k": 7, "exclude_seen": False})
     assert [i["item_id"] for i in unfiltered.json()["items"]] == offline_top_k(scorer, 0, 7, exclude_seen=False)
+
+
+def test_every_item_a_user_has_seen_is_left_out_not_only_the_recent_ones(client, scorers, artifacts):
+    """The tower reads the last historyLength items; the stored history (and what is excluded) is all of them."""
+    scorer = scorers["v1"]
+    users = pd.read_parquet(artifacts["v1"] / "users.parquet")
+    longer = [n for n, h in enumerate(users["history"]) if len(h) > scorer.history_length]
+    assert longer, "the shop's users must have more items than historyLength for this test to mean anything"
+    user = longer[0]
+    history = [str(i) for i in users["history"][user]]
+    answer = client.post("/v1/recommend", json={"user_id": str(users["user_id"][user]), "k": 20}).json()
+    assert not set(history) & {i["item_id"] for i in answer["items"]}
+    assert len(answer["items"]) == 20
 
 
 def pd_user(scorer: VersionScorer, position: int) -> str:

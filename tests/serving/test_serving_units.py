@@ -251,3 +251,60 @@ def test_metrics_of_two_replicas_are_summed():
     assert _value(text, 'fusionrec_model_info{score="ranking_score",task="ranking",version="v1"}') == 1
     assert _value(text, 'fusionrec_traffic_weight{version="v1"}') == 100  # a gauge: not summed
     assert render(merge([first.snapshot()])) == first.render()  # one replica renders as itself
+
+
+# --- the ingress response cache ---------------------------------------------------------------------------------
+
+
+class _CountingClient:
+    """A version that answers with a fresh list each time and counts how often it is asked."""
+
+    def __init__(self, version: str, fail: bool = False) -> None:
+        self.version, self.fail, self.calls = version, fail, 0
+
+    async def call(self, method: str, query: dict) -> dict:
+        self.calls += 1
+        if self.fail:
+            return {"error": {"status": 404, "error": "unknown user", "field": "user_id"}}
+        return {"version": self.version, "items": [{"item_id": str(self.calls)}], "batch": 1, "fallback": None}
+
+
+def _ask(router, query: dict, method: str = "recommend") -> dict:
+    import asyncio
+
+    return asyncio.run(router.call(router.pick(query), method, query))
+
+
+def test_repeated_requests_are_answered_by_the_ingress_cache_per_version():
+    from fusionrec.serving.router import Router
+
+    clients = {"v1": _CountingClient("v1"), "v2": _CountingClient("v2")}
+    router = Router("shop", clients, {"v1": 100, "v2": 0})
+    first = _ask(router, {"user_id": "7", "k": 10})
+    again = _ask(router, {"k": 10, "user_id": "7"})  # key order does not matter
+    assert again == first == {"version": "v1", "items": [{"item_id": "1"}]}
+    assert clients["v1"].calls == 1
+    assert _ask(router, {"user_id": "7", "k": 5})["items"] == [{"item_id": "2"}]  # another request, another key
+    assert _ask(router, {"user_id": "7", "k": 10}, "score")["items"] == [{"item_id": "3"}]  # another method
+    router.set_weights({"v1": 0, "v2": 100})
+    assert _ask(router, {"user_id": "7", "k": 10})["version"] == "v2"  # the version is part of the key
+    text = router.metrics.render().decode()
+    assert 'fusionrec_response_cache_total{result="hit",version="v1"} 1.0' in text
+    assert 'fusionrec_response_cache_total{result="miss",version="v1"} 3.0' in text
+    # a returned answer is a copy: changing it does not change what the next request gets
+    _ask(router, {"user_id": "7", "k": 10})["items"] = []
+    assert _ask(router, {"user_id": "7", "k": 10})["items"] == [{"item_id": "1"}]
+
+
+def test_errors_are_not_cached_and_capacity_zero_turns_the_cache_off():
+    from fusionrec.serving.router import Router
+
+    failing = _CountingClient("v1", fail=True)
+    router = Router("shop", {"v1": failing}, {"v1": 100})
+    for _ in range(2):
+        with pytest.raises(ApiError, match="unknown user"):
+            _ask(router, {"user_id": "x"})
+    assert failing.calls == 2
+    plain = _CountingClient("v1")
+    uncached = Router("shop", {"v1": plain}, {"v1": 100}, response_cache_entries=0)
+    assert [_ask(uncached, {"user_id": "7"})["items"][0]["item_id"] for _ in range(2)] == ["1", "2"]

@@ -291,6 +291,21 @@ class MonitoringSpec(SpecModel):
     service_monitor: bool = False
 
 
+BaselineName = Literal["pop", "bpr", "sasrec", "lr", "fm"]
+
+
+class EvaluationSpec(SpecModel):
+    """Baselines and single-encoder models measured beside the fused one, on the same split and seed."""
+
+    baselines: list[BaselineName] | None = Field(
+        None, max_length=5,
+        description="Baselines fitted beside the fused model. Default by task: pop, bpr, sasrec (ranking); "
+        "lr, fm (ctr); none (rating).")
+    compare_singles: bool = Field(
+        True, description="Also train one model per encoder (same fusion dim and training) to show what the "
+        "fusion adds over its best member.")
+
+
 class StorageSpec(SpecModel):
     uri: str = Field("./runs", description="Where versioned artifacts live (local folder, pvc://, s3://).")
 
@@ -312,6 +327,7 @@ class FusionRecommenderSpec(SpecModel):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
 
     @field_validator("encoders")

@@ -18,9 +18,7 @@ import copy
 import json
 import logging
 import math
-import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from fusionrec.baselines.base import FitResult
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
 from fusionrec.errors import UserError
 from fusionrec.metrics import evaluate_pointwise, evaluate_ranking, parse_metric
+from fusionrec.progress import quiet
 from fusionrec.spec import TrainingSpec
 from fusionrec.train.checkpoint import load_checkpoint, load_mutable_state, mutable_state, save_checkpoint
 from fusionrec.train.schedules import WarmupDecay, warmup_steps
@@ -204,10 +203,6 @@ def _rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return rates
 
 
-def _quiet() -> bool:
-    return os.environ.get("FUSIONREC_QUIET") == "1" or not sys.stderr.isatty()
-
-
 def fit(model: nn.Module, split: LeaveOneOutSplit | RandomSplit, training: TrainingSpec, *,
         device: str | torch.device | None = None, hooks: FitHooks | None = None,
         checkpoint_dir: str | Path | None = None, resume: bool = False, eval_every: int = 1,
@@ -297,7 +292,7 @@ def fit(model: nn.Module, split: LeaveOneOutSplit | RandomSplit, training: Train
         wrapped.train()
         total, count, pending = 0.0, 0, 0
         bar = tqdm(epoch_batches(rng, epoch), total=n_batches, desc=f"epoch {epoch}", leave=False,
-                   disable=_quiet())
+                   disable=quiet())
         for index, batch in enumerate(bar):
             batch = _to_device(batch, device)
             # Gradients are all-reduced (DDP) only on the micro-batch that ends an accumulation.

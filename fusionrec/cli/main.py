@@ -37,6 +37,7 @@ def cli(verbose: int, quiet: bool) -> None:
 
     \b
     Examples:
+      fusionrec run examples/quickstart.yaml      # prepare, train, evaluate, compile, serve
       fusionrec data prepare ml-100k
       fusionrec evaluate --baselines
     """
@@ -47,8 +48,19 @@ def cli(verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from fusionrec.cli import compile_cmd, data_cmd, evaluate_cmd, merge_cmd, models_cmd, serve_cmd, train_cmd
+    from fusionrec.cli import (
+        compile_cmd,
+        data_cmd,
+        evaluate_cmd,
+        merge_cmd,
+        models_cmd,
+        report_cmd,
+        run_cmd,
+        serve_cmd,
+        train_cmd,
+    )
 
+    cli.add_command(run_cmd.run)
     cli.add_command(data_cmd.data)
     cli.add_command(evaluate_cmd.evaluate)
     cli.add_command(models_cmd.models)
@@ -57,6 +69,7 @@ def _register() -> None:
     cli.add_command(train_cmd.train)
     cli.add_command(serve_cmd.serve)
     cli.add_command(serve_cmd.recommend)
+    cli.add_command(report_cmd.report)
 
 
 _register()

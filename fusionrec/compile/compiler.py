@@ -33,6 +33,7 @@ from fusionrec.compile.scoring import graph_ranking_metrics
 from fusionrec.compile.torch_backend import TorchRuntime
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
 from fusionrec.errors import UserError
+from fusionrec.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
         folder = Path(tmp)
         files: dict[str, Any] = {}
         runtimes: dict[str, Any] = {}
-        for kind in GRAPHS:
+        for kind in progress(GRAPHS, desc=f"compiling ({backend} {precision})", unit="graph"):
             module, signature = graphs[kind]
             example = select(examples[kind], signature)
             if backend == "torch":

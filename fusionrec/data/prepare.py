@@ -22,6 +22,7 @@ from fusionrec.data.schema import RATING, TIME, USER, Dataset
 from fusionrec.data.splits import leave_one_out, random_split
 from fusionrec.data.text import DEFAULT_TEMPLATE, TEXT, ItemTextTemplate, field_coverage, text_coverage, with_item_text
 from fusionrec.errors import UserError
+from fusionrec.progress import progress
 from fusionrec.spec import ColumnMapping
 
 log = logging.getLogger(__name__)
@@ -155,10 +156,15 @@ def read_ml100k(located: Located) -> Dataset:
 def prepare_ml100k(path: str | Path | None = None, out: str | Path | None = None,
                    template: str = DEFAULT_TEMPLATE, download: bool = True) -> tuple[Dataset, DataCard]:
     """Locate (or fetch) MovieLens-100K, validate it and write it prepared."""
-    located = locate_ml100k(path, download=download)
-    log.info("MovieLens-100K found (%s): %s", located.origin, located.folder)
-    dataset = read_ml100k(located)
-    card = write_prepared(dataset, prepared_dir(ML100K, out), template, source=f"{located.origin}: {located.folder}")
+    with progress(desc=f"preparing {ML100K}", total=3, unit="stage") as bar:
+        located = locate_ml100k(path, download=download)
+        log.info("MovieLens-100K found (%s): %s", located.origin, located.folder)
+        bar.update()
+        dataset = read_ml100k(located)
+        bar.update()
+        card = write_prepared(dataset, prepared_dir(ML100K, out), template,
+                              source=f"{located.origin}: {located.folder}")
+        bar.update()
     return load_prepared(ML100K, out), card
 
 
@@ -168,9 +174,12 @@ def prepare_files(interactions: str | Path, items: str | Path | None = None, use
                   template: str = DEFAULT_TEMPLATE) -> tuple[Dataset, DataCard]:
     """Prepare a shop's own export (CSV, Parquet, atomic or MovieLens files)."""
     target = prepared_dir(name, out)
-    dataset = read_files(interactions, items, users, format=format, delimiter=delimiter, encoding=encoding,
-                         columns=columns, name=name)
-    card = write_prepared(dataset, target, template, source=str(interactions))
+    with progress(desc=f"preparing {name}", total=2, unit="stage") as bar:
+        dataset = read_files(interactions, items, users, format=format, delimiter=delimiter, encoding=encoding,
+                             columns=columns, name=name)
+        bar.update()
+        card = write_prepared(dataset, target, template, source=str(interactions))
+        bar.update()
     return load_prepared(name, out), card
 
 

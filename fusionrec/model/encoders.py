@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from fusionrec.errors import UserError
 from fusionrec.model.pooling import get_pooling
 from fusionrec.model.sources import resolve_source
+from fusionrec.progress import progress
 from fusionrec.spec import EncoderSpec
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,12 @@ class TextEncoder(nn.Module):
         was_training = self.backbone.training
         self.backbone.eval()
         try:
+            starts = range(0, len(order), batch_size)
+            # A bar only for catalogues (many batches); single batches of a training step stay silent.
+            bar = progress(starts, desc=f"embedding items ({self.spec.name})", unit="batch") if len(starts) >= 4 \
+                else starts
             with torch.no_grad():
-                for start in range(0, len(order), batch_size):
+                for start in bar:
                     index = order[start:start + batch_size]
                     batch = self.tokenize([texts[i] for i in index])
                     out[torch.tensor(index, device=self.device)] = self.pool_tokens(**batch)  # (b, H)

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 
 from fusionrec.errors import UserError
 from fusionrec.files import atomic_directory, sha256_file
-from fusionrec.model.packaged import ORIGIN_FILE, find_package_dir, materialise, model_home
+from fusionrec.model.packaged import ORIGIN_FILE, find_package_dir, materialise
 
 log = logging.getLogger(__name__)
 

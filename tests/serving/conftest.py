@@ -1,12 +1,11 @@
 """Fixtures for the serving tests: real artifacts written by the pipeline from tiny random bert/mpnet/llama
-models (built by tests/model/conftest.py's builder, loaded from there, not copied) and a small synthetic shop.
+models (the session fixture `tiny_models` of tests/conftest.py) and a small synthetic shop.
 
 Versions: `v1` and `v2` rank (different seeds, so they answer differently), `c1` predicts clicks (ctr).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,16 +17,8 @@ import torch
 
 torch.set_num_threads(1)
 
-_BUILDER = Path(__file__).resolve().parents[1] / "model" / "conftest.py"
 N_USERS, N_ITEMS, PER_USER = 30, 40, 8
 WORDS = "star war king queen cat dog".split()  # words the tiny tokenizers know
-
-
-def _build_tiny_models(root: Path) -> dict[str, Path]:
-    spec = importlib.util.spec_from_file_location("_fusionrec_tiny_models_serving", _BUILDER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_tiny_models(root)
 
 
 def write_shop(folder: Path, seed: int = 0) -> dict:
@@ -58,7 +49,7 @@ def spec_document(models: dict[str, Path], data: dict, *, version: str, task: st
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Iterator[dict[str, Path]]:
     """{"v1" | "v2" | "c1": artifact folder}, trained for one epoch by `train_and_evaluate`."""
     from fusionrec.pipeline import train_and_evaluate
     from fusionrec.spec import Manifest
@@ -66,7 +57,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pa
     root = tmp_path_factory.mktemp("serving")
     previous = os.environ.get("FUSIONREC_EMBEDDING_CACHE")
     os.environ["FUSIONREC_EMBEDDING_CACHE"] = str(root / "embeddings")  # Ray replicas inherit it
-    models = _build_tiny_models(root / "models")
+    models = tiny_models
     data = write_shop(root / "shop")
     out = {}
     for version, task, seed in (("v1", "ranking", 1), ("v2", "ranking", 2), ("c1", "ctr", 3)):

@@ -1,6 +1,7 @@
 """Tiny random models of the three families fusionrec fuses (bert, mpnet, llama), built offline.
 
-`tiny_models` is session scoped and returns {family: folder}; each folder is a plain HF folder (config.json,
+`build_tiny_models(root)` returns {family: folder} (the session fixture `tiny_models` in tests/conftest.py
+builds them once for the whole run); each folder is a plain HF folder (config.json,
 model.safetensors, tokenizer.json + tokenizer_config.json) that AutoModel/AutoTokenizer load with the hub off.
 The weights are random but seeded, so two sessions build the same models. The llama tokenizer has no pad
 token on purpose: decoders often ship without one, and the encoder wrapper must cope.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
@@ -133,9 +133,3 @@ def build_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
         torch.manual_seed(seed)
         folders[family] = _BUILDERS[family](root / family)
     return folders
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """{"bert" | "mpnet" | "llama": HF folder} of tiny seeded random models; treat the folders as read-only."""
-    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -22,8 +23,9 @@ import click
               help="Override the parity gate: relative output error, or for int8 the relative NDCG@10 drop.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TensorRT timing cache file, reused across builds.")
+@click.option("--json", "as_json", is_flag=True, help="Print compile.json's record as JSON (for scripts).")
 def compile_(artifact: Path, backend: str | None, precision: str | None, threads: int | None, opset: int | None,
-             prune_layers: int, tolerance: float | None, timing_cache: Path | None) -> None:
+             prune_layers: int, tolerance: float | None, timing_cache: Path | None, as_json: bool) -> None:
     """Compile ARTIFACT (a version folder) for serving.
 
     Writes encoder.onnx (user tower) and item_encoder.onnx (item tower), or TensorRT encoder.plan files with
@@ -36,12 +38,16 @@ def compile_(artifact: Path, backend: str | None, precision: str | None, threads
     Examples:
       fusionrec compile runs/v3 --backend onnxruntime --precision int8 --threads 2
       fusionrec compile runs/v3 --backend tensorrt --precision fp16 --timing-cache ~/.cache/trt.cache
+      fusionrec compile runs/v3 --json | jq .parity
     """
     from fusionrec.compile import compile_artifact
 
     record = compile_artifact(artifact, backend=backend, precision=precision, threads=threads, opset=opset,
                               prune_layers=prune_layers, tolerance=tolerance, timing_cache=timing_cache,
-                              report=lambda line: click.echo(f"  parity {line}"))
+                              report=(lambda line: None) if as_json else (lambda line: click.echo(f"  parity {line}")))
+    if as_json:
+        click.echo(json.dumps(record, indent=2, default=str))
+        return
     written = sorted({v for g in record["graphs"].values() for k, v in g.items() if k in ("onnx", "plan")})
     click.echo(f"compiled {artifact} with {record['backend']} {record['precision']} (opset {record['opset']}) "
                f"in {record['seconds']:.1f}s: {', '.join(written + ['compile.json'])}")

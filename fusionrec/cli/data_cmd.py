@@ -28,7 +28,13 @@ def _parse_mapping(pairs: tuple[str, ...]):
 
 @click.group()
 def data() -> None:
-    """Prepare datasets: find, read, validate, write Parquet, print a data card."""
+    """Prepare datasets: find, read, validate, write Parquet, print a data card.
+
+    \b
+    Examples:
+      fusionrec data prepare ml-100k
+      fusionrec data prepare --interactions events.csv --items items.csv --map user_id=uid --json
+    """
 
 
 @data.command()

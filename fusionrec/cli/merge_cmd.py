@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -12,7 +13,8 @@ import click
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the merged model to (created; written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists and is not empty.")
-def merge(config: Path, out_dir: Path, overwrite: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the merge summary as JSON (for scripts).")
+def merge(config: Path, out_dir: Path, overwrite: bool, as_json: bool) -> None:
     """Merge checkpoints as CONFIG says: a merge spec, or a FusionRecommender manifest with spec.merge.
 
     Sources are model folders (relative to the current directory), pkg://, pvc:// or hf:// sources, or,
@@ -26,12 +28,21 @@ def merge(config: Path, out_dir: Path, overwrite: bool) -> None:
       models: [{source: ./minilm-ranking, weight: 1.0}, {source: ./minilm-ctr, weight: 0.5}]
       density: 0.2
       lambda: 1.0
+
+    \b
+    Examples:
+      fusionrec merge merge.yaml --out ./merged
+      fusionrec merge examples/movielens.yaml --out ./merged --json   # a manifest's spec.merge
     """
     from fusionrec.model.merge.runner import load_merge_config, run_merge
 
     spec, encoders = load_merge_config(config)
     report = run_merge(spec, out_dir, encoders=encoders, overwrite=overwrite)
     summary = report.summary()
+    if as_json:
+        click.echo(json.dumps({"out": str(out_dir), "method": report.pretty_name,
+                               "report": str(out_dir / "merge_report.json"), **summary}, indent=2, default=str))
+        return
     models = sum(record.role == "model" for record in report.inputs)
     onto = " onto the base" if any(record.role == "base" for record in report.inputs) else ""
     click.echo(f"merged {models} models{onto} with {report.pretty_name} into {out_dir}")

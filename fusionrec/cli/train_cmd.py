@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 
@@ -13,7 +15,9 @@ import click
                                 "else a local Ray sized to this machine.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing version.")
 @click.option("--dashboard", is_flag=True, help="Start the Ray dashboard with a local Ray.")
-def train(manifest: str, output: str | None, address: str | None, overwrite: bool, dashboard: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the artifact, test metrics and history as JSON.")
+def train(manifest: str, output: str | None, address: str | None, overwrite: bool, dashboard: bool,
+          as_json: bool) -> None:
     """Train, evaluate and write a model version: DDP over `training.workers` Ray Train workers, best
     checkpoint by validation, restarts from the last checkpoint on a lost worker.
 
@@ -21,6 +25,7 @@ def train(manifest: str, output: str | None, address: str | None, overwrite: boo
     Examples:
       fusionrec train examples/ml100k.yaml --output runs
       fusionrec train m.yaml --address ray://head:10001
+      fusionrec train m.yaml --json | jq .test
     """
     from fusionrec.errors import UserError
     from fusionrec.spec import load_manifest
@@ -31,4 +36,9 @@ def train(manifest: str, output: str | None, address: str | None, overwrite: boo
     if "://" in root:
         raise UserError(f"spec.storage.uri {root!r} is not a local folder; pass --output", field="--output")
     result = train_distributed(document, root, address=address, overwrite=overwrite, dashboard=dashboard)
+    if as_json:
+        click.echo(json.dumps({"artifact": str(result.artifact), "test": result.test, "best_epoch": result.best_epoch,
+                               "best_checkpoint": result.best_checkpoint, "history": result.history},
+                              indent=2, default=str))
+        return
     click.echo(summary_table(result))

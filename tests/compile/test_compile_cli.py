@@ -29,6 +29,15 @@ def test_compile_writes_and_reports(app, text_artifact, fresh_copy):
     assert json.loads((path / "compile.json").read_text())["threads"] == 1
 
 
+def test_compile_json_prints_the_record(app, text_artifact, fresh_copy):
+    path = fresh_copy(text_artifact)
+    result = CliRunner().invoke(app, ["compile", str(path), "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record == json.loads((path / "compile.json").read_text())
+    assert record["backend"] == "onnxruntime" and "parity" not in result.stdout.split("{", 1)[0]
+
+
 def test_unknown_precision_exits_2_with_the_choices(app, text_artifact):
     before = snapshot(text_artifact)
     result = CliRunner().invoke(app, ["compile", str(text_artifact), "--precision", "int4"])

@@ -29,6 +29,11 @@ def test_bare_merge_spec(bert, tmp_path):
     report = json.loads((tmp_path / "out/merge_report.json").read_text())
     assert report["parameters"] == {"lambda": 0.8, "density": 0.4, "rescale": True, "seed": 3}
     assert [i["weight"] for i in report["inputs"]] == [None, 1.0, 0.5]
+    again = invoke(str(config), "--out", str(tmp_path / "again"), "--json")
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.stdout)
+    assert summary["method"] == "DARE-TIES" and summary["out"] == str(tmp_path / "again")
+    assert summary["signConflictsResolved"] is not None
 
 
 def test_manifest_uses_spec_merge_and_encoder_names(bert, tmp_path):

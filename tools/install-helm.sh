@@ -22,7 +22,11 @@ if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="${PYTHON:-$ROOT/.venv/bin/pytho
 installed_ok() {
     [ -x "$DEST/helm" ] && [ -x "$DEST/kubectl" ] || return 1
     [ "$("$DEST/helm" version --template '{{.Version}}' 2>/dev/null)" = "$HELM_VERSION" ] || return 1
-    "$DEST/kubectl" version --client 2>/dev/null | grep -qx "Client Version: $KUBECTL_VERSION"
+    # Read kubectl's whole answer first: `kubectl ... | grep -q` under pipefail fails whenever grep exits before
+    # kubectl writes its last line (SIGPIPE), which made this check fail at random.
+    local client
+    client="$("$DEST/kubectl" version --client 2>/dev/null)" || return 1
+    grep -qx "Client Version: $KUBECTL_VERSION" <<<"$client"
 }
 
 case "$(uname -s)/$(uname -m)" in

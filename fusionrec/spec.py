@@ -138,6 +138,20 @@ class TaskSpec(SpecModel):
     history_length: int = Field(50, ge=1, le=1024, description="Most recent items that describe a user.")
     negatives: Literal["in_batch", "sampled", "full"] = Field("full", description="Softmax negatives.")
     num_negatives: int = Field(256, ge=1, le=100_000)
+    user_features: list[str] = Field(
+        default_factory=list, max_length=32,
+        description="ctr/rating: users-table columns (e.g. age, gender, occupation, zip_code) embedded and added "
+                    "to the user vector; ranking user vectors depend on the history alone.",
+    )
+
+    @model_validator(mode="after")
+    def _user_features_pointwise(self) -> TaskSpec:
+        if self.user_features and self.type == "ranking":
+            raise ValueError("task.userFeatures applies to type ctr or rating: a ranking user vector depends on "
+                             "the history alone (serving caches it per history); remove userFeatures or change type")
+        if len(set(self.user_features)) != len(self.user_features):
+            raise ValueError(f"task.userFeatures lists a column twice: {self.user_features}")
+        return self
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -200,6 +214,8 @@ class TrainingSpec(SpecModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="Max gradient norm; 0 disables clipping.")
     grad_accumulation: int = Field(1, ge=1, le=1024)
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="Validate, select and ship an exponential moving average "
+                                                         "of the weights (e.g. 0.999); 0 = the live weights.")
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     seed: int = Field(2020, ge=0)
     schedule: str | None = Field(None, max_length=128, description="Cron expression for periodic retraining on a cluster.")

@@ -163,8 +163,9 @@ class VersionScorer:
             return self.index.catalogue[items] @ vector  # [I, D] @ [D] -> [I]
         with torch.inference_mode():
             user_vector = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32))  # [D]
-            if user is not None and self.model.user_embedding is not None:
-                user_vector = user_vector + self.model.user_embedding.weight[user]
+            offset = self.model.user_offset(torch.tensor([user])) if user is not None else None
+            if offset is not None:
+                user_vector = user_vector + offset[0]
             out = [_pointwise(self.model, user_vector, self._catalogue_t[torch.from_numpy(items[s:s + _PAIR_CHUNK])],
                               user) for s in range(0, len(items), _PAIR_CHUNK)]
         return np.concatenate(out) if out else np.empty(0, dtype=np.float32)

@@ -36,6 +36,7 @@ from fusionrec.errors import UserError
 from fusionrec.metrics import evaluate_pointwise, evaluate_ranking, parse_metric
 from fusionrec.progress import quiet
 from fusionrec.spec import TrainingSpec
+from fusionrec.train.averaging import WeightAverage
 from fusionrec.train.checkpoint import load_checkpoint, load_mutable_state, mutable_state, save_checkpoint
 from fusionrec.train.schedules import WarmupDecay, warmup_steps
 
@@ -264,7 +265,8 @@ def fit(model: nn.Module, split: LeaveOneOutSplit | RandomSplit, training: Train
     fingerprint = json.dumps(training.model_dump(mode="json"), sort_keys=True)
     root = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
-    if resume and root is not None and (saved := load_checkpoint(root, device)) is not None:
+    saved = load_checkpoint(root, device) if resume and root is not None else None
+    if saved is not None:
         if saved.state["training"] != fingerprint:
             raise UserError(f"checkpoint {saved.folder} was written with different training settings",
                             field="training", fix="resume with the same spec, or use a new checkpoint folder")
@@ -278,6 +280,9 @@ def fit(model: nn.Module, split: LeaveOneOutSplit | RandomSplit, training: Train
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     params = [p for p in model.parameters() if p.requires_grad]
+    average = WeightAverage(model, training.ema_decay) if training.ema_decay > 0 else None
+    if average is not None and resume and root is not None and saved is not None:
+        average.load_state_dict(saved.state["average"])
 
     def step() -> None:
         if training.grad_clip > 0:
@@ -285,6 +290,8 @@ def fit(model: nn.Module, split: LeaveOneOutSplit | RandomSplit, training: Train
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if average is not None:
+            average.update()
 
     while not progress.stopped and progress.epoch < training.epochs:
         epoch = progress.epoch + 1
@@ -320,13 +327,14 @@ def fit(model: nn.Module, split: LeaveOneOutSplit | RandomSplit, training: Train
                   "seconds": progress.seconds + time.perf_counter() - started}
         improved = False
         if epoch % eval_every == 0 or epoch == training.epochs:
-            model.eval()
-            valid = task.validate()
-            record.update({f"valid_{key}": value for key, value in valid.items()})
-            value = valid[task.metric]
-            if (value > progress.best_value) if task.higher_is_better else (value < progress.best_value):
-                progress.best_value, progress.best_epoch, progress.best_valid = value, epoch, valid
-                best_state, improved = mutable_state(model), True
+            with average.applied() if average is not None else contextlib.nullcontext():
+                model.eval()  # after the swap: eval() drops caches built from other weights
+                valid = task.validate()
+                record.update({f"valid_{key}": value for key, value in valid.items()})
+                value = valid[task.metric]
+                if (value > progress.best_value) if task.higher_is_better else (value < progress.best_value):
+                    progress.best_value, progress.best_epoch, progress.best_valid = value, epoch, valid
+                    best_state, improved = mutable_state(model), True
         progress.history.append(record)
         progress.epoch = epoch
         progress.stopped = bool(progress.best_epoch) and epoch - progress.best_epoch >= \
@@ -336,6 +344,8 @@ def fit(model: nn.Module, split: LeaveOneOutSplit | RandomSplit, training: Train
             elapsed = progress.seconds + time.perf_counter() - started
             state = {"training": fingerprint, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "rng": _rng_state(rng), "progress": {**vars(progress), "seconds": elapsed}}
+            if average is not None:
+                state["average"] = average.state_dict()
             folder = save_checkpoint(root, mutable_state(model), best_state, state)
         if epoch % log_every == 0 or progress.stopped:
             log.info("%s epoch %d/%d loss %.4f valid %s %.4f (best %.4f at epoch %d) lr %.2e %.1fs",

@@ -53,7 +53,7 @@ class TextTowerGraph(nn.Module):
         self.kind = kind
         self.adapter = model.user_tower.adapter if kind == "user" else None
         self.id_embedding = model.items.id_embedding if kind == "item" else None
-        self.user_embedding = model.user_embedding if kind == "user" else None
+        self.user_offset = model.user_offset if kind == "user" and model.knows_users else None
 
     def forward(self, *tensors: Tensor) -> Tensor:
         n = len(self.items.encoders)
@@ -67,8 +67,8 @@ class TextTowerGraph(nn.Module):
             fused = self.adapter(fused)
         if self.id_embedding is not None:
             fused = fused + self.id_embedding(extra[0])  # extra[0]: (B,) item indices
-        if self.user_embedding is not None:
-            fused = fused + self.user_embedding(extra[0])  # extra[0]: (B,) user indices
+        if self.user_offset is not None:
+            fused = fused + self.user_offset(extra[0])  # extra[0]: (B,) user indices
         return fused
 
 
@@ -78,7 +78,7 @@ class SequenceTowerGraph(nn.Module):
     def __init__(self, model: FusedRecommender) -> None:
         super().__init__()
         self.tower = model.user_tower
-        self.user_embedding = model.user_embedding
+        self.user_offset = model.user_offset if model.knows_users else None
         # Pointwise models add a past-label embedding to each history item; serving knows no labels, so every
         # slot gets the "unknown" one, as FusedRecommender.user_vectors does.
         self.feedback = model.feedback
@@ -87,8 +87,8 @@ class SequenceTowerGraph(nn.Module):
         if self.feedback is not None:
             vectors = vectors + self.feedback.weight[UNKNOWN_FEEDBACK]  # [B, L, D] + [D]
         out = self.tower(vectors, mask > 0)  # (B, L, D) -> (B, D)
-        if self.user_embedding is not None:
-            out = out + self.user_embedding(extra[0])
+        if self.user_offset is not None:
+            out = out + self.user_offset(extra[0])  # extra[0]: (B,) user indices
         return out
 
 
@@ -114,7 +114,7 @@ def build_graph(model: FusedRecommender, kind: str) -> tuple[nn.Module, GraphSig
     index = None
     if kind == "item" and model.items.id_embedding is not None:
         index = "item_index"
-    elif kind == "user" and model.user_embedding is not None:
+    elif kind == "user" and model.knows_users:
         index = "user_index"
     if index is not None:
         inputs.append(index)

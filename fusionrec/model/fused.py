@@ -24,6 +24,7 @@ from fusionrec.errors import DataError, UserError
 from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.fusion import build_fusion
 from fusionrec.model.heads import RankingHead, RatingHead, build_head
+from fusionrec.model.user_features import UserFeatures, encode_user_features
 from fusionrec.model.towers import (
     UNKNOWN_FEEDBACK,
     ItemTower,
@@ -56,6 +57,10 @@ class FusedConfig:
     n_heads: int = 1
     head_hidden: int = 128
     text_windows_per_user: int = 4  # text tower: training targets per user (its last N training items)
+    # Pointwise only: users-table columns embedded into the user vector (task.userFeatures) and the size of
+    # their shared id space; set from the data by from_spec, read back from an artifact's metrics.
+    user_features: tuple[str, ...] = ()
+    user_feature_values: int = 0
 
 
 class FusedRecommender(nn.Module):
@@ -96,6 +101,11 @@ class FusedRecommender(nn.Module):
         for table in (self.user_embedding, self.feedback):
             if table is not None:
                 nn.init.normal_(table.weight, std=0.02)
+        self.user_features = None
+        if config.user_features:
+            if not pointwise:
+                raise ValueError("user_features apply to the ctr and rating tasks only")
+            self.user_features = UserFeatures(n_users, len(config.user_features), config.user_feature_values, dim)
         self.head = build_head(config.task, dim=dim, n_users=n_users, negatives=config.negatives,
                                num_negatives=config.num_negatives, hidden=config.head_hidden,
                                dropout=config.dropout)
@@ -109,9 +119,15 @@ class FusedRecommender(nn.Module):
                   encoders: Sequence[TextEncoder] | None = None, **overrides: Any) -> FusedRecommender:
         """Build the model a spec describes for a dataset and its split (item texts in vocabulary order,
         the user vocabulary, the training rating scale). `overrides` replace `FusedConfig` fields."""
+        features = tuple(spec.task.user_features)
+        tokens, n_values = encode_user_features(dataset.users, split.vocab.user_ids, features)
+        if features:
+            overrides = {"user_features": features, "user_feature_values": n_values, **overrides}
         model = cls.build(spec, item_texts_in_order(dataset, split.vocab.item_ids), split.vocab.n_users,
                           model_cache_dir=model_cache_dir, embedding_cache_dir=embedding_cache_dir,
                           encoders=encoders, **overrides)
+        if model.user_features is not None:
+            model.user_features.set_tokens(tokens)
         if isinstance(model.head, RatingHead):
             if RATING not in split.train:
                 raise UserError("task.type is rating but the interactions have no rating column",
@@ -152,7 +168,10 @@ class FusedRecommender(nn.Module):
         for key, value in overrides.items():
             if not hasattr(config, key):
                 raise ValueError(f"unknown FusedConfig field {key!r}; fields: {sorted(vars(config))}")
-            setattr(config, key, value)
+            setattr(config, key, tuple(value) if key == "user_features" else value)  # JSON gives a list
+        if tuple(task.user_features) != config.user_features:
+            raise ValueError(f"spec.task.userFeatures {task.user_features} differ from the model's "
+                             f"{list(config.user_features)}: build through from_spec, which encodes them")
         return cls(encoders, spec.fusion, item_texts, n_users, config)
 
     # --- the shared plumbing -----------------------------------------------------------------------------
@@ -279,6 +298,20 @@ class FusedRecommender(nn.Module):
         items = table[: self.n_items] if candidates is None else table[lookup[candidates]]  # [C, D]
         return self.head.calculate_loss(queries, items, {"target_index": target_index})
 
+    @property
+    def knows_users(self) -> bool:
+        """Whether the user vector has a per-user part (ID embedding, side features) beyond the history."""
+        return self.user_embedding is not None or self.user_features is not None
+
+    def user_offset(self, user: Tensor) -> Tensor | None:
+        """[B] user indices -> [B, D] the per-user part added to the history's vector, or None if there is none.
+
+        Serving adds it for users of the training vocabulary; a new user has only their history."""
+        parts = [module(user) for module in (self.user_embedding, self.user_features) if module is not None]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
     def user_vectors(self, histories: Sequence[np.ndarray]) -> Tensor:
         """[B] histories (item indices, oldest first) -> [B, D] user-tower outputs, without any user-ID
         embedding: a vector that depends on the history alone, which is what serving caches per history."""
@@ -293,8 +326,9 @@ class FusedRecommender(nn.Module):
         history = self._pad_histories(histories)
         table, lookup = self._item_table(None)  # one catalogue pass serves the tower and the scores
         user_vectors = self._user_vectors(history, table, lookup)
-        if self.user_embedding is not None:
-            user_vectors = user_vectors + self.user_embedding(users.to(self.device))
+        offset = self.user_offset(users.to(self.device))
+        if offset is not None:
+            user_vectors = user_vectors + offset
         return self.head.full_sort_predict(user_vectors, table[: self.n_items], users.to(self.device))
 
     # --- pointwise contract (ctr, rating) -----------------------------------------------------------------
@@ -324,8 +358,9 @@ class FusedRecommender(nn.Module):
         needed = torch.cat([history.flatten(), item]) if isinstance(self.user_tower, SequenceUserTower) else item
         table, lookup = self._item_table(needed)
         users = self._user_vectors(history, table, lookup, batch.get("history_feedback"))  # [B, D]
-        if self.user_embedding is not None:
-            users = users + self.user_embedding(batch["user"])
+        offset = self.user_offset(batch["user"])
+        if offset is not None:
+            users = users + offset
         return users, table[lookup[item]]
 
     def _pointwise_loss(self, batch: Batch) -> Tensor:

@@ -145,9 +145,11 @@ def run_fused(experiment: Experiment, seed: int, dataset, splits, pool: EncoderP
     spec = experiment.spec(seed, epochs)
     split = splits[experiment.task]
     started = time.perf_counter()
+    # Loading an LM draws from torch's generator (transformers initialises before it loads): load first, so a
+    # run's initial weights depend on its seed alone, not on whether it was the first to need that LM.
+    encoders = pool.get(experiment.encoders)
     seed_everything(seed)
-    model = FusedRecommender.from_spec(spec, dataset, split, encoders=pool.get(experiment.encoders),
-                                       **experiment.overrides)
+    model = FusedRecommender.from_spec(spec, dataset, split, encoders=encoders, **experiment.overrides)
     result = fit(model, split, spec.training, device="cpu", log_every=5)
     test = evaluate_model(model, split, "test")
     weights = model.fusion_weights()

@@ -30,6 +30,19 @@ def synthetic_frames(n_users: int = 24, n_items: int = 18, per_user: int = 9,
     return interactions, items
 
 
+def shop_files(folder: Path, users: pd.DataFrame | None = None) -> dict:
+    """The synthetic shop written as CSV files into `folder` (plus a users table if given): the spec's data
+    section that reads them."""
+    interactions, items = synthetic_frames()
+    interactions.to_csv(folder / "interactions.csv", index=False)
+    items.to_csv(folder / "items.csv", index=False)
+    data = {"dataset": None, "path": str(folder), "interactions": "interactions.csv", "items": "items.csv"}
+    if users is not None:
+        users.to_csv(folder / "users.csv", index=False)
+        data["users"] = "users.csv"
+    return data
+
+
 def fused_spec(tiny_models: dict[str, Path], *, task: str = "ranking", epochs: int = 3,
                data: dict | None = None, unfrozen: str | None = None) -> dict:
     """A spec document for the three tiny encoders (one optionally fine-tuned above its bottom 2 layers)."""

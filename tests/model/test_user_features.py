@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from pydantic import ValidationError
-from testkit import fused_spec, synthetic_frames
+from testkit import fused_spec, shop_files
 
 from fusionrec.compile.graphs import build_graph
 from fusionrec.data import load_dataset
@@ -59,13 +59,7 @@ def test_the_spec_refuses_user_features_for_ranking_and_duplicates(tiny_models):
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shop-with-users")
-    interactions, items = synthetic_frames()
-    interactions.to_csv(folder / "interactions.csv", index=False)
-    items.to_csv(folder / "items.csv", index=False)
-    users_frame().to_csv(folder / "users.csv", index=False)
-    return {"dataset": None, "path": str(folder), "interactions": "interactions.csv", "items": "items.csv",
-            "users": "users.csv"}
+    return shop_files(tmp_path_factory.mktemp("shop-with-users"), users_frame())
 
 
 @pytest.fixture(scope="module")

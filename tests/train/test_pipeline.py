@@ -15,18 +15,14 @@ from fusionrec.data import load_dataset
 from fusionrec.pipeline import USERS_NAME, evaluate_model, load_model, make_split, train_and_evaluate
 from fusionrec.spec import Manifest
 
-from testkit import fused_spec, synthetic_frames
+from testkit import fused_spec, shop_files, synthetic_frames
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shop")
-    interactions, items = synthetic_frames()
-    interactions.to_csv(folder / "interactions.csv", index=False)
-    items.to_csv(folder / "items.csv", index=False)
-    return {"dataset": None, "path": str(folder), "interactions": "interactions.csv", "items": "items.csv"}
+    return shop_files(tmp_path_factory.mktemp("shop"))
 
 
 @pytest.mark.parametrize("task", ["ranking", "ctr"])

@@ -15,7 +15,7 @@ from fusionrec.data import load_dataset
 from fusionrec.pipeline import USERS_NAME, evaluate_model, load_model, make_split, train_and_evaluate
 from fusionrec.spec import Manifest
 
-from testkit import fused_spec, shop_files, synthetic_frames
+from testkit import fused_spec, shop_files
 
 torch.set_num_threads(1)
 

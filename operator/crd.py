@@ -29,6 +29,7 @@ from fusionrec.spec import (
     MergeSpec,
     RolloutSpec,
     ServingSpec,
+    TaskSpec,
     TrainingSpec,
 )
 
@@ -86,6 +87,13 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
         _rule("has(self.dataset) || (has(self.interactions) && size(self.interactions) > 0)",
               "give either dataset (e.g. ml-100k) or an interactions file", field_path=".interactions",
               reason="FieldValueRequired"),
+    ]},
+    (TaskSpec, None): {"x-kubernetes-validations": [
+        _rule("!has(self.userFeatures) || size(self.userFeatures) == 0 || (has(self.type) && self.type != 'ranking')",
+              "userFeatures applies to type ctr or rating: a ranking user vector depends on the history alone",
+              field_path=".userFeatures"),
+        _rule("!has(self.userFeatures) || self.userFeatures.all(c, self.userFeatures.exists_one(d, d == c))",
+              "userFeatures lists a column twice", field_path=".userFeatures"),
     ]},
     (TrainingSpec, "schedule"): {
         "x-kubernetes-validations": [_rule(

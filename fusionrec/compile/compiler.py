@@ -106,7 +106,8 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
                 continue
             onnx_path = export_onnx(module, signature, example, folder / FILES[kind], opset)
             if precision == "int8":
-                onnx_path = ort_backend.quantize_int8(onnx_path, folder / "int8" / FILES[kind])
+                # The example rows show which products carry activation outliers (kept fp32).
+                onnx_path = ort_backend.quantize_int8(onnx_path, folder / "int8" / FILES[kind], example)
             files[FILES[kind]] = onnx_path
             if backend == "tensorrt":
                 plan = folder / PLANS[kind]

@@ -24,7 +24,6 @@ from fusionrec.errors import DataError, UserError
 from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.fusion import build_fusion
 from fusionrec.model.heads import RankingHead, RatingHead, build_head
-from fusionrec.model.user_features import UserFeatures, encode_user_features
 from fusionrec.model.towers import (
     UNKNOWN_FEEDBACK,
     ItemTower,
@@ -33,6 +32,7 @@ from fusionrec.model.towers import (
     histories_before,
     left_pad,
 )
+from fusionrec.model.user_features import UserFeatures, encode_user_features
 from fusionrec.spec import FusionRecommenderSpec, FusionSpec
 
 log = logging.getLogger(__name__)
@@ -308,9 +308,7 @@ class FusedRecommender(nn.Module):
 
         Serving adds it for users of the training vocabulary; a new user has only their history."""
         parts = [module(user) for module in (self.user_embedding, self.user_features) if module is not None]
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        return sum(parts[1:], parts[0]) if parts else None
 
     def user_vectors(self, histories: Sequence[np.ndarray]) -> Tensor:
         """[B] histories (item indices, oldest first) -> [B, D] user-tower outputs, without any user-ID

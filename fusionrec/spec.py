@@ -143,14 +143,22 @@ class TaskSpec(SpecModel):
         description="ctr/rating: users-table columns (e.g. age, gender, occupation, zip_code) embedded and added "
                     "to the user vector; ranking user vectors depend on the history alone.",
     )
+    cross_layers: int = Field(
+        0, ge=0, le=6,
+        description="ctr/rating: explicit cross layers (DCN-v2) over the user and item vectors in the head; "
+                    "0 = none. Ranking scores stay a dot product so the catalogue can be searched.",
+    )
 
     @model_validator(mode="after")
-    def _user_features_pointwise(self) -> TaskSpec:
+    def _pointwise_only_options(self) -> TaskSpec:
         if self.user_features and self.type == "ranking":
             raise ValueError("task.userFeatures applies to type ctr or rating: a ranking user vector depends on "
                              "the history alone (serving caches it per history); remove userFeatures or change type")
         if len(set(self.user_features)) != len(self.user_features):
             raise ValueError(f"task.userFeatures lists a column twice: {self.user_features}")
+        if self.cross_layers and self.type == "ranking":
+            raise ValueError(f"task.crossLayers={self.cross_layers} applies to type ctr or rating: a ranking score "
+                             "is a dot product (the catalogue is searched by it); set crossLayers to 0 or change type")
         return self
 
 

@@ -94,6 +94,9 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
               field_path=".userFeatures"),
         _rule("!has(self.userFeatures) || self.userFeatures.all(c, self.userFeatures.exists_one(d, d == c))",
               "userFeatures lists a column twice", field_path=".userFeatures"),
+        _rule("!has(self.crossLayers) || self.crossLayers == 0 || (has(self.type) && self.type != 'ranking')",
+              "crossLayers applies to type ctr or rating: a ranking score is a dot product",
+              field_path=".crossLayers"),
     ]},
     (TrainingSpec, "schedule"): {
         "x-kubernetes-validations": [_rule(

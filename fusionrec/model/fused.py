@@ -61,6 +61,7 @@ class FusedConfig:
     # their shared id space; set from the data by from_spec, read back from an artifact's metrics.
     user_features: tuple[str, ...] = ()
     user_feature_values: int = 0
+    cross_layers: int = 0  # pointwise only: explicit cross layers in the head (task.crossLayers)
 
 
 class FusedRecommender(nn.Module):
@@ -108,7 +109,7 @@ class FusedRecommender(nn.Module):
             self.user_features = UserFeatures(n_users, len(config.user_features), config.user_feature_values, dim)
         self.head = build_head(config.task, dim=dim, n_users=n_users, negatives=config.negatives,
                                num_negatives=config.num_negatives, hidden=config.head_hidden,
-                               dropout=config.dropout)
+                               dropout=config.dropout, cross_layers=config.cross_layers)
         self._catalogue: Tensor | None = None
 
     # --- construction ------------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ class FusedRecommender(nn.Module):
         config = FusedConfig(task=task.type, user_tower=task.user_tower, use_item_ids=task.use_item_ids,
                              history_length=task.history_length, negatives=negatives,
                              num_negatives=task.num_negatives, dropout=spec.training.dropout,
-                             feature_dropout=spec.fusion.dropout)
+                             feature_dropout=spec.fusion.dropout, cross_layers=task.cross_layers)
         for key, value in overrides.items():
             if not hasattr(config, key):
                 raise ValueError(f"unknown FusedConfig field {key!r}; fields: {sorted(vars(config))}")

@@ -78,6 +78,8 @@ BAD = [
      "spec.task", "ctr or rating"),
     ("userFeatures listed twice", "spec.task", {"type": "ctr", "userFeatures": ["age", "age"]},
      "spec.task.userFeatures", "spec.task", "twice"),
+    ("crossLayers for ranking", "spec.task", {"type": "ranking", "crossLayers": 2}, "spec.task.crossLayers",
+     "spec.task", "ctr or rating"),
     ("no data source", "spec.data", {"dataset": None}, "spec.data.interactions", "spec.data", "interactions"),
     ("bad cron", "spec.training.schedule", "0 3 * *", "spec.training.schedule", "spec.training.schedule",
      "5-field cron"),

@@ -4,7 +4,8 @@ Both score a pair the same way: a global offset, a per-user bias, an item bias r
 two towers' dot product and a small MLP over [u, i, u*i] for what a dot product cannot express. The per-user
 bias is there because raters differ in how generous they are, which no item text can tell; it is the "biased
 MF" of Koren, Bell & Volinsky (2009). The MLP's output layer starts at zero, so training starts from the
-biased dot product and learns the rest.
+biased dot product and learns the rest. `cross_layers` adds DCN-v2's explicit crosses (see `cross.py`), also
+starting at zero.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionrec.model.heads.base import Batch, Head
+from fusionrec.model.heads.cross import CrossNetwork, pair_features
 
 _PAIR_BUDGET = 1 << 22  # floats of [b, N, 3D] pair features materialised at once in full_sort_predict
 
@@ -26,11 +28,13 @@ class PointwiseHead(Head):
         n_users: users with a bias (the training vocabulary).
         hidden: width of the interaction MLP.
         dropout: inside the MLP.
+        cross_layers: explicit cross layers over [u, i] (0: none).
     """
 
     reference_url = "https://doi.org/10.1109/MC.2009.263"
 
-    def __init__(self, dim: int, n_users: int, hidden: int = 128, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, n_users: int, hidden: int = 128, dropout: float = 0.0,
+                 cross_layers: int = 0) -> None:
         super().__init__()
         if n_users < 1:
             raise ValueError(f"n_users must be >= 1, got {n_users}")
@@ -44,12 +48,14 @@ class PointwiseHead(Head):
         nn.init.zeros_(self.mlp[-1].bias)
         # Non-learned centre of the scores: the mean training rating for the rating head, 0 for CTR.
         self.register_buffer("offset", torch.zeros(()))
+        self.cross = CrossNetwork(2 * dim, cross_layers) if cross_layers else None
 
     def score(self, users: Tensor, items: Tensor, user_index: Tensor) -> Tensor:
         """[B, D] users, [B, D] items (row-aligned), [B] user indices -> [B] raw scores (logits or ratings)."""
         pairs = torch.cat([users, items, users * items], dim=-1)  # [B, 3D]
         biases = self.offset + self.global_bias + self.user_bias(user_index).squeeze(-1)  # [B]
-        return biases + self.item_bias(items).squeeze(-1) + (users * items).sum(-1) + self.mlp(pairs).squeeze(-1)
+        scores = biases + self.item_bias(items).squeeze(-1) + (users * items).sum(-1) + self.mlp(pairs).squeeze(-1)
+        return scores if self.cross is None else scores + self.cross(pair_features(users, items))
 
     def link(self, scores: Tensor) -> Tensor:
         """Raw scores -> what `predict` returns."""
@@ -93,8 +99,9 @@ class RatingHead(PointwiseHead):
     loss = "mean squared error on the rating"
     evaluates = "ratings"
 
-    def __init__(self, dim: int, n_users: int, hidden: int = 128, dropout: float = 0.0) -> None:
-        super().__init__(dim, n_users, hidden, dropout)
+    def __init__(self, dim: int, n_users: int, hidden: int = 128, dropout: float = 0.0,
+                 cross_layers: int = 0) -> None:
+        super().__init__(dim, n_users, hidden, dropout, cross_layers)
         self.register_buffer("low", torch.tensor(float("-inf")))
         self.register_buffer("high", torch.tensor(float("inf")))
 

@@ -10,7 +10,7 @@ HEADS: dict[str, type[Head]] = {cls.name: cls for cls in (RankingHead, CTRHead, 
 
 
 def build_head(task: str, *, dim: int, n_users: int, negatives: str = "full", num_negatives: int = 256,
-               hidden: int = 128, dropout: float = 0.0) -> Head:
+               hidden: int = 128, dropout: float = 0.0, cross_layers: int = 0) -> Head:
     """The head for a task type (`task.type` in a spec).
 
     Args:
@@ -19,6 +19,7 @@ def build_head(task: str, *, dim: int, n_users: int, negatives: str = "full", nu
         n_users: users in the training vocabulary (per-user biases of the pointwise heads).
         negatives, num_negatives: the ranking head's softmax candidates (see `RankingHead`).
         hidden, dropout: the pointwise heads' interaction MLP.
+        cross_layers: the pointwise heads' explicit cross layers (0: none).
     """
     try:
         cls = HEADS[task]
@@ -26,4 +27,4 @@ def build_head(task: str, *, dim: int, n_users: int, negatives: str = "full", nu
         raise ValueError(f"task.type {task!r} has no head; known heads: {sorted(HEADS)}") from None
     if cls is RankingHead:
         return RankingHead(negatives, num_negatives)  # type: ignore[arg-type]
-    return cls(dim, n_users, hidden=hidden, dropout=dropout)  # type: ignore[call-arg]
+    return cls(dim, n_users, hidden=hidden, dropout=dropout, cross_layers=cross_layers)  # type: ignore[call-arg]

@@ -1,6 +1,10 @@
 """`compile_artifact`: export the towers of a trained artifact, build the backend's graph, gate it on parity
 with torch, and only then add the files to the artifact (atomically, via `fusionrec.artifact.add_files`).
 
+int8 is gated on validation NDCG@10 against the model itself (`scoring.model_ranking_metrics`); if the
+default outlier ratio fails, stricter ones are tried (`onnxruntime_backend.OUTLIER_LADDER`), and every
+attempt is reported and stored in compile.json under "int8".
+
 A failure anywhere (bad choice, export error, parity breach) raises before anything is written, so an
 artifact is either left exactly as it was or gains a complete, checked set of compiled files.
 """
@@ -10,9 +14,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +32,16 @@ from fusionrec.compile import tensorrt_backend as trt_backend
 from fusionrec.compile.export import export_onnx
 from fusionrec.compile.graphs import GRAPHS, build_graph
 from fusionrec.compile.inputs import TowerInputs, select
-from fusionrec.compile.parity import ParityCheck, enforce, output_check, ranking_check
+from fusionrec.compile.parity import (
+    ParityCheck,
+    ParityError,
+    enforce,
+    output_check,
+    ranking_check,
+)
 from fusionrec.compile.pruning import check_depth, drop_top_layers
 from fusionrec.compile.registry import check_choice
-from fusionrec.compile.scoring import graph_ranking_metrics
+from fusionrec.compile.scoring import graph_ranking_metrics, model_ranking_metrics
 from fusionrec.compile.torch_backend import TorchRuntime
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
 from fusionrec.errors import UserError
@@ -82,18 +94,28 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
                         f"{artifact.spec.task.type}", field="compile.precision", fix="use fp32 for ctr/rating")
     inputs = TowerInputs.from_model(model)
     quality: dict[str, Any] = {}
+    torch_ndcg = None
     if prune_layers:
         check_depth(list(model.items.encoders), prune_layers)  # fail before minutes of evaluation
-        if needs_ranking:  # ctr/rating models: the cost is not measured (noted in the record)
-            quality["unpruned_ndcg@10"] = _torch_ndcg(model, inputs, split)
-        else:
+    if needs_ranking:  # before pruning: the model's cached item embeddings are its unpruned encoders'
+        unpruned = model_ranking_metrics(model, split)["ndcg@10"]
+        quality["unpruned_ndcg@10" if prune_layers else "torch_ndcg@10"] = unpruned
+        torch_ndcg = None if prune_layers else unpruned
+    if prune_layers:
+        if not needs_ranking:  # ctr/rating models: the cost is not measured (noted in the record)
             quality["pruning_cost"] = "not measured: only ranking models are evaluated here"
         quality["layers"] = drop_top_layers(model, prune_layers)
     examples = _examples(model, inputs, artifact)
     graphs = {kind: build_graph(model, kind) for kind in GRAPHS}
     reference = {kind: TorchRuntime(copy.deepcopy(graphs[kind][0]), graphs[kind][1], "fp32", "cpu", "eager")
                  for kind in GRAPHS}
+    if precision == "int8" and torch_ndcg is None:  # pruned: only the pruned graphs compute the pruned model
+        torch_ndcg = graph_ranking_metrics(model, reference["user"], reference["item"], inputs, split)["ndcg@10"]
+        quality["torch_ndcg@10"] = torch_ndcg
+    if torch_ndcg is not None:
+        quality["torch_reference"] = "pruned eager graphs" if prune_layers else "model"
     checks: list[ParityCheck] = []
+    int8: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="fusionrec-compile-") as tmp:
         folder = Path(tmp)
         files: dict[str, Any] = {}
@@ -105,9 +127,6 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
                 runtimes[kind] = TorchRuntime(copy.deepcopy(module), signature, precision, compile_mode="eager")
                 continue
             onnx_path = export_onnx(module, signature, example, folder / FILES[kind], opset)
-            if precision == "int8":
-                # The example rows show which products carry activation outliers (kept fp32).
-                onnx_path = ort_backend.quantize_int8(onnx_path, folder / "int8" / FILES[kind], example)
             files[FILES[kind]] = onnx_path
             if backend == "tensorrt":
                 plan = folder / PLANS[kind]
@@ -117,8 +136,14 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
                 files[PLANS[kind]] = plan
                 files[f"{PLANS[kind]}.json"] = json.dumps(sidecar, indent=2).encode()
                 runtimes[kind] = trt_backend.TensorRTRuntime(plan, _write(folder / f"{PLANS[kind]}.json", sidecar))
-            else:
+            elif precision != "int8":
                 runtimes[kind] = ort_backend.OnnxRuntime(onnx_path, threads)
+        if precision == "int8":
+            chosen, int8 = _int8_ladder(model, {kind: files[FILES[kind]] for kind in GRAPHS},
+                                        {kind: select(examples[kind], graphs[kind][1]) for kind in GRAPHS},
+                                        inputs, split, torch_ndcg, tolerance, threads, folder, report)
+            runtimes = chosen.runtimes
+            files.update({FILES[kind]: chosen.paths[kind] for kind in GRAPHS})
         for kind in GRAPHS:
             signature = graphs[kind][1]
             example = select(examples[kind], signature)
@@ -128,23 +153,91 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
             if precision == "int8":
                 check.passed, check.tolerance = True, None  # int8 is gated on ranking quality below
             checks.append(check)
-        if needs_ranking:
-            torch_ndcg = graph_ranking_metrics(model, reference["user"], reference["item"], inputs, split)["ndcg@10"]
-            compiled_ndcg = graph_ranking_metrics(model, runtimes["user"], runtimes["item"], inputs,
-                                                  split)["ndcg@10"]
-            quality.update({"torch_ndcg@10": torch_ndcg, "compiled_ndcg@10": compiled_ndcg})
-            if precision == "int8":
-                checks.append(ranking_check("ranking", torch_ndcg, compiled_ndcg, tolerance))
-            if "unpruned_ndcg@10" in quality:
-                base = quality["unpruned_ndcg@10"]
-                quality["pruning_relative_drop"] = (base - compiled_ndcg) / base if base > 0 else 0.0
-                report(f"pruning: NDCG@10 {base:.4f} -> {compiled_ndcg:.4f} (validation)")
+        if precision == "int8":
+            checks.append(chosen.check)
+            quality["compiled_ndcg@10"] = chosen.check.detail["compiled_ndcg@10"]
+        elif needs_ranking:
+            quality["compiled_ndcg@10"] = graph_ranking_metrics(model, runtimes["user"], runtimes["item"], inputs,
+                                                                split)["ndcg@10"]
+        if prune_layers and needs_ranking:
+            base, compiled_ndcg = quality["unpruned_ndcg@10"], quality["compiled_ndcg@10"]
+            quality["pruning_relative_drop"] = (base - compiled_ndcg) / base if base > 0 else 0.0
+            report(f"pruning: NDCG@10 {base:.4f} -> {compiled_ndcg:.4f} (validation)")
         enforce(checks, report)
         record = _record(model, graphs, backend, precision, threads, opset, prune_layers, checks, quality,
                          time.perf_counter() - started)
+        if int8 is not None:
+            record["int8"] = int8
         files[COMPILE_RECORD] = json.dumps(record, indent=2, sort_keys=True).encode()
         add_files(artifact.path, files, replace=True)
     return record
+
+
+@dataclass
+class Int8Attempt:
+    """One rung of the int8 ladder: the graphs quantised at one outlier ratio and their ranking gate."""
+
+    ratio: float
+    paths: dict[str, Path]
+    runtimes: dict[str, Any]
+    check: ParityCheck
+    fp32_matmuls: dict[str, int]  # weight MatMuls left in fp32, per graph (read back from the files)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"outlier_ratio": self.ratio, "fp32_matmuls": self.fp32_matmuls,
+                "torch_ndcg@10": self.check.detail["torch_ndcg@10"],
+                "compiled_ndcg@10": self.check.detail["compiled_ndcg@10"],
+                "relative_drop": self.check.value, "passed": self.check.passed}
+
+    def line(self) -> str:
+        kept = ", ".join(f"{kind} {n}" for kind, n in self.fp32_matmuls.items())
+        return (f"int8 at outlier ratio {self.ratio:g} (MatMuls kept fp32: {kept}): NDCG@10 torch "
+                f"{self.check.detail['torch_ndcg@10']:.4f} -> int8 {self.check.detail['compiled_ndcg@10']:.4f}, "
+                f"drop {self.check.value:+.2%} (limit {self.check.tolerance:.2%}) "
+                f"{'ok' if self.check.passed else 'FAILED'}")
+
+
+def _int8_ladder(model, exported: dict[str, Path], examples: dict[str, dict[str, np.ndarray]],
+                 inputs: TowerInputs, split: LeaveOneOutSplit, torch_ndcg: float, tolerance: float | None,
+                 threads: int, folder: Path, report: Callable[[str], None]) -> tuple[Int8Attempt, dict[str, Any]]:
+    """Quantise both graphs at each outlier ratio of `OUTLIER_LADDER` in turn (each rung keeps more
+    MatMuls fp32) until the ranking gate passes; returns that attempt and the record of all of them.
+
+    Why a ladder: the default ratio is tuned for speed on one model, and a model whose ranking is more
+    sensitive may pass once a few more products stay fp32, which is still much faster than fp32 everywhere.
+    The activations are measured once; a rung that would keep the same MatMuls as one tried already is
+    skipped (it would build the same graphs).
+    Raises:
+        ParityError: every rung failed, with each one's numbers and what to do.
+    """
+    ratios = {kind: ort_backend.outlier_ratios(exported[kind], examples[kind]) for kind in GRAPHS}
+    attempts: list[Int8Attempt] = []
+    tried: list[tuple] = []
+    for rung, ratio in enumerate(ort_backend.OUTLIER_LADDER):
+        kept = tuple(frozenset(ort_backend.kept_fp32(ratios[kind], ratio)) for kind in GRAPHS)
+        if kept in tried:
+            report(f"int8 at outlier ratio {ratio:g}: keeps the same MatMuls fp32 as a ratio tried already; skipped")
+            continue
+        tried.append(kept)
+        paths = {kind: ort_backend.quantize_int8(exported[kind], folder / f"int8-{rung}" / FILES[kind],
+                                                 outlier_ratio=ratio, ratios=ratios[kind]) for kind in GRAPHS}
+        runtimes = {kind: ort_backend.OnnxRuntime(paths[kind], threads) for kind in GRAPHS}
+        compiled = graph_ranking_metrics(model, runtimes["user"], runtimes["item"], inputs, split)["ndcg@10"]
+        attempt = Int8Attempt(ratio, paths, runtimes, ranking_check("ranking", torch_ndcg, compiled, tolerance),
+                              {kind: ort_backend.int8_coverage(paths[kind])[1] for kind in GRAPHS})
+        attempts.append(attempt)
+        report(attempt.line())
+        if attempt.check.passed:
+            return attempt, {"outlier_ratio": ratio, "ladder": list(ort_backend.OUTLIER_LADDER),
+                             "attempts": [a.as_json() for a in attempts]}
+        attempt.runtimes.clear()  # a failed rung's sessions hold a copy of the graph's weights each
+    best = min(a.check.value for a in attempts)
+    raise ParityError(
+        "int8 failed the parity gate (validation NDCG@10 relative drop) at every outlier ratio tried: "
+        + "; ".join(a.line() for a in attempts),
+        field="compile.precision",
+        fix=f"compile with --precision fp32, or accept the drop with --tolerance (the smallest measured was "
+            f"{best:.2%}: --tolerance {math.ceil(max(best, 0.0) * 100 + 1) / 100:g})")
 
 
 def _load_split(artifact) -> LeaveOneOutSplit | RandomSplit:
@@ -152,12 +245,6 @@ def _load_split(artifact) -> LeaveOneOutSplit | RandomSplit:
     from fusionrec.pipeline import make_split
 
     return make_split(load_dataset(artifact.spec.data), artifact.spec.task.type)
-
-
-def _torch_ndcg(model, inputs: TowerInputs, split) -> float:
-    graphs = {kind: build_graph(model, kind) for kind in GRAPHS}
-    runtimes = {k: TorchRuntime(copy.deepcopy(m), s, "fp32", "cpu", "eager") for k, (m, s) in graphs.items()}
-    return graph_ranking_metrics(model, runtimes["user"], runtimes["item"], inputs, split)["ndcg@10"]
 
 
 def _examples(model, inputs: TowerInputs, artifact) -> dict[str, dict[str, np.ndarray]]:

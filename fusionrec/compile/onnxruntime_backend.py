@@ -9,6 +9,8 @@ compile's example rows, measures each MatMul's outlier ratio max|x| / rms(x), an
 `OUTLIER_RATIO` in fp32 (15 of 320 MatMuls of that user tower, which then runs batch 32 2.4x faster than
 fp32 instead of 2.9x, with 0.93 instead of 0.52 top-10 overlap with fp32's rankings). Weights are quantised
 per output column (per channel): no slower at run time, and closer to fp32 than one scale per weight.
+Linear layers exported as Gemm (the projections, the user adapter) are measured and kept the same way: the
+quantiser rewrites them into MatMuls first.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ QUANTIZED_OP = "MatMul"  # the only dense op ORT's dynamic (IntegerOps) quantise
 # ranking with fp32's): every MatMul int8 0.52; ratio 200 kept 8 fp32 for 0.83; 100 kept 15 for 0.93 at 2.4x
 # fp32's batch-32 speed; 50 kept ~52 for 0.93-0.94 but ran only 1.7x faster than fp32.
 OUTLIER_RATIO = 100.0
+# When int8 at OUTLIER_RATIO fails the ranking gate, compile retries with these stricter thresholds in order
+# before giving up: each keeps more products fp32 and gains less speed (on the fused user graph, 50 already
+# kept ~52 MatMuls for 1.7x instead of 2.4x). On the bench's MiniLM model (50 users) 100 dropped NDCG@10 by
+# 26% and 30 (10 of 40 user-graph MatMuls fp32) by 0%.
+OUTLIER_LADDER = (OUTLIER_RATIO, 30.0, 10.0)
 
 
 def outlier_ratios(path: Path, example: dict[str, np.ndarray]) -> dict[str, float]:
@@ -53,8 +60,10 @@ def outlier_ratios(path: Path, example: dict[str, np.ndarray]) -> dict[str, floa
         raise ValueError(f"example inputs {missing} are missing; {path.name} takes {graph_inputs}")
     uses = {}  # node name -> (activation name, worst weight-column ratio)
     for node in quantizable(model):
-        weight = numpy_helper.to_array(weights[node.input[1]])  # (K, N): one scale per column N
-        uses[node.name] = (node.input[0], float(_ratio(weight, axis=0).max()))
+        weight = numpy_helper.to_array(weights[node.input[1]])
+        if node.op_type == "Gemm" and _attributes(node).get("transB", 0):
+            weight = weight.T  # (N, K) -> (K, N)
+        uses[node.name] = (node.input[0], float(_ratio(weight, axis=0).max()))  # (K, N): one scale per column
     wanted = sorted({activation for activation, _ in uses.values()} - set(graph_inputs))
     del model.graph.output[:]
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in wanted)
@@ -72,11 +81,27 @@ def outlier_ratios(path: Path, example: dict[str, np.ndarray]) -> dict[str, floa
 
 
 def quantizable(model) -> list:
-    """The MatMul nodes of an onnx.ModelProto that int8 can rewrite per channel: a constant 2-D weight and a
-    computed activation (per-channel quantisation of a 1-D weight fails in ORT's quantiser)."""
+    """The nodes of an onnx.ModelProto that int8 rewrites per channel: MatMuls with a constant 2-D weight and a
+    computed activation (per-channel quantisation of a 1-D weight fails in ORT's quantiser), and the Gemms
+    (torch's Linear on 2-D inputs: the projections, the adapter) that the quantiser first turns into such
+    MatMuls, named `<gemm>_MatMul` (only alpha = beta = 1 without transA; `replace_gemm_with_matmul`)."""
     shapes = {t.name: len(t.dims) for t in model.graph.initializer}
+
+    def rewritten(node) -> bool:
+        if node.op_type == QUANTIZED_OP:
+            return True
+        attributes = _attributes(node)
+        return node.op_type == "Gemm" and attributes.get("alpha", 1.0) == 1.0 \
+            and attributes.get("beta", 1.0) == 1.0 and not attributes.get("transA", 0)
+
     return [n for n in model.graph.node
-            if n.op_type == QUANTIZED_OP and shapes.get(n.input[1]) == 2 and n.input[0] not in shapes]
+            if len(n.input) >= 2 and shapes.get(n.input[1]) == 2 and n.input[0] not in shapes and rewritten(n)]
+
+
+def _attributes(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _ratio(x: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -88,7 +113,7 @@ def _ratio(x: np.ndarray, axis: int | None = None) -> np.ndarray:
 
 
 def quantize_int8(source: Path, dest: Path, example: dict[str, np.ndarray] | None = None,
-                  outlier_ratio: float = OUTLIER_RATIO) -> Path:
+                  outlier_ratio: float = OUTLIER_RATIO, ratios: dict[str, float] | None = None) -> Path:
     """Dynamic int8 quantisation (weights QInt8 per channel, activations uint8 per tensor at run time) of the
     MatMuls of an fp32 ONNX graph, except those with outliers (see the module doc).
 
@@ -97,6 +122,8 @@ def quantize_int8(source: Path, dest: Path, example: dict[str, np.ndarray] | Non
         example: graph inputs (the compile's example rows) on which activations are measured; without it
             every MatMul is quantised, which suits a small BERT and ruins an LLM.
         outlier_ratio: products with an outlier ratio above this stay fp32.
+        ratios: `outlier_ratios(source, example)` measured already (a caller trying several thresholds
+            measures once: one fp32 run of a 1 GB graph); replaces `example`.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -104,18 +131,24 @@ def quantize_int8(source: Path, dest: Path, example: dict[str, np.ndarray] | Non
     if not outlier_ratio > 0:
         raise ValueError(f"outlier_ratio must be > 0, got {outlier_ratio}")
     model = onnx.load(str(source), load_external_data=False)
-    candidates = {n.name for n in quantizable(model)}
+    candidates = {n.name: n.op_type for n in quantizable(model)}
     others = sorted(n.name for n in model.graph.node if n.op_type == QUANTIZED_OP and n.name not in candidates)
     del model
-    if example is None:
+    if ratios is not None:
+        unknown = sorted(set(ratios) - set(candidates))
+        if unknown:
+            raise ValueError(f"ratios name MatMuls {unknown[:5]} that {source.name} has no quantisable node for")
+    elif example is None:
         log.warning("int8 of %s: no example inputs, so activation outliers are not checked", source.name)
         ratios = {name: 0.0 for name in candidates}
     else:
         ratios = outlier_ratios(source, example)
-    flagged = [name for name, ratio in ratios.items() if ratio > outlier_ratio]
+    flagged = sorted(kept_fp32(ratios, outlier_ratio))
     if "" in flagged:  # quantize_dynamic excludes nodes by name only
         log.warning("int8 of %s: unnamed MatMuls with outliers are quantised anyway", source.name)
-    keep = sorted({name for name in flagged if name} | set(others))
+    # a Gemm is excluded by the name of the MatMul the quantiser makes of it
+    keep = sorted({f"{name}_MatMul" if candidates[name] == "Gemm" else name for name in flagged if name}
+                  | set(others))
     log.info("int8 of %s: %d of %d MatMuls kept fp32 (outlier ratio > %g)", source.name, len(flagged),
              len(ratios), outlier_ratio)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +162,23 @@ def quantize_int8(source: Path, dest: Path, example: dict[str, np.ndarray] | Non
         root.setLevel(level)
     check_onnx_file(dest)
     return dest
+
+
+def kept_fp32(ratios: dict[str, float], outlier_ratio: float) -> set[str]:
+    """The MatMuls `quantize_int8` keeps in fp32 at `outlier_ratio` for these measured ratios."""
+    return {name for name, ratio in ratios.items() if ratio > outlier_ratio}
+
+
+def int8_coverage(path: Path) -> tuple[int, int]:
+    """(quantised, kept fp32) weight MatMuls of a graph written by `quantize_int8`, read from the file itself:
+    the speed-up depends on how many products had to stay fp32."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {t.name for t in model.graph.initializer}
+    quantised = sum(n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger") for n in model.graph.node)
+    kept = sum(n.op_type == QUANTIZED_OP and n.input[1] in weights for n in model.graph.node)
+    return quantised, kept
 
 
 def session_options(threads: int):

@@ -1,9 +1,19 @@
-"""Ranking metrics through compiled graphs: the catalogue from the item graph, user vectors from the user
-graph, scores from the model's own head, masks and ranks from the protocol's evaluator. The int8 gate and
-the pruning report compare this against the same path run by torch."""
+"""Ranking metrics for the compile gate: through compiled graphs (the catalogue from the item graph, user
+vectors from the user graph), or through the model itself for the torch reference, both scored by the
+model's own head with masks and ranks from the protocol's evaluator. The int8 gate and the pruning report
+compare the two.
+
+The reference reads what the loaded model already holds: a frozen encoder's pooled catalogue is cached
+(computed, or read from the embedding cache, when the model is built), so the reference catalogue costs a
+projection and a fusion instead of one more pass of every LM over every item (274 s of a ~10 min compile of
+the fused MiniLM + MPNet + SmolLM2 model). It computes what the eager graphs compute (the graphs re-run the
+same submodules, `graphs.py`) up to float rounding; pruned encoders make it stale, so a pruned model is
+measured through its pruned graphs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,6 +24,7 @@ from fusionrec.data.splits import LeaveOneOutSplit
 from fusionrec.metrics import evaluate_ranking
 
 BATCH = 64
+UserVectors = Callable[[torch.Tensor, list[np.ndarray]], torch.Tensor]  # users [B], histories -> [B, D]
 
 
 def encode_catalogue(item_runtime: Any, inputs: TowerInputs, n_items: int, batch: int = BATCH) -> np.ndarray:
@@ -27,10 +38,39 @@ def graph_ranking_metrics(model: Any, user_runtime: Any, item_runtime: Any, inpu
                           split: LeaveOneOutSplit, stage: str = "valid") -> dict[str, float]:
     """HR/NDCG/MRR@10 at `stage` when every vector comes from the given runtimes."""
     catalogue = encode_catalogue(item_runtime, inputs, model.n_items)
-    items = torch.from_numpy(catalogue)
 
-    def score(users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
-        vectors = user_runtime.run(inputs.user_inputs(histories, catalogue, users.numpy()))
-        return model.head.full_sort_predict(torch.from_numpy(vectors), items, users)
+    def users(ids: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(user_runtime.run(inputs.user_inputs(histories, catalogue, ids.numpy())))
+
+    return _metrics(model, torch.from_numpy(catalogue), users, split, stage)
+
+
+def model_vectors(model: Any) -> tuple[torch.Tensor, UserVectors]:
+    """The torch reference from the model in eval mode: its catalogue [N, D] and a user-vector function
+    (the user tower on the histories, plus the per-user part where the model has one, as `full_sort_predict`
+    adds it)."""
+    model.eval()
+    catalogue = torch.from_numpy(model.item_embeddings())  # [N, D]
+
+    def users(ids: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        with torch.no_grad():
+            vectors = model.user_vectors(histories)  # [B, D]
+            offset = model.user_offset(ids.to(model.device))
+            return (vectors if offset is None else vectors + offset).float().cpu()
+
+    return catalogue, users
+
+
+def model_ranking_metrics(model: Any, split: LeaveOneOutSplit, stage: str = "valid") -> dict[str, float]:
+    """HR/NDCG/MRR@10 at `stage` of the (unpruned) model itself: the gate's torch reference."""
+    catalogue, users = model_vectors(model)
+    return _metrics(model, catalogue, users, split, stage)
+
+
+def _metrics(model: Any, catalogue: torch.Tensor, users: UserVectors, split: LeaveOneOutSplit,
+             stage: str) -> dict[str, float]:
+    def score(ids: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        with torch.no_grad():
+            return model.head.full_sort_predict(users(ids, histories), catalogue, ids)  # [B, N]
 
     return evaluate_ranking(score, split, stage, ks=(10,))

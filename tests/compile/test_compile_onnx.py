@@ -99,6 +99,9 @@ def test_int8_passes_the_ranking_gate_and_records_ndcg(text_artifact, fresh_copy
     gate = [c for c in record["parity"] if c["metric"] == "ndcg@10_relative_drop"]
     assert len(gate) == 1 and gate[0]["passed"] and gate[0]["tolerance"] == 0.01
     assert record["quality"]["torch_ndcg@10"] > 0
+    int8 = record["int8"]  # the default ratio passed: one attempt, stored with its numbers
+    assert int8["outlier_ratio"] == 100.0 and [a["outlier_ratio"] for a in int8["attempts"]] == [100.0]
+    assert int8["attempts"][0]["passed"] and int8["attempts"][0]["relative_drop"] == gate[0]["value"]
     assert any("ndcg@10_relative_drop" in line for line in lines)  # the numbers are printed too
     json.loads((path / "compile.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no Infinity/NaN
     runtime = load_compiled(path, threads=1)

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fusionrec.compile.onnxruntime_backend import (
     OUTLIER_RATIO,
+    int8_coverage,
     outlier_ratios,
     quantize_int8,
 )
@@ -110,6 +111,43 @@ def test_a_matmul_with_outliers_stays_fp32_and_the_rest_is_quantised(tmp_path):
     assert row_error(run(kept, other), run(source, other)) < 0.05  # not just on the rows it was measured on
 
 
+def test_ratios_measured_once_serve_every_threshold_and_the_file_says_what_was_kept(tmp_path):
+    source = tmp_path / "fp32.onnx"
+    two_matmul_graph(source)
+    ratios = outlier_ratios(source, {"x": outlier_input()})
+    strict = quantize_int8(source, tmp_path / "strict.onnx", outlier_ratio=1.0, ratios=ratios)  # no example
+    default = quantize_int8(source, tmp_path / "default.onnx", ratios=ratios)
+    assert op_of(strict)["first"] == op_of(strict)["second"] == "MatMul"
+    assert op_of(default)["first"] == "MatMul" and "second" not in op_of(default)
+    # (quantised, kept fp32): "dot" has a 1-D weight and always stays fp32
+    assert int8_coverage(strict) == (0, 3) and int8_coverage(default) == (1, 2)
+    with pytest.raises(ValueError, match=r"ratios name MatMuls \['third'\]"):
+        quantize_int8(source, tmp_path / "bad.onnx", ratios={**ratios, "third": 1.0})
+
+
+def test_a_linear_exported_as_gemm_is_measured_and_kept_fp32_like_a_matmul(tmp_path):
+    """torch exports Linear on 2-D inputs (the projections, the adapter) as Gemm(transB=1), which ORT's
+    quantiser turns into a MatMul of its own naming: it must be measured and excluded all the same."""
+    rng = np.random.default_rng(0)
+    weight = (rng.normal(size=(WIDTH, WIDTH)) / 8).astype(np.float32)  # (N, K): transB
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="linear", transB=1)], "linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.zeros(WIDTH, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "gemm.onnx"
+    onnx.save(model, str(source))
+    x = outlier_input()
+    ratios = outlier_ratios(source, {"x": x})
+    assert ratios == {"linear": pytest.approx(max(ratio(x), ratio(weight.T, axis=0).max()), rel=1e-4)}
+    kept = quantize_int8(source, tmp_path / "kept.onnx", {"x": x})
+    quantised = quantize_int8(source, tmp_path / "all.onnx", {"x": x}, outlier_ratio=1e9)
+    assert int8_coverage(kept) == (0, 1) and int8_coverage(quantised) == (1, 0)
+    session = ort.InferenceSession(str(kept), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ weight.T, rtol=1e-4, atol=1e-3)
+
+
 def test_without_an_example_every_matmul_is_quantised_and_says_so(tmp_path, caplog):
     source = tmp_path / "fp32.onnx"
     two_matmul_graph(source)
@@ -146,12 +184,12 @@ def test_the_tiny_fused_tower_quantises_and_still_runs_at_other_shapes(text_arti
     example = select(inputs.user_inputs([np.array([0, 3, 6]), np.array([1, 2])], None, np.arange(2)), signature)
     source = export_onnx(module, signature, example, tmp_path / "encoder.onnx", 17)
     ratios = outlier_ratios(source, example)
-    matmuls = {n.name for n in onnx.load(str(source)).graph.node if n.op_type == "MatMul"}
+    matmuls = {n.name for n in onnx.load(str(source)).graph.node if n.op_type in ("MatMul", "Gemm")}
     assert ratios and set(ratios) <= matmuls and all(np.isfinite(list(ratios.values())))
     dest = quantize_int8(source, tmp_path / "int8" / "encoder.onnx", example)
     kept = {name for name, value in ratios.items() if value > OUTLIER_RATIO}
     ops = op_of(dest)
-    assert all(ops.get(name) == "MatMul" for name in kept)
+    assert all("MatMul" in (ops.get(name), ops.get(f"{name}_MatMul")) for name in kept)  # a Gemm as ORT renames it
     assert QUANTISED_OPS & set(ops.values())
     other = select(inputs.user_inputs([np.array([4, 1, 7, 2, 9]), np.array([5]), np.array([8, 0])], None,
                                       np.arange(3)), signature)  # batch 3, other token counts

@@ -119,7 +119,7 @@ EXPERIMENTS = [
     # Item IDs learn more slowly than the fused text, and validation NDCG dips after an early peak (epochs 3-5)
     # before it climbs: SASRec's budget (patience 10) rather than the text runs' 6, and more epochs.
     Experiment("hybrid-attention", "hybrid", ALL, "attention", ids=True, training=HYBRID_TRAINING),
-    # The fusion with the best validation NDCG@10 among the text-only runs (gating, 0.1125).
+    # Ablation: the hybrid with gating instead of attention (gating led the text-only rows in an earlier run).
     Experiment("hybrid-gating", "hybrid", ALL, "gating", ids=True, training=HYBRID_TRAINING, ablation=True),
     # CTR rows carry a history each (80k per epoch): a short one and one layer keep an epoch affordable.
     Experiment("ctr-hybrid-attention", "ctr", ALL, "attention", ids=True, task="ctr", history=10,
@@ -294,10 +294,11 @@ def render(payload: dict[str, Any], discussion: str) -> str:
              f"metrics, mean ± sample std over seeds {', '.join(map(str, payload['seeds']))}.", "",
              "Produced by (runs already in the JSON are kept, so a benchmark can be run in pieces):", "",
              *(f"    {command}" for command in payload["commands"]), "",
-             f"Environment: {payload['environment']}. Wall time {payload['wall_seconds'] / 60:.1f} min.", "",
+             f"Environment: {payload['environment']}. Wall time of all the commands above "
+             f"together {payload['wall_seconds'] / 60:.1f} min (each command's own is beside it).", "",
              "Frozen: all three LMs (MiniLM-L6, MPNet-base, SmolLM2-135M, mean pooling) are `freeze: true`; their "
              "pooled item-text embeddings are computed once and cached. Trained: per-encoder projections "
-             f"(to {DIM} dims), the fusion, a 2-layer causal transformer user tower over the last 50 items, item "
+             f"(to {DIM} dims), the fusion, a 2-layer causal transformer user tower over the last 50 items (CTR rows: 1 layer, 10 items), item "
              "IDs in the hybrid, and the head (full-catalogue softmax for ranking; biased two-tower + MLP with "
              "BCE for CTR; the -cross row adds 2 DCN-v2 cross layers, task.crossLayers).", "", "## Ranking", "",
              "| model | group | valid ndcg@10 | test ndcg@10 | test hr@10 | test mrr@10 | best epoch | seconds |",

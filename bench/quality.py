@@ -294,8 +294,8 @@ def render(payload: dict[str, Any], discussion: str) -> str:
              f"metrics, mean ± sample std over seeds {', '.join(map(str, payload['seeds']))}.", "",
              "Produced by (runs already in the JSON are kept, so a benchmark can be run in pieces):", "",
              *(f"    {command}" for command in payload["commands"]), "",
-             f"Environment: {payload['environment']}. Wall time of all the commands above "
-             f"together {payload['wall_seconds'] / 60:.1f} min (each command's own is beside it).", "",
+             (f"Environment: {payload['environment']}. Wall time of all the commands above "
+              f"together {payload['wall_seconds'] / 60:.1f} min (each command's own is beside it)."), "",
              "Frozen: all three LMs (MiniLM-L6, MPNet-base, SmolLM2-135M, mean pooling) are `freeze: true`; their "
              "pooled item-text embeddings are computed once and cached. Trained: per-encoder projections "
              f"(to {DIM} dims), the fusion, a 2-layer causal transformer user tower over the last 50 items (CTR rows: 1 layer, 10 items), item "

@@ -1,9 +1,10 @@
 """`compile_artifact`: export the towers of a trained artifact, build the backend's graph, gate it on parity
 with torch, and only then add the files to the artifact (atomically, via `fusionrec.artifact.add_files`).
 
-int8 is gated on validation NDCG@10 against the model itself (`scoring.model_ranking_metrics`); if the
-default outlier ratio fails, stricter ones are tried (`onnxruntime_backend.OUTLIER_LADDER`), and every
-attempt is reported and stored in compile.json under "int8".
+int8 is gated on validation NDCG@10 against the model itself (`scoring.model_ranking_metrics`): the graphs
+are smoothed (`smoothing`) and quantised at the default outlier ratio, and if that fails, stricter ratios,
+then the unsmoothed graphs, are tried (`int8_rungs`); every attempt is reported and stored in compile.json
+under "int8".
 
 A failure anywhere (bad choice, export error, parity breach) raises before anything is written, so an
 artifact is either left exactly as it was or gains a complete, checked set of compiled files.
@@ -15,6 +16,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,6 +44,7 @@ from fusionrec.compile.parity import (
 from fusionrec.compile.pruning import check_depth, drop_top_layers
 from fusionrec.compile.registry import check_choice
 from fusionrec.compile.scoring import graph_ranking_metrics, model_ranking_metrics
+from fusionrec.compile.smoothing import SMOOTH_ALPHA, ChannelStats, smooth_file
 from fusionrec.compile.torch_backend import TorchRuntime
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
 from fusionrec.errors import UserError
@@ -175,62 +178,84 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
 
 @dataclass
 class Int8Attempt:
-    """One rung of the int8 ladder: the graphs quantised at one outlier ratio and their ranking gate."""
+    """One rung of the int8 ladder: the graphs quantised at one outlier ratio (smoothed or not) and their
+    ranking gate."""
 
     ratio: float
+    alpha: float | None  # SmoothQuant alpha of the smoothed graph, None when quantised as exported
     paths: dict[str, Path]
     runtimes: dict[str, Any]
     check: ParityCheck
     fp32_matmuls: dict[str, int]  # weight MatMuls left in fp32, per graph (read back from the files)
 
     def as_json(self) -> dict[str, Any]:
-        return {"outlier_ratio": self.ratio, "fp32_matmuls": self.fp32_matmuls,
+        return {"outlier_ratio": self.ratio, "smooth_alpha": self.alpha, "fp32_matmuls": self.fp32_matmuls,
                 "torch_ndcg@10": self.check.detail["torch_ndcg@10"],
                 "compiled_ndcg@10": self.check.detail["compiled_ndcg@10"],
                 "relative_drop": self.check.value, "passed": self.check.passed}
 
     def line(self) -> str:
         kept = ", ".join(f"{kind} {n}" for kind, n in self.fp32_matmuls.items())
-        return (f"int8 at outlier ratio {self.ratio:g} (MatMuls kept fp32: {kept}): NDCG@10 torch "
-                f"{self.check.detail['torch_ndcg@10']:.4f} -> int8 {self.check.detail['compiled_ndcg@10']:.4f}, "
-                f"drop {self.check.value:+.2%} (limit {self.check.tolerance:.2%}) "
+        return (f"int8 at outlier ratio {_rung_name(self.ratio, self.alpha)} (MatMuls kept fp32: {kept}): NDCG@10 "
+                f"torch {self.check.detail['torch_ndcg@10']:.4f} -> int8 {self.check.detail['compiled_ndcg@10']:.4f}"
+                f", drop {self.check.value:+.2%} (limit {self.check.tolerance:.2%}) "
                 f"{'ok' if self.check.passed else 'FAILED'}")
+
+
+def _rung_name(ratio: float, alpha: float | None) -> str:
+    return f"{ratio:g}" if alpha is None else f"{ratio:g} smoothed (alpha {alpha:g})"
+
+
+def int8_rungs() -> list[tuple[float, float | None]]:
+    """The rungs (outlier ratio, smoothing alpha or None) in the order tried: smoothed first, since smoothing
+    costs one Mul per activation while every product kept fp32 costs int8's speed-up on it."""
+    return [(ratio, SMOOTH_ALPHA) for ratio in ort_backend.SMOOTHED_LADDER] + \
+        [(ratio, None) for ratio in ort_backend.OUTLIER_LADDER]
 
 
 def _int8_ladder(model, exported: dict[str, Path], examples: dict[str, dict[str, np.ndarray]],
                  inputs: TowerInputs, split: LeaveOneOutSplit, torch_ndcg: float, tolerance: float | None,
                  threads: int, folder: Path, report: Callable[[str], None]) -> tuple[Int8Attempt, dict[str, Any]]:
-    """Quantise both graphs at each outlier ratio of `OUTLIER_LADDER` in turn (each rung keeps more
-    MatMuls fp32) until the ranking gate passes; returns that attempt and the record of all of them.
+    """Quantise both graphs at each rung of `int8_rungs` in turn (smoothed, then as exported; each keeps
+    more MatMuls fp32) until the ranking gate passes; returns that attempt and the record of all of them.
 
     Why a ladder: the default ratio is tuned for speed on one model, and a model whose ranking is more
     sensitive may pass once a few more products stay fp32, which is still much faster than fp32 everywhere.
-    The activations are measured once; a rung that would keep the same MatMuls as one tried already is
-    skipped (it would build the same graphs).
+    The activations are measured once (the smoothed graph's follow exactly from them); a rung that would
+    keep the same MatMuls of the same graph as one tried already is skipped (it would build the same graphs).
     Raises:
         ParityError: every rung failed, with each one's numbers and what to do.
     """
-    ratios = {kind: ort_backend.outlier_ratios(exported[kind], examples[kind]) for kind in GRAPHS}
+    channels = {kind: ort_backend.activation_channels(exported[kind], examples[kind]) for kind in GRAPHS}
+    sources: dict[float | None, tuple[dict[str, Path], dict[str, dict[str, float]]]] = {}  # alpha -> graphs, ratios
+    ladder = int8_rungs()
     attempts: list[Int8Attempt] = []
     tried: list[tuple] = []
-    for rung, ratio in enumerate(ort_backend.OUTLIER_LADDER):
-        kept = tuple(frozenset(ort_backend.kept_fp32(ratios[kind], ratio)) for kind in GRAPHS)
+    for rung, (ratio, alpha) in enumerate(ladder):
+        if alpha not in sources:
+            sources[alpha] = _int8_source(exported, channels, alpha, folder)
+        paths, ratios = sources[alpha]
+        kept = (alpha, *(frozenset(ort_backend.kept_fp32(ratios[kind], ratio)) for kind in GRAPHS))
         if kept in tried:
-            report(f"int8 at outlier ratio {ratio:g}: keeps the same MatMuls fp32 as a ratio tried already; skipped")
+            report(f"int8 at outlier ratio {_rung_name(ratio, alpha)}: keeps the same MatMuls fp32 as a ratio "
+                   f"tried already; skipped")
             continue
         tried.append(kept)
-        paths = {kind: ort_backend.quantize_int8(exported[kind], folder / f"int8-{rung}" / FILES[kind],
-                                                 outlier_ratio=ratio, ratios=ratios[kind]) for kind in GRAPHS}
-        runtimes = {kind: ort_backend.OnnxRuntime(paths[kind], threads) for kind in GRAPHS}
+        quantised = {kind: ort_backend.quantize_int8(paths[kind], folder / f"int8-{rung}" / FILES[kind],
+                                                     outlier_ratio=ratio, ratios=ratios[kind]) for kind in GRAPHS}
+        runtimes = {kind: ort_backend.OnnxRuntime(quantised[kind], threads) for kind in GRAPHS}
         compiled = graph_ranking_metrics(model, runtimes["user"], runtimes["item"], inputs, split)["ndcg@10"]
-        attempt = Int8Attempt(ratio, paths, runtimes, ranking_check("ranking", torch_ndcg, compiled, tolerance),
-                              {kind: ort_backend.int8_coverage(paths[kind])[1] for kind in GRAPHS})
+        attempt = Int8Attempt(ratio, alpha, quantised, runtimes,
+                              ranking_check("ranking", torch_ndcg, compiled, tolerance),
+                              {kind: ort_backend.int8_coverage(quantised[kind])[1] for kind in GRAPHS})
         attempts.append(attempt)
         report(attempt.line())
         if attempt.check.passed:
-            return attempt, {"outlier_ratio": ratio, "ladder": list(ort_backend.OUTLIER_LADDER),
+            return attempt, {"outlier_ratio": ratio, "smooth_alpha": alpha,
+                             "ladder": [{"outlier_ratio": r, "smooth_alpha": a} for r, a in ladder],
                              "attempts": [a.as_json() for a in attempts]}
         attempt.runtimes.clear()  # a failed rung's sessions hold a copy of the graph's weights each
+        shutil.rmtree(folder / f"int8-{rung}")  # and its files a quarter of the fp32 graph's disk each
     best = min(a.check.value for a in attempts)
     raise ParityError(
         "int8 failed the parity gate (validation NDCG@10 relative drop) at every outlier ratio tried: "
@@ -238,6 +263,21 @@ def _int8_ladder(model, exported: dict[str, Path], examples: dict[str, dict[str,
         field="compile.precision",
         fix=f"compile with --precision fp32, or accept the drop with --tolerance (the smallest measured was "
             f"{best:.2%}: --tolerance {math.ceil(max(best, 0.0) * 100 + 1) / 100:g})")
+
+
+def _int8_source(exported: dict[str, Path], channels: dict[str, dict[str, ChannelStats]], alpha: float | None,
+                 folder: Path) -> tuple[dict[str, Path], dict[str, dict[str, float]]]:
+    """The fp32 graphs a rung quantises (smoothed at `alpha` into `folder`, or as exported) and their nodes'
+    outlier ratios."""
+    if alpha is None:
+        return exported, {kind: ort_backend.outlier_ratios(exported[kind], channels=channels[kind])
+                          for kind in GRAPHS}
+    paths, ratios = {}, {}
+    for kind in GRAPHS:
+        paths[kind] = folder / f"smoothed-{alpha:g}" / FILES[kind]
+        smoothed = smooth_file(exported[kind], paths[kind], channels[kind], alpha)
+        ratios[kind] = ort_backend.outlier_ratios(paths[kind], channels=smoothed)
+    return paths, ratios
 
 
 def _load_split(artifact) -> LeaveOneOutSplit | RandomSplit:

@@ -1,7 +1,7 @@
 """The int8 gate: its torch reference is the model itself (the catalogue it holds, not one more LM pass over
 every item), which matches the eager graphs; a pruned model is still measured through its pruned graphs;
-when the default outlier ratio fails the ranking gate, stricter ratios are tried and every attempt is
-reported and stored; when all fail, nothing is written."""
+the ladder starts on smoothed graphs; when a rung fails the ranking gate, the next is tried and every attempt
+is reported and stored; when all fail, nothing is written."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import copy
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from helpers import siblings, snapshot
@@ -25,6 +26,7 @@ from fusionrec.compile.scoring import (
     model_ranking_metrics,
     model_vectors,
 )
+from fusionrec.compile.smoothing import SMOOTH_ALPHA
 from fusionrec.compile.torch_backend import TorchRuntime
 from fusionrec.pipeline import load_model
 
@@ -107,30 +109,53 @@ def penalise_quantised(monkeypatch, always: bool = False) -> None:
 
 
 def test_a_failing_default_ratio_retries_stricter_ones_and_records_each(text_artifact, fresh_copy, monkeypatch):
-    # 1e9 keeps no product fp32, 1e8 keeps the same ones (skipped), 1.0 keeps every one (max/rms >= 1).
+    # smoothed first; then 1e9 keeps no product fp32, 1e8 keeps the same ones (skipped), 1.0 keeps every
+    # one (max/rms >= 1).
+    monkeypatch.setattr(ort_backend, "SMOOTHED_LADDER", (1e9,))
     monkeypatch.setattr(ort_backend, "OUTLIER_LADDER", (1e9, 1e8, 1.0))
     penalise_quantised(monkeypatch)
     path = fresh_copy(text_artifact)
     lines: list[str] = []
     record = compile_artifact(path, precision="int8", threads=1, report=lines.append)
     int8 = record["int8"]
-    assert int8["outlier_ratio"] == 1.0 and int8["ladder"] == [1e9, 1e8, 1.0]
-    first, second = int8["attempts"]
-    assert (first["outlier_ratio"], first["passed"], second["outlier_ratio"], second["passed"]) == (1e9, False,
-                                                                                                    1.0, True)
+    assert int8["outlier_ratio"] == 1.0 and int8["smooth_alpha"] is None
+    assert int8["ladder"] == [{"outlier_ratio": 1e9, "smooth_alpha": SMOOTH_ALPHA}] + [
+        {"outlier_ratio": ratio, "smooth_alpha": None} for ratio in (1e9, 1e8, 1.0)]
+    smoothed, first, second = int8["attempts"]
+    assert [(a["outlier_ratio"], a["smooth_alpha"], a["passed"]) for a in int8["attempts"]] == [
+        (1e9, SMOOTH_ALPHA, False), (1e9, None, False), (1.0, None, True)]
     assert first["relative_drop"] == pytest.approx(0.5) and second["relative_drop"] == pytest.approx(0.0, abs=0.01)
+    assert smoothed["relative_drop"] == pytest.approx(0.5)
     assert first["torch_ndcg@10"] == second["torch_ndcg@10"] == record["quality"]["torch_ndcg@10"]
     assert record["quality"]["compiled_ndcg@10"] == second["compiled_ndcg@10"]
     quantised, kept = ort_backend.int8_coverage(path / "encoder.onnx")  # the passing rung's graph was written
     assert quantised == 0 and kept == second["fp32_matmuls"]["user"] > first["fp32_matmuls"]["user"]
-    assert any("ratio 1e+09" in line and "FAILED" in line for line in lines)
+    assert not any(n.op_type == "Mul" and n.name.endswith("_smooth")  # ... and it is the unsmoothed one
+                   for n in onnx.load(str(path / "encoder.onnx")).graph.node)
+    assert any("ratio 1e+09 smoothed (alpha 0.5)" in line and "FAILED" in line for line in lines)
+    assert any("ratio 1e+09 (" in line and "FAILED" in line for line in lines)
     assert any("ratio 1e+08" in line and "skipped" in line for line in lines)
     assert any("ratio 1 " in line and line.endswith("ok") for line in lines)
     assert json.loads((path / "compile.json").read_text()) == record
 
 
+def test_the_default_ladder_starts_smoothed_and_a_passing_smoothed_rung_is_what_is_written(text_artifact,
+                                                                                         fresh_copy):
+    path = fresh_copy(text_artifact)
+    record = compile_artifact(path, precision="int8", threads=1, report=lambda line: None)
+    assert compiler.int8_rungs()[0] == (ort_backend.OUTLIER_RATIO, SMOOTH_ALPHA)
+    int8 = record["int8"]
+    assert (int8["outlier_ratio"], int8["smooth_alpha"]) == (ort_backend.OUTLIER_RATIO, SMOOTH_ALPHA)
+    assert [a["smooth_alpha"] for a in int8["attempts"]] == [SMOOTH_ALPHA]  # the tiny LMs pass at once
+    # their activations have no outliers (max/rms <= 8), so nothing was worth smoothing
+    nodes = onnx.load(str(path / "encoder.onnx")).graph.node
+    assert not any(n.op_type == "Mul" and n.name.endswith("_smooth") for n in nodes)
+    assert ort_backend.int8_coverage(path / "encoder.onnx")[0] > 0
+
+
 def test_when_every_ratio_fails_the_error_names_the_numbers_and_nothing_is_written(text_artifact, fresh_copy,
                                                                                   monkeypatch):
+    monkeypatch.setattr(ort_backend, "SMOOTHED_LADDER", (1.0,))
     monkeypatch.setattr(ort_backend, "OUTLIER_LADDER", (1e9, 1.0))
     penalise_quantised(monkeypatch, always=True)
     path = fresh_copy(text_artifact)
@@ -138,7 +163,8 @@ def test_when_every_ratio_fails_the_error_names_the_numbers_and_nothing_is_writt
     with pytest.raises(ParityError, match="every outlier ratio tried") as failure:
         compile_artifact(path, precision="int8", threads=1, report=lambda line: None)
     message, fix = failure.value.message, failure.value.fix
-    assert "outlier ratio 1e+09" in message and "outlier ratio 1 " in message and message.count("FAILED") == 2
+    assert "outlier ratio 1 smoothed (alpha 0.5)" in message and message.count("FAILED") == 3
+    assert "outlier ratio 1e+09" in message and "outlier ratio 1 (" in message
     assert "drop +50.00%" in message
     assert "--precision fp32" in fix and "--tolerance 0.51" in fix
     assert snapshot(path) == before and siblings(path) == around

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fusionrec.compile.onnxruntime_backend import (
     OUTLIER_RATIO,
+    activation_channels,
     int8_coverage,
     outlier_ratios,
     quantize_int8,
@@ -90,6 +91,10 @@ def test_outlier_ratios_are_max_over_rms_of_activation_or_weight(tmp_path):
     assert ratios["second"] == pytest.approx(max(ratio(normed), columns["w2"]), rel=1e-3)
     assert ratios["first"] > OUTLIER_RATIO > ratios["second"]  # the outlier makes only "first" risky
     assert [o.name for o in onnx.load(str(source)).graph.output] == ["y", "s"]  # the file is not modified
+    channels = activation_channels(source, {"x": x})  # what smoothing needs: per-channel peaks
+    np.testing.assert_allclose(channels["second"].peak, np.abs(normed).max(axis=0), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(channels["first"].power, np.mean(x.astype(np.float64) ** 2, axis=0), rtol=1e-6)
+    assert outlier_ratios(source, channels=channels) == pytest.approx(ratios, rel=1e-6)
 
 
 def test_a_matmul_with_outliers_stays_fp32_and_the_rest_is_quantised(tmp_path):

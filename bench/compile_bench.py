@@ -260,7 +260,7 @@ def write_report(args, encoders, rows, fp32: dict, int8: dict | None, training: 
         f"(activation outliers above the chosen outlier ratio {int8.get('int8', {}).get('outlier_ratio', '?')}, "
         "or a 1-D weight)."),
         "- int8 ladder (stricter outlier ratios are tried while the gate fails): " + "; ".join(
-            f"ratio {a['outlier_ratio']:g}, fp32 MatMuls user/item {a['fp32_matmuls']['user']}/"
+            f"ratio {a['outlier_ratio']:g}{' smoothed' if a.get('smooth_alpha') else ''}, fp32 MatMuls user/item {a['fp32_matmuls']['user']}/"
             f"{a['fp32_matmuls']['item']}, NDCG@10 {a['torch_ndcg@10']:.4f} -> {a['compiled_ndcg@10']:.4f} "
             f"({a['relative_drop']:+.2%}, {'passed' if a['passed'] else 'failed'})"
             for a in int8.get("int8", {}).get("attempts", [])) + ".",

@@ -14,6 +14,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers import export_tiny_user_tower
+
 from fusionrec.compile.onnxruntime_backend import (
     OUTLIER_RATIO,
     activation_channels,
@@ -174,20 +176,8 @@ def test_bad_examples_and_thresholds_are_refused(tmp_path):
 
 def test_the_tiny_fused_tower_quantises_and_still_runs_at_other_shapes(text_artifact, tmp_path):
     """The real export path: bert + mpnet + llama user tower, example rows as compile builds them."""
-    import torch
-
-    from fusionrec.compile.export import export_onnx
-    from fusionrec.compile.graphs import build_graph
-    from fusionrec.compile.inputs import TowerInputs, select
     from fusionrec.compile.onnxruntime_backend import OnnxRuntime
-    from fusionrec.pipeline import load_model
-
-    torch.set_num_threads(1)
-    model, _ = load_model(text_artifact)
-    module, signature = build_graph(model, "user")
-    inputs = TowerInputs.from_model(model)
-    example = select(inputs.user_inputs([np.array([0, 3, 6]), np.array([1, 2])], None, np.arange(2)), signature)
-    source = export_onnx(module, signature, example, tmp_path / "encoder.onnx", 17)
+    source, example, other = export_tiny_user_tower(text_artifact, tmp_path)
     ratios = outlier_ratios(source, example)
     matmuls = {n.name for n in onnx.load(str(source)).graph.node if n.op_type in ("MatMul", "Gemm")}
     assert ratios and set(ratios) <= matmuls and all(np.isfinite(list(ratios.values())))
@@ -196,8 +186,6 @@ def test_the_tiny_fused_tower_quantises_and_still_runs_at_other_shapes(text_arti
     ops = op_of(dest)
     assert all("MatMul" in (ops.get(name), ops.get(f"{name}_MatMul")) for name in kept)  # a Gemm as ORT renames it
     assert QUANTISED_OPS & set(ops.values())
-    other = select(inputs.user_inputs([np.array([4, 1, 7, 2, 9]), np.array([5]), np.array([8, 0])], None,
-                                      np.arange(3)), signature)  # batch 3, other token counts
     fp32, int8 = OnnxRuntime(source, threads=1).run(other), OnnxRuntime(dest, threads=1).run(other)
     assert int8.shape == fp32.shape and fp32.shape[0] == 3 and np.isfinite(int8).all()
     cosine = np.sum(int8 * fp32, axis=1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(fp32, axis=1)

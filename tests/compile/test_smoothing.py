@@ -15,6 +15,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers import export_tiny_user_tower
+
 from fusionrec.compile.onnxruntime_backend import (
     activation_channels,
     int8_coverage,
@@ -206,28 +208,14 @@ def test_smoothing_needs_examples_and_not_unsmoothed_ratios(tmp_path):
 
 def test_the_tiny_fused_tower_smooths_exactly(text_artifact, tmp_path):
     """The real export path: bert + mpnet + llama user tower, where MatMuls and Gemms share activations."""
-    import torch
-
-    from fusionrec.compile.export import export_onnx
-    from fusionrec.compile.graphs import build_graph
-    from fusionrec.compile.inputs import TowerInputs, select
     from fusionrec.compile.onnxruntime_backend import OnnxRuntime
-    from fusionrec.pipeline import load_model
-
-    torch.set_num_threads(1)
-    model, _ = load_model(text_artifact)
-    module, signature = build_graph(model, "user")
-    inputs = TowerInputs.from_model(model)
-    example = select(inputs.user_inputs([np.array([0, 3, 6]), np.array([1, 2])], None, np.arange(2)), signature)
-    source = export_onnx(module, signature, example, tmp_path / "encoder.onnx", 17)
+    source, example, other = export_tiny_user_tower(text_artifact, tmp_path)
     dest = tmp_path / "smoothed.onnx"
     channels = activation_channels(source, example)
     smooth_file(source, dest, channels, 0.5, min_ratio=0.0)  # no outliers in tiny random LMs: smooth them all
     muls = sum(n.op_type == "Mul" for n in onnx.load(str(dest)).graph.node) \
         - sum(n.op_type == "Mul" for n in onnx.load(str(source)).graph.node)
     assert 0 < muls < len(channels)  # readers of one activation share its Mul
-    other = select(inputs.user_inputs([np.array([4, 1, 7, 2, 9]), np.array([5]), np.array([8, 0])], None,
-                                      np.arange(3)), signature)
     fp32, smoothed = OnnxRuntime(source, threads=1).run(other), OnnxRuntime(dest, threads=1).run(other)
     assert relative_error(smoothed, fp32) < 1e-5
     int8 = OnnxRuntime(quantize_int8(source, tmp_path / "int8" / "encoder.onnx", example, smooth_alpha=0.5),

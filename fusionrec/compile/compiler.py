@@ -26,11 +26,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from fusionrec import __version__
 from fusionrec.artifact import add_files, load_artifact
 from fusionrec.compile import onnxruntime_backend as ort_backend
 from fusionrec.compile import tensorrt_backend as trt_backend
+from fusionrec.compile.capture_check import capture_blockers
 from fusionrec.compile.export import export_onnx
 from fusionrec.compile.graphs import GRAPHS, build_graph
 from fusionrec.compile.inputs import TowerInputs, select
@@ -123,18 +125,23 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
         folder = Path(tmp)
         files: dict[str, Any] = {}
         runtimes: dict[str, Any] = {}
+        blockers: dict[str, list[str]] = {}  # torch backend: what stops CUDA-graph capture, per graph
         for kind in progress(GRAPHS, desc=f"compiling ({backend} {precision})", unit="graph"):
             module, signature = graphs[kind]
             example = select(examples[kind], signature)
             if backend == "torch":
                 runtimes[kind] = TorchRuntime(copy.deepcopy(module), signature, precision, compile_mode="eager")
+                blockers[kind] = capture_blockers(module, [torch.from_numpy(example[n]) for n in signature.inputs])
+                report(f"{kind} graph: " + ("can be captured as CUDA graphs" if not blockers[kind] else
+                                            "cannot be captured as CUDA graphs (GPU replicas run it eagerly): "
+                                            + "; ".join(blockers[kind])))
                 continue
             onnx_path = export_onnx(module, signature, example, folder / FILES[kind], opset)
             files[FILES[kind]] = onnx_path
             if backend == "tensorrt":
                 plan = folder / PLANS[kind]
                 shapes = trt_backend.profile_shapes(signature, example, max_batch=256, opt_batch=32,
-                                                    max_lengths=_max_lengths(model), opt_length=64)
+                                                    max_lengths=signature.limits, opt_length=64)
                 sidecar = trt_backend.build_engine(onnx_path, plan, precision, shapes, timing_cache)
                 files[PLANS[kind]] = plan
                 files[f"{PLANS[kind]}.json"] = json.dumps(sidecar, indent=2).encode()
@@ -168,7 +175,7 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
             report(f"pruning: NDCG@10 {base:.4f} -> {compiled_ndcg:.4f} (validation)")
         enforce(checks, report)
         record = _record(model, graphs, backend, precision, threads, opset, prune_layers, checks, quality,
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, blockers)
         if int8 is not None:
             record["int8"] = int8
         files[COMPILE_RECORD] = json.dumps(record, indent=2, sort_keys=True).encode()
@@ -305,23 +312,15 @@ def _examples(model, inputs: TowerInputs, artifact) -> dict[str, dict[str, np.nd
             "user": inputs.user_inputs(histories, model.item_embeddings(), user_rows)}
 
 
-def _max_lengths(model) -> dict[str, int]:
-    """The longest value of each length axis: tokens per encoder, items per history."""
-    lengths = {f"tokens_{e.spec.name}": e.max_length for e in model.items.encoders}
-    lengths["history"] = model.config.history_length
-    return lengths
-
-
 def _write(path: Path, value: dict) -> Path:
     path.write_text(json.dumps(value), encoding="utf-8")
     return path
 
 
 def _record(model, graphs, backend, precision, threads, opset, prune_layers, checks, quality,
-            seconds: float) -> dict[str, Any]:
+            seconds: float, blockers: dict[str, list[str]]) -> dict[str, Any]:
     import onnx
     import onnxruntime
-    import torch
 
     graph_info = {}
     for kind, (_, signature) in graphs.items():
@@ -330,6 +329,8 @@ def _record(model, graphs, backend, precision, threads, opset, prune_layers, che
             entry["onnx"] = FILES[kind]
         if backend == "tensorrt":
             entry["plan"] = PLANS[kind]
+        if backend == "torch":
+            entry["cuda_graph_blockers"] = blockers[kind]
         graph_info[kind] = entry
     return {
         "backend": backend, "precision": precision, "opset": opset, "threads": threads,

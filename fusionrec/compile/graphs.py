@@ -34,10 +34,12 @@ class GraphSignature:
     dtypes: dict[str, str]
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     text_encoders: tuple[str, ...] = ()  # encoders whose `<name>_input_ids` / `<name>_attention_mask` it takes
+    limits: dict[str, int] = field(default_factory=dict)  # longest value of each length axis ("tokens_<name>")
 
     def as_json(self) -> dict:
         return {"inputs": list(self.inputs), "dtypes": self.dtypes, "text_encoders": list(self.text_encoders),
-                "dynamic_axes": {k: {str(a): s for a, s in v.items()} for k, v in self.dynamic_axes.items()}}
+                "dynamic_axes": {k: {str(a): s for a, s in v.items()} for k, v in self.dynamic_axes.items()},
+                "limits": self.limits}
 
 
 def token_names(encoder: str) -> tuple[str, str]:
@@ -122,4 +124,12 @@ def build_graph(model: FusedRecommender, kind: str) -> tuple[nn.Module, GraphSig
         axes[index] = {0: "batch"}
     axes[OUTPUT_NAME] = {0: "batch"}
     module.eval()
-    return module, GraphSignature(tuple(inputs), dtypes, axes, names)
+    return module, GraphSignature(tuple(inputs), dtypes, axes, names, axis_limits(model))
+
+
+def axis_limits(model: FusedRecommender) -> dict[str, int]:
+    """The longest value of each length axis (tokens per encoder, items per history): what an engine's
+    shape profile or a CUDA graph bucket may grow to, and no further (position tables end there)."""
+    limits = {f"tokens_{e.spec.name}": e.max_length for e in model.items.encoders}
+    limits["history"] = model.config.history_length
+    return limits

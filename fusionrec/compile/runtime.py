@@ -71,7 +71,8 @@ def load_compiled(artifact: str | Path | Artifact, graph: str = "user", *, threa
     Args:
         threads: ONNX Runtime intra-op threads (default: compile.json's, from spec.compile.threads).
         strict: raise instead of falling back when a TensorRT engine does not fit this machine.
-        compile_mode: torch backend only: a torch.compile mode, "eager", or None for the device default.
+        compile_mode: torch backend only: "cudagraphs", "eager", a torch.compile mode, or None for the device
+            default (CUDA graphs on a GPU, eager on CPU).
     """
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
@@ -123,6 +124,8 @@ def _tower_inputs(artifact: Artifact, record: dict[str, Any]) -> TowerInputs:
 
 
 def _torch_engine(artifact: Artifact, record: dict[str, Any], graph: str, compile_mode: str | None) -> Any:
+    import torch
+
     from fusionrec.compile.graphs import build_graph
     from fusionrec.compile.pruning import drop_top_layers
     from fusionrec.compile.torch_backend import TorchRuntime
@@ -132,4 +135,9 @@ def _torch_engine(artifact: Artifact, record: dict[str, Any], graph: str, compil
     if record.get("prune_layers"):
         drop_top_layers(model, int(record["prune_layers"]))
     module, signature = build_graph(model, graph)
+    blockers = record["graphs"][graph].get("cuda_graph_blockers", [])
+    if compile_mode is None and blockers and torch.cuda.is_available():
+        log.warning("the %s graph cannot be captured as CUDA graphs (%s); running it eagerly", graph,
+                    "; ".join(blockers))
+        compile_mode = "eager"
     return TorchRuntime(module, signature, record["precision"], compile_mode=compile_mode)

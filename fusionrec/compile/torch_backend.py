@@ -1,8 +1,10 @@
-"""The torch backend: the tower graph itself, cast to the precision, optionally under `torch.compile`.
+"""The torch backend: the tower graph itself, cast to the precision, run eagerly, through bucketed CUDA
+graphs, or under `torch.compile`.
 
-Nothing is serialised: torch.compile output is tied to the torch version and machine, so the artifact only
-records the settings and the parity numbers, and each replica compiles at load. On a GPU the default mode is
-"reduce-overhead" (CUDA graphs: one launch per request instead of one per kernel, which is what small
+Nothing is serialised: CUDA graphs and torch.compile output are tied to the torch version and the device, so
+the artifact only records the settings, the parity numbers and whether the graph can be captured
+(`capture_check`), and each replica builds its runner at load. On a GPU the default is "cudagraphs"
+(`cuda_graphs.CudaGraphRunner`: one replay per request instead of one launch per kernel, which is what small
 batches need); on CPU compiling takes minutes for an LM and gains little, so it is off unless asked for.
 """
 
@@ -14,16 +16,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusionrec.compile.cuda_graphs import Buckets, CudaGraphRunner
 from fusionrec.compile.graphs import GraphSignature
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CUDA_GRAPHS = "cudagraphs"
 
 
-def default_compile_mode(device: torch.device) -> str | None:
-    return "reduce-overhead" if device.type == "cuda" else None
+def default_compile_mode(device: torch.device) -> str:
+    return CUDA_GRAPHS if device.type == "cuda" else "eager"
 
 
 class TorchRuntime:
@@ -34,13 +38,18 @@ class TorchRuntime:
         signature: its inputs.
         precision: fp32, fp16 or bf16 (the weights are cast; integer inputs stay integer).
         device: where to run (default: CUDA when available).
-        compile_mode: a `torch.compile` mode, "eager" for none, or None for the device's default.
+        compile_mode: "cudagraphs" (bucketed CUDA graphs, GPU only), "eager", any other `torch.compile` mode
+            (e.g. "max-autotune-no-cudagraphs"), or None for the device's default (`default_compile_mode`).
+        buckets: the CUDA-graph shape buckets (default `Buckets()`).
+    Attributes:
+        cuda_graphs: the `CudaGraphRunner` in "cudagraphs" mode (its `captured` and `fallback_reason`), else None.
     """
 
     backend = "torch"
 
     def __init__(self, module: nn.Module, signature: GraphSignature, precision: str = "fp32",
-                 device: str | torch.device | None = None, compile_mode: str | None = None) -> None:
+                 device: str | torch.device | None = None, compile_mode: str | None = None,
+                 buckets: Buckets | None = None) -> None:
         if precision not in DTYPES:
             raise ValueError(f"torch precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -50,7 +59,15 @@ class TorchRuntime:
         module = module.to(self.device, self.dtype).eval()
         mode = default_compile_mode(self.device) if compile_mode is None else compile_mode
         self.compile_mode = None if mode == "eager" else mode
-        self.module = torch.compile(module, mode=self.compile_mode) if self.compile_mode else module
+        self.cuda_graphs: CudaGraphRunner | None = None
+        if mode == CUDA_GRAPHS:
+            if self.device.type != "cuda":
+                raise ValueError(f"compile mode {CUDA_GRAPHS!r} needs a CUDA device, got {self.device}; "
+                                 "use 'eager' (or a torch.compile mode) on CPU")
+            self.cuda_graphs = CudaGraphRunner(module, signature, signature.limits, buckets)
+            self.module = self.cuda_graphs
+        else:
+            self.module = torch.compile(module, mode=self.compile_mode) if self.compile_mode else module
 
     @torch.inference_mode()
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:

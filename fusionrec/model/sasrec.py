@@ -90,10 +90,11 @@ class SequenceEncoder(nn.Module):
                              f"got {mask.dtype} of shape {tuple(mask.shape)}")
         length = items.shape[1]
         positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, L] index among real items
-        longest = int(positions.max()) + 1 if positions.numel() else 0
-        if longest > self.cfg.max_len:
-            raise ValueError(f"a sequence holds {longest} items but max_len={self.cfg.max_len}; "
-                             "keep only the most recent max_len items")
+        if length > self.cfg.max_len:  # only then can a row hold too many; reading it is a device sync
+            longest = int(positions.max()) + 1 if positions.numel() else 0
+            if longest > self.cfg.max_len:
+                raise ValueError(f"a sequence holds {longest} items but max_len={self.cfg.max_len}; "
+                                 "keep only the most recent max_len items")
         x = items + self.position(positions)
         x = self.drop(self.input_norm(x))
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()  # [L, L]

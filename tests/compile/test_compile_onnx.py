@@ -127,6 +127,7 @@ def test_torch_backend_records_settings_and_runs(text_artifact, fresh_copy):
     path = fresh_copy(text_artifact)
     record = compile_artifact(path, backend="torch", precision="fp32", report=lambda line: None)
     assert record["backend"] == "torch" and "onnx" not in record["graphs"]["user"]
+    assert record["graphs"]["user"]["cuda_graph_blockers"] == record["graphs"]["item"]["cuda_graph_blockers"] == []
     assert "encoder.onnx" not in load_artifact(path).files
     runtime = load_compiled(path, compile_mode="eager")
     assert runtime.backend == "torch"

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from fusionrec.compile.capture_check import capture_blockers
 from fusionrec.errors import UserError
 from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.pooling import POOLINGS, cls_pool, get_pooling, last_pool, mean_pool
@@ -249,3 +250,5 @@ def test_packaged_model_embeds_similar_texts_closer(package, pip_name, pooling, 
     similar, unrelated = float(pooled[0] @ pooled[1]), float(pooled[0] @ pooled[2])
     print(f"{package}: load {loaded:.1f}s, cos(similar)={similar:.3f}, cos(unrelated)={unrelated:.3f}")
     assert similar > unrelated
+    tokens = encoder.tokenize(texts)  # a GPU replica replays this forward as a CUDA graph: nothing may sync
+    assert capture_blockers(encoder, [tokens["input_ids"], tokens["attention_mask"]]) == []

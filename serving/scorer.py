@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 _PAIR_CHUNK = 65_536  # items scored at once by a pointwise head (its MLP sees [chunk, 3D] features)
 _INDEX_TOLERANCE = 1e-3
+WARM_UP_BATCH = 64  # the serving batcher's default max_batch_size
+WARM_UP_USERS = 100
 
 
 class VersionScorer:
@@ -77,7 +79,23 @@ class VersionScorer:
         items = pd.read_parquet(artifact.items_path)
         users = pd.read_parquet(artifact.path / USERS_NAME)
         compiled = _compiled_user_tower(artifact) if use_compiled else None
-        return cls(model, artifact, items, users, use_faiss=use_faiss, compiled=compiled)
+        scorer = cls(model, artifact, items, users, use_faiss=use_faiss, compiled=compiled)
+        scorer.warm_up()
+        return scorer
+
+    def warm_up(self, max_batch: int = WARM_UP_BATCH) -> list[int]:
+        """Run the compiled user tower once per batch bucket up to `max_batch` when it replays CUDA graphs,
+        so a GPU replica captures them while loading, not on the first request of each size (a capture
+        takes a few forward passes). Returns the batch sizes run; none without CUDA graphs."""
+        runner = getattr(getattr(self.compiled, "engine", None), "cuda_graphs", None)
+        if runner is None or not self._histories:
+            return []
+        longest = max(self._histories[:WARM_UP_USERS], key=len)  # its text fills the longest token bucket
+        sizes = sorted({runner.buckets.batch(n) for n in range(1, max_batch + 1)})
+        for size in sizes:
+            self.user_vectors([longest] * size)
+        log.info("%s: CUDA graphs captured for batches %s (%d graphs)", self.version, sizes, runner.captured)
+        return sizes
 
     def _check_index(self, catalogue: np.ndarray) -> None:
         """The precomputed index must be the model's own catalogue: an index from other weights would rank

@@ -296,3 +296,26 @@ def test_a_compiled_artifact_serves_its_user_tower_on_onnx_runtime_with_the_same
     for user in range(4):
         answer = client.post("/v1/recommend", json={"user_id": pd_user(compiled, user), "k": 5}).json()
         assert [i["item_id"] for i in answer["items"]] == offline_top_k(scorers["v1"], user, 5)
+
+
+def test_a_torch_compiled_artifact_warms_its_cuda_graph_buckets_and_answers_the_same(artifacts, scorers, tmp_path):
+    """On a GPU the torch backend replays bucketed CUDA graphs; here the same runner pads to the same buckets
+    without capturing, so the warm-up sizes and the padded answers are checked on a CPU."""
+    import shutil
+
+    from fusionrec.compile import compile_artifact
+    from fusionrec.compile.cuda_graphs import CudaGraphRunner
+
+    path = tmp_path / "runs" / "v1"
+    shutil.copytree(artifacts["v1"], path)
+    compile_artifact(path, backend="torch", precision="fp32", report=lambda line: None)
+    compiled = VersionScorer.load(path)
+    engine = compiled.compiled.engine
+    assert compiled.describe()["user_tower_backend"] == "torch fp32" and engine.cuda_graphs is None  # CPU: eager
+    assert compiled.warm_up() == []
+    engine.cuda_graphs = engine.module = CudaGraphRunner(engine.module, engine.signature, engine.signature.limits,
+                                                         capture=False)
+    assert compiled.warm_up(max_batch=6) == [1, 2, 4, 8]
+    histories = [compiled.stored_history(u) for u in range(5)]  # 5 rows: padded to the bucket of 8
+    np.testing.assert_allclose(compiled.user_vectors(histories), scorers["v1"].user_vectors(histories),
+                               rtol=1e-4, atol=1e-5)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 REFERENCE = "eager:fp32"
-DEFAULT_MODES = "eager:fp32,cudagraphs:bf16,eager:bf16,cudagraphs:fp32,onnxruntime:fp32," \
+DEFAULT_MODES = "eager:fp32,cudagraphs:bf16,cudagraphs:fp16,eager:bf16,cudagraphs:fp32,onnxruntime:fp32," \
                 "max-autotune-no-cudagraphs:bf16"
 # Seconds a mode needs left in the budget to start (its first calls capture or compile).
 RESERVE_S = {"eager": 10.0, "cudagraphs": 30.0, "onnxruntime": 150.0}

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-LABELS = {"eager fp32", "cudagraphs bf16", "eager bf16", "cudagraphs fp32", "onnxruntime fp32",
+LABELS = {"eager fp32", "cudagraphs bf16", "cudagraphs fp16", "eager bf16", "cudagraphs fp32", "onnxruntime fp32",
           "torch.compile max-autotune-no-cudagraphs bf16"}  # the default modes, as the table names them
 
 

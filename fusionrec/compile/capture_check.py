@@ -97,8 +97,9 @@ def _innermost(frames: list[traceback.FrameSummary]) -> str:
 
 
 def _short(filename: str) -> str:
-    for marker in ("site-packages/", "fusionrec/"):
-        if marker in filename:
-            return filename[filename.index(marker) + len(marker) if marker == "site-packages/" else
-                            filename.index(marker):]
+    """A path from the package root: transformers/models/..., fusionrec/model/..."""
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1]
+    if "/fusionrec/" in filename:
+        return "fusionrec/" + filename.split("/fusionrec/", 1)[1]
     return filename

@@ -64,13 +64,12 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def pad_to_buckets(tensors: Sequence[Tensor], signature: GraphSignature, buckets: Buckets,
-                   limits: dict[str, int]) -> list[Tensor]:
+def pad_to_buckets(tensors: Sequence[Tensor], signature: GraphSignature, buckets: Buckets) -> list[Tensor]:
     """Pad every input of one call up to its bucket (see the module docstring for why this is exact).
 
     Args:
         tensors: the graph's inputs in `signature.inputs` order, all with the same batch size B <= max_batch.
-        limits: longest value of each named length axis (e.g. "tokens_minilm" -> 128, "history" -> 50).
+        signature: names the length axes and their limits (e.g. "tokens_minilm" -> 128, "history" -> 50).
     """
     rows = tensors[0].shape[0]
     batch = buckets.batch(rows)
@@ -86,7 +85,7 @@ def pad_to_buckets(tensors: Sequence[Tensor], signature: GraphSignature, buckets
             if axis == 0:
                 continue
             size = tensor.shape[axis]
-            extra = buckets.length(size, limits.get(symbol)) - size
+            extra = buckets.length(size, signature.limits.get(symbol)) - size
             if extra:  # right-pad the axis with zeros: ids 0 under mask 0, zero vectors under mask 0
                 shape = list(tensor.shape)
                 shape[axis] = extra
@@ -107,8 +106,7 @@ class CudaGraphRunner:
 
     Args:
         module: a tower graph on the GPU in eval mode, already cast to its precision.
-        signature: its inputs and dynamic axes.
-        limits: longest value of each named length axis (`graphs.axis_limits`).
+        signature: its inputs, dynamic axes and their limits.
         buckets: the shape buckets.
         capture: False runs the padded inputs eagerly (what a failed capture falls back to; on a CPU it is
             the only choice, and lets tests check the padding without a GPU).
@@ -117,11 +115,10 @@ class CudaGraphRunner:
         fallback_reason: why capture failed, once it has (then every call runs eager).
     """
 
-    def __init__(self, module: nn.Module, signature: GraphSignature, limits: dict[str, int],
-                 buckets: Buckets | None = None, capture: bool = True) -> None:
+    def __init__(self, module: nn.Module, signature: GraphSignature, buckets: Buckets | None = None,
+                 capture: bool = True) -> None:
         self.module = module
         self.signature = signature
-        self.limits = dict(limits)
         self.buckets = buckets or Buckets()
         self.capture = capture
         self.fallback_reason: str | None = None
@@ -138,7 +135,7 @@ class CudaGraphRunner:
         step = self.buckets.max_batch
         if rows > step:
             return torch.cat([self(*(t[start:start + step] for t in tensors)) for start in range(0, rows, step)])
-        padded = pad_to_buckets(tensors, self.signature, self.buckets, self.limits)
+        padded = pad_to_buckets(tensors, self.signature, self.buckets)
         with self._lock:
             captured = self._graph_for(padded) if self.capture and self.fallback_reason is None else None
             if captured is None:

@@ -64,7 +64,7 @@ class TorchRuntime:
             if self.device.type != "cuda":
                 raise ValueError(f"compile mode {CUDA_GRAPHS!r} needs a CUDA device, got {self.device}; "
                                  "use 'eager' (or a torch.compile mode) on CPU")
-            self.cuda_graphs = CudaGraphRunner(module, signature, signature.limits, buckets)
+            self.cuda_graphs = CudaGraphRunner(module, signature, buckets)
             self.module = self.cuda_graphs
         else:
             self.module = torch.compile(module, mode=self.compile_mode) if self.compile_mode else module

@@ -58,9 +58,9 @@ def test_padding_to_buckets_leaves_text_tower_outputs_unchanged(text_model, kind
     inputs = TowerInputs.from_model(text_model)
     feed = inputs.tokens(TEXTS[:3]) if kind == "user" else inputs.item_inputs(np.array([0, 3, 5]))
     tensors = _tensors(select(feed, signature), signature)
-    padded = pad_to_buckets(tensors, signature, Buckets(min_length=16), signature.limits)
+    padded = pad_to_buckets(tensors, signature, Buckets(min_length=16))
     assert padded[0].shape[0] == 4 and padded[0].shape[1] == 16  # batch 3 -> 4, tokens -> 16
-    runner = CudaGraphRunner(module, signature, signature.limits, capture=False)
+    runner = CudaGraphRunner(module, signature, capture=False)
     with torch.no_grad():
         expected = module(*tensors)
         got = runner(*tensors)
@@ -71,8 +71,8 @@ def test_padding_to_buckets_leaves_text_tower_outputs_unchanged(text_model, kind
 def test_padding_to_buckets_leaves_sequence_tower_outputs_unchanged(sequence_model):
     module, signature = build_graph(sequence_model, "user")
     tensors = _tensors(_user_feed(sequence_model, 5), signature)  # histories of 1..5 items
-    runner = CudaGraphRunner(module, signature, signature.limits, Buckets(min_length=4), capture=False)
-    padded = pad_to_buckets(tensors, signature, Buckets(min_length=4), signature.limits)
+    runner = CudaGraphRunner(module, signature, Buckets(min_length=4), capture=False)
+    padded = pad_to_buckets(tensors, signature, Buckets(min_length=4))
     assert signature.limits["history"] == 6 and padded[0].shape[:2] == (8, 6)  # 5 -> 8 rows; 5 -> 8, cut to 6
     with torch.no_grad():
         torch.testing.assert_close(runner(*tensors), module(*tensors), rtol=1e-5, atol=1e-6)
@@ -81,7 +81,7 @@ def test_padding_to_buckets_leaves_sequence_tower_outputs_unchanged(sequence_mod
 def test_batches_above_the_largest_bucket_run_in_chunks(text_model):
     module, signature = build_graph(text_model, "user")
     tensors = _tensors(TowerInputs.from_model(text_model).tokens(TEXTS + TEXTS[:1]), signature)  # 5 rows
-    runner = CudaGraphRunner(module, signature, signature.limits, Buckets(max_batch=2), capture=False)
+    runner = CudaGraphRunner(module, signature, Buckets(max_batch=2), capture=False)
     with torch.no_grad():
         torch.testing.assert_close(runner(*tensors), module(*tensors), rtol=1e-5, atol=1e-6)
 

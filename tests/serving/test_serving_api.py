@@ -313,8 +313,7 @@ def test_a_torch_compiled_artifact_warms_its_cuda_graph_buckets_and_answers_the_
     engine = compiled.compiled.engine
     assert compiled.describe()["user_tower_backend"] == "torch fp32" and engine.cuda_graphs is None  # CPU: eager
     assert compiled.warm_up() == []
-    engine.cuda_graphs = engine.module = CudaGraphRunner(engine.module, engine.signature, engine.signature.limits,
-                                                         capture=False)
+    engine.cuda_graphs = engine.module = CudaGraphRunner(engine.module, engine.signature, capture=False)
     assert compiled.warm_up(max_batch=6) == [1, 2, 4, 8]
     histories = [compiled.stored_history(u) for u in range(5)]  # 5 rows: padded to the bucket of 8
     np.testing.assert_allclose(compiled.user_vectors(histories), scorers["v1"].user_vectors(histories),

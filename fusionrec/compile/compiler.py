@@ -173,7 +173,7 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
             base, compiled_ndcg = quality["unpruned_ndcg@10"], quality["compiled_ndcg@10"]
             quality["pruning_relative_drop"] = (base - compiled_ndcg) / base if base > 0 else 0.0
             report(f"pruning: NDCG@10 {base:.4f} -> {compiled_ndcg:.4f} (validation)")
-        enforce(checks, report)
+        enforce(checks, report, precision)
         record = _record(model, graphs, backend, precision, threads, opset, prune_layers, checks, quality,
                          time.perf_counter() - started, blockers)
         if int8 is not None:

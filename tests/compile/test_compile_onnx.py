@@ -123,6 +123,13 @@ def test_a_failed_parity_gate_leaves_the_artifact_untouched(text_artifact, fresh
     load_artifact(path)
 
 
+def test_a_bf16_torch_compile_that_fails_its_gate_points_to_fp16(text_artifact, fresh_copy):
+    path = fresh_copy(text_artifact)
+    with pytest.raises(ParityError, match="max_relative_error") as failure:
+        compile_artifact(path, backend="torch", precision="bf16", tolerance=1e-6, report=lambda line: None)
+    assert failure.value.field == "compile.precision" and failure.value.fix.startswith("use fp16")
+
+
 def test_torch_backend_records_settings_and_runs(text_artifact, fresh_copy):
     path = fresh_copy(text_artifact)
     record = compile_artifact(path, backend="torch", precision="fp32", report=lambda line: None)

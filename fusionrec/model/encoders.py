@@ -50,6 +50,10 @@ class TextEncoder(nn.Module):
         self.folder = resolve_source(spec.source, model_cache_dir)
         self.tokenizer = _load_tokenizer(self.folder, spec)
         self.backbone = _load_backbone(self.folder, spec, dtype)
+        if getattr(self.backbone.config, "use_cache", False):
+            # A decoder's KV cache serves generation; reading each text once, it would only copy every layer's
+            # keys and values and hold them to the end of the forward (~0.75 GB at batch 256 for SmolLM2).
+            self.backbone.config.use_cache = False
         if len(self.tokenizer) > self.backbone.get_input_embeddings().num_embeddings:  # a pad token was added
             self.backbone.resize_token_embeddings(len(self.tokenizer))
         self.hidden_size = _hidden_size(self.backbone.config, spec)

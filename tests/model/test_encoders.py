@@ -98,6 +98,16 @@ def test_decoder_gets_a_pad_token_and_right_padding(tiny_models):
     assert mask[0, 0] == 1 and mask[0, -1] == 0
 
 
+def test_a_decoder_reads_texts_without_building_a_kv_cache(tiny_models):
+    encoder = make(tiny_models["llama"], "last")
+    batch = encoder.tokenize(["a cat sat on the mat", "the dog"])
+    with torch.no_grad():
+        plain = encoder.backbone(**batch)
+        cached = encoder.backbone(**batch, use_cache=True)
+    assert plain.past_key_values is None and cached.past_key_values is not None
+    torch.testing.assert_close(plain.last_hidden_state, cached.last_hidden_state)
+
+
 def test_max_length_truncates(tiny_models):
     encoder = make(tiny_models["bert"], max_length=8)
     tokens = encoder.tokenize([" ".join(["movie"] * 50)])

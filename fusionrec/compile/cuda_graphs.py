@@ -154,7 +154,6 @@ class CudaGraphRunner:
                 self.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 log.warning("CUDA graph capture failed for shapes %s (%s); this replica runs eager from now on",
                             [tuple(t.shape) for t in padded], self.fallback_reason)
-                torch.cuda.synchronize()
                 return None
         return self._graphs[key]
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fusionrec.compile.capture_check import capture_blockers
-from fusionrec.compile.cuda_graphs import Buckets, CudaGraphRunner, pad_to_buckets
+from fusionrec.compile.cuda_graphs import Buckets, CudaGraphRunner, _Captured, pad_to_buckets
 from fusionrec.compile.graphs import GraphSignature, build_graph
 from fusionrec.compile.inputs import TowerInputs, select
 from fusionrec.compile.torch_backend import TorchRuntime
@@ -84,6 +84,54 @@ def test_batches_above_the_largest_bucket_run_in_chunks(text_model):
     runner = CudaGraphRunner(module, signature, Buckets(max_batch=2), capture=False)
     with torch.no_grad():
         torch.testing.assert_close(runner(*tensors), module(*tensors), rtol=1e-5, atol=1e-6)
+
+
+class _ReplayOnCpu:
+    """Stands in for a captured CUDA graph on a CPU: a replay recomputes the static output from the static
+    inputs, which is what a real replay does, so the runner's bookkeeping around it is what is tested."""
+
+    def __init__(self, module: nn.Module, inputs: list[torch.Tensor], output: torch.Tensor) -> None:
+        self.module, self.inputs, self.output = module, inputs, output
+
+    def replay(self) -> None:
+        self.output.copy_(self.module(*self.inputs))
+
+
+def _capture_on_cpu(runner: CudaGraphRunner, example: list[torch.Tensor]) -> _Captured:
+    static = [t.clone() for t in example]
+    output = runner.module(*static)
+    return _Captured(_ReplayOnCpu(runner.module, static, output), static, output)
+
+
+def test_each_bucket_is_captured_once_and_replays_see_the_new_request(text_model, monkeypatch):
+    monkeypatch.setattr(CudaGraphRunner, "_capture", _capture_on_cpu)
+    module, signature = build_graph(text_model, "user")
+    inputs = TowerInputs.from_model(text_model)
+    runner = CudaGraphRunner(module, signature)
+    calls = [TEXTS[:3], TEXTS[:1], TEXTS[1:4], TEXTS[3:4]]  # buckets 4, 1, 4 again, 1 again: new texts each time
+    with torch.inference_mode():
+        for texts in calls:
+            tensors = _tensors(inputs.tokens(texts), signature)
+            torch.testing.assert_close(runner(*tensors), module(*tensors), rtol=1e-5, atol=1e-6)
+    assert runner.captured == 2 and runner.fallback_reason is None
+
+
+def test_a_failed_capture_falls_back_to_eager_once_and_says_why(text_model, monkeypatch):
+    attempts = []
+
+    def fail(runner, example):
+        attempts.append(len(example))
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(CudaGraphRunner, "_capture", fail)
+    module, signature = build_graph(text_model, "user")
+    runner = CudaGraphRunner(module, signature)
+    with torch.inference_mode():
+        for texts in (TEXTS[:2], TEXTS):
+            tensors = _tensors(TowerInputs.from_model(text_model).tokens(texts), signature)
+            torch.testing.assert_close(runner(*tensors), module(*tensors), rtol=1e-5, atol=1e-6)
+    assert runner.fallback_reason == "RuntimeError: operation not permitted when stream is capturing"
+    assert len(attempts) == 1 and runner.captured == 0
 
 
 def test_product_graphs_can_be_captured(text_model, sequence_model):

@@ -11,7 +11,12 @@ import torch
 from torch import nn
 
 from fusionrec.compile.capture_check import capture_blockers
-from fusionrec.compile.cuda_graphs import Buckets, CudaGraphRunner, _Captured, pad_to_buckets
+from fusionrec.compile.cuda_graphs import (
+    Buckets,
+    CudaGraphRunner,
+    _Captured,
+    pad_to_buckets,
+)
 from fusionrec.compile.graphs import GraphSignature, build_graph
 from fusionrec.compile.inputs import TowerInputs, select
 from fusionrec.compile.torch_backend import TorchRuntime

@@ -41,11 +41,16 @@ from fusionrec.compile.parity import (
     ParityError,
     enforce,
     output_check,
+    paired_drop_interval,
     ranking_check,
 )
 from fusionrec.compile.pruning import check_depth, drop_top_layers
 from fusionrec.compile.registry import check_choice
-from fusionrec.compile.scoring import graph_ranking_metrics, model_ranking_metrics
+from fusionrec.compile.scoring import (
+    Ranking,
+    graph_ranking_metrics,
+    model_ranking_metrics,
+)
 from fusionrec.compile.smoothing import SMOOTH_ALPHA, ChannelStats, smooth_file
 from fusionrec.compile.torch_backend import TorchRuntime
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
@@ -99,13 +104,13 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
                         f"{artifact.spec.task.type}", field="compile.precision", fix="use fp32 for ctr/rating")
     inputs = TowerInputs.from_model(model)
     quality: dict[str, Any] = {}
-    torch_ndcg = None
+    torch_ranking: Ranking | None = None  # the gate's reference pass (metrics and per-user ranks)
     if prune_layers:
         check_depth(list(model.items.encoders), prune_layers)  # fail before minutes of evaluation
     if needs_ranking:  # before pruning: the model's cached item embeddings are its unpruned encoders'
-        unpruned = model_ranking_metrics(model, split)["ndcg@10"]
-        quality["unpruned_ndcg@10" if prune_layers else "torch_ndcg@10"] = unpruned
-        torch_ndcg = None if prune_layers else unpruned
+        measured = model_ranking_metrics(model, split)
+        quality["unpruned_ndcg@10" if prune_layers else "torch_ndcg@10"] = measured["ndcg@10"]
+        torch_ranking = None if prune_layers else measured
     if prune_layers:
         if not needs_ranking:  # ctr/rating models: the cost is not measured (noted in the record)
             quality["pruning_cost"] = "not measured: only ranking models are evaluated here"
@@ -114,10 +119,10 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
     graphs = {kind: build_graph(model, kind) for kind in GRAPHS}
     reference = {kind: TorchRuntime(copy.deepcopy(graphs[kind][0]), graphs[kind][1], "fp32", "cpu", "eager")
                  for kind in GRAPHS}
-    if precision == "int8" and torch_ndcg is None:  # pruned: only the pruned graphs compute the pruned model
-        torch_ndcg = graph_ranking_metrics(model, reference["user"], reference["item"], inputs, split)["ndcg@10"]
-        quality["torch_ndcg@10"] = torch_ndcg
-    if torch_ndcg is not None:
+    if precision == "int8" and torch_ranking is None:  # pruned: only the pruned graphs compute the pruned model
+        torch_ranking = graph_ranking_metrics(model, reference["user"], reference["item"], inputs, split)
+        quality["torch_ndcg@10"] = torch_ranking["ndcg@10"]
+    if torch_ranking is not None:
         quality["torch_reference"] = "pruned eager graphs" if prune_layers else "model"
     checks: list[ParityCheck] = []
     int8: dict[str, Any] | None = None
@@ -151,7 +156,7 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
         if precision == "int8":
             chosen, int8 = _int8_ladder(model, {kind: files[FILES[kind]] for kind in GRAPHS},
                                         {kind: select(examples[kind], graphs[kind][1]) for kind in GRAPHS},
-                                        inputs, split, torch_ndcg, tolerance, threads, folder, report)
+                                        inputs, split, torch_ranking, tolerance, threads, folder, report)
             runtimes = chosen.runtimes
             files.update({FILES[kind]: chosen.paths[kind] for kind in GRAPHS})
         for kind in GRAPHS:
@@ -196,16 +201,21 @@ class Int8Attempt:
     fp32_matmuls: dict[str, int]  # weight MatMuls left in fp32, per graph (read back from the files)
 
     def as_json(self) -> dict[str, Any]:
-        return {"outlier_ratio": self.ratio, "smooth_alpha": self.alpha, "fp32_matmuls": self.fp32_matmuls,
-                "torch_ndcg@10": self.check.detail["torch_ndcg@10"],
-                "compiled_ndcg@10": self.check.detail["compiled_ndcg@10"],
-                "relative_drop": self.check.value, "passed": self.check.passed}
+        record = {"outlier_ratio": self.ratio, "smooth_alpha": self.alpha, "fp32_matmuls": self.fp32_matmuls,
+                  "torch_ndcg@10": self.check.detail["torch_ndcg@10"],
+                  "compiled_ndcg@10": self.check.detail["compiled_ndcg@10"],
+                  "relative_drop": self.check.value, "passed": self.check.passed}
+        if "drop_95_interval" in self.check.detail:
+            record["drop_95_interval"] = self.check.detail["drop_95_interval"]
+        return record
 
     def line(self) -> str:
         kept = ", ".join(f"{kind} {n}" for kind, n in self.fp32_matmuls.items())
+        interval = self.check.detail.get("drop_95_interval")
+        spread = "" if interval is None else f"95% over users {interval[0]:+.1%} to {interval[1]:+.1%}; "
         return (f"int8 at outlier ratio {_rung_name(self.ratio, self.alpha)} (MatMuls kept fp32: {kept}): NDCG@10 "
                 f"torch {self.check.detail['torch_ndcg@10']:.4f} -> int8 {self.check.detail['compiled_ndcg@10']:.4f}"
-                f", drop {self.check.value:+.2%} (limit {self.check.tolerance:.2%}) "
+                f", drop {self.check.value:+.2%} ({spread}limit {self.check.tolerance:.2%}) "
                 f"{'ok' if self.check.passed else 'FAILED'}")
 
 
@@ -221,7 +231,7 @@ def int8_rungs() -> list[tuple[float, float | None]]:
 
 
 def _int8_ladder(model, exported: dict[str, Path], examples: dict[str, dict[str, np.ndarray]],
-                 inputs: TowerInputs, split: LeaveOneOutSplit, torch_ndcg: float, tolerance: float | None,
+                 inputs: TowerInputs, split: LeaveOneOutSplit, torch_ranking: Ranking, tolerance: float | None,
                  threads: int, folder: Path, report: Callable[[str], None]) -> tuple[Int8Attempt, dict[str, Any]]:
     """Quantise both graphs at each rung of `int8_rungs` in turn (smoothed, then as exported; each keeps
     more MatMuls fp32) until the ranking gate passes; returns that attempt and the record of all of them.
@@ -251,9 +261,12 @@ def _int8_ladder(model, exported: dict[str, Path], examples: dict[str, dict[str,
         quantised = {kind: ort_backend.quantize_int8(paths[kind], folder / f"int8-{rung}" / FILES[kind],
                                                      outlier_ratio=ratio, ratios=ratios[kind]) for kind in GRAPHS}
         runtimes = {kind: ort_backend.OnnxRuntime(quantised[kind], threads) for kind in GRAPHS}
-        compiled = graph_ranking_metrics(model, runtimes["user"], runtimes["item"], inputs, split)["ndcg@10"]
+        compiled = graph_ranking_metrics(model, runtimes["user"], runtimes["item"], inputs, split)
+        ranks = getattr(compiled, "ranks", None)
+        interval = None if ranks is None else paired_drop_interval(torch_ranking.ranks, ranks)
         attempt = Int8Attempt(ratio, alpha, quantised, runtimes,
-                              ranking_check("ranking", torch_ndcg, compiled, tolerance),
+                              ranking_check("ranking", torch_ranking["ndcg@10"], compiled["ndcg@10"], tolerance,
+                                            interval),
                               {kind: ort_backend.int8_coverage(quantised[kind])[1] for kind in GRAPHS})
         attempts.append(attempt)
         report(attempt.line())

@@ -21,10 +21,22 @@ import torch
 
 from fusionrec.compile.inputs import TowerInputs
 from fusionrec.data.splits import LeaveOneOutSplit
-from fusionrec.metrics import evaluate_ranking
+from fusionrec.metrics.evaluator import RANK_METRICS, metrics_from_ranks, rank_targets
 
 BATCH = 64
 UserVectors = Callable[[torch.Tensor, list[np.ndarray]], torch.Tensor]  # users [B], histories -> [B, D]
+
+
+class Ranking(dict):
+    """HR/NDCG/MRR@10 by name, plus `ranks`: the held-out item's rank for each evaluated user, in split order.
+
+    The metrics alone answer "how good"; comparing two models on the same users needs the ranks too
+    (`parity.paired_drop_interval`), so one evaluation pass serves both.
+    """
+
+    def __init__(self, metrics: dict[str, float], ranks: np.ndarray) -> None:
+        super().__init__(metrics)
+        self.ranks = ranks  # [U] 1-based
 
 
 def encode_catalogue(item_runtime: Any, inputs: TowerInputs, n_items: int, batch: int = BATCH) -> np.ndarray:
@@ -35,7 +47,7 @@ def encode_catalogue(item_runtime: Any, inputs: TowerInputs, n_items: int, batch
 
 
 def graph_ranking_metrics(model: Any, user_runtime: Any, item_runtime: Any, inputs: TowerInputs,
-                          split: LeaveOneOutSplit, stage: str = "valid") -> dict[str, float]:
+                          split: LeaveOneOutSplit, stage: str = "valid") -> Ranking:
     """HR/NDCG/MRR@10 at `stage` when every vector comes from the given runtimes."""
     catalogue = encode_catalogue(item_runtime, inputs, model.n_items)
 
@@ -61,16 +73,17 @@ def model_vectors(model: Any) -> tuple[torch.Tensor, UserVectors]:
     return catalogue, users
 
 
-def model_ranking_metrics(model: Any, split: LeaveOneOutSplit, stage: str = "valid") -> dict[str, float]:
+def model_ranking_metrics(model: Any, split: LeaveOneOutSplit, stage: str = "valid") -> Ranking:
     """HR/NDCG/MRR@10 at `stage` of the (unpruned) model itself: the gate's torch reference."""
     catalogue, users = model_vectors(model)
     return _metrics(model, catalogue, users, split, stage)
 
 
 def _metrics(model: Any, catalogue: torch.Tensor, users: UserVectors, split: LeaveOneOutSplit,
-             stage: str) -> dict[str, float]:
+             stage: str) -> Ranking:
     def score(ids: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         with torch.no_grad():
             return model.head.full_sort_predict(users(ids, histories), catalogue, ids)  # [B, N]
 
-    return evaluate_ranking(score, split, stage, ks=(10,))
+    _, ranks = rank_targets(score, split, stage)
+    return Ranking(metrics_from_ranks(ranks, ks=[10], metrics=RANK_METRICS), ranks)

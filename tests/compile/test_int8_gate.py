@@ -147,6 +147,8 @@ def test_the_default_ladder_starts_smoothed_and_a_passing_smoothed_rung_is_what_
     int8 = record["int8"]
     assert (int8["outlier_ratio"], int8["smooth_alpha"]) == (ort_backend.OUTLIER_RATIO, SMOOTH_ALPHA)
     assert [a["smooth_alpha"] for a in int8["attempts"]] == [SMOOTH_ALPHA]  # the tiny LMs pass at once
+    low, high = int8["attempts"][0]["drop_95_interval"]  # how finely this split measures the drop
+    assert low <= int8["attempts"][0]["relative_drop"] <= high
     # their activations have no outliers (max/rms <= 8), so nothing was worth smoothing
     nodes = onnx.load(str(path / "encoder.onnx")).graph.node
     assert not any(n.op_type == "Mul" and n.name.endswith("_smooth") for n in nodes)

@@ -262,8 +262,7 @@ def _int8_ladder(model, exported: dict[str, Path], examples: dict[str, dict[str,
                                                      outlier_ratio=ratio, ratios=ratios[kind]) for kind in GRAPHS}
         runtimes = {kind: ort_backend.OnnxRuntime(quantised[kind], threads) for kind in GRAPHS}
         compiled = graph_ranking_metrics(model, runtimes["user"], runtimes["item"], inputs, split)
-        ranks = getattr(compiled, "ranks", None)
-        interval = None if ranks is None else paired_drop_interval(torch_ranking.ranks, ranks)
+        interval = paired_drop_interval(torch_ranking.ranks, compiled.ranks)
         attempt = Int8Attempt(ratio, alpha, quantised, runtimes,
                               ranking_check("ranking", torch_ranking["ndcg@10"], compiled["ndcg@10"], tolerance,
                                             interval),

@@ -21,6 +21,7 @@ from fusionrec.compile.inputs import TowerInputs
 from fusionrec.compile.parity import max_relative_error
 from fusionrec.compile.pruning import drop_top_layers
 from fusionrec.compile.scoring import (
+    Ranking,
     encode_catalogue,
     graph_ranking_metrics,
     model_ranking_metrics,
@@ -100,7 +101,8 @@ def penalise_quantised(monkeypatch, always: bool = False) -> None:
     """A stand-in gate that int8 cannot pass: the compiled NDCG@10 is the measured one halved whenever the
     user graph holds a quantised MatMul (or always), so only a rung that keeps every product fp32 passes."""
     def judged(model, user_runtime, item_runtime, inputs, split, stage="valid"):
-        metrics = dict(graph_ranking_metrics(model, user_runtime, item_runtime, inputs, split, stage))
+        measured = graph_ranking_metrics(model, user_runtime, item_runtime, inputs, split, stage)
+        metrics = Ranking(measured, measured.ranks)
         if always or ort_backend.int8_coverage(user_runtime.path)[0]:
             metrics["ndcg@10"] *= 0.5
         return metrics

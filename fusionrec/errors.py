@@ -83,7 +83,9 @@ def manifest_from_dict(document: Any, source: str = "manifest") -> "Manifest":  
     if not isinstance(document, dict):
         raise UserError(f"{source} must be a mapping with apiVersion, kind, metadata and spec")
     try:
-        return Manifest.model_validate(document)
+        # Strict: no "4" for 4 or "true" for true. The API server converts nothing, and whatever one of the two
+        # accepts the other must accept too.
+        return Manifest.model_validate(document, strict=True)
     except ValidationError as exc:
         problems = format_validation_error(exc)
         lines = "\n".join(f"  {field}: {msg}" for field, msg in problems)

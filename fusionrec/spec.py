@@ -10,8 +10,9 @@ convention) and snake_case in Python. Validators raise ValueError so pydantic re
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -22,10 +23,39 @@ API_VERSION = "v1alpha1"
 KIND = "FusionRecommender"
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# DNS-1035 label: what KubeRay requires of the RayService and RayCluster named after a FusionRecommender.
+_DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# DNS-1123 subdomain shape: dot-separated DNS labels (no `..`, no dot or dash at either end of a label), so
+# `<name>-<version>-manifest` and the other names derived from a version are valid object names.
+_VERSION = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+# Length limits of every free string, shared by the CLI and the CRD (the API server's CEL cost estimates need
+# them, and the operator ships the manifest in a ConfigMap, which must stay under 1 MiB).
+NAME_MAX = 63  # a DNS label
+METADATA_NAME_MAX = 47  # KubeRay: RayService/RayCluster names derived from metadata.name
+VERSION_MAX = 40
+URI_MAX = 2048  # local paths, pkg://, hf://, pvc://, s3:// URIs
+COLUMN_MAX = 128  # a column name of the data files
+TEMPLATE_MAX = 4096  # data.itemTextTemplate
+SHORT_MAX = 64  # encodings, metric names, quantities, environment variable names
+SECRET_NAME_MAX = 253  # a Secret name (DNS-1123 subdomain)
+T_FILTER_KEY_MAX = 256  # a merge.tFilters key (a tensor-name regex)
+
+
+def _nullable(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _nullable(get_args(annotation)[0])
+    return origin in (Union, types.UnionType) and type(None) in get_args(annotation)
 
 
 class SpecModel(BaseModel):
-    """Base for every spec section: camelCase aliases, unknown keys refused, assignment validated."""
+    """Base for every spec section: camelCase aliases, unknown keys refused, assignment validated.
+
+    A null where the field is not nullable reads as the field left out, as the Kubernetes API server reads it
+    (it replaces such a null by the field's default, or drops it when there is none): `fusion:` with no value in
+    YAML means the default fusion on the CLI and on a cluster alike. Nullable fields (`X | None`) keep null.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -34,6 +64,17 @@ class SpecModel(BaseModel):
         validate_assignment=True,
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _non_nullable_null_is_absent(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or None not in data.values():
+            return data
+        drop = set()
+        for name, info in cls.model_fields.items():
+            if not _nullable(info.annotation):
+                drop.update({name, info.alias or name})
+        return {k: v for k, v in data.items() if not (v is None and k in drop)}
+
 
 # --- models -----------------------------------------------------------------------------------------------
 
@@ -41,10 +82,10 @@ class SpecModel(BaseModel):
 class EncoderSpec(SpecModel):
     """One pretrained LM. Each keeps its own tokenizer; its pooled output is projected to `fusion.dim`."""
 
-    name: str = Field(pattern=_DNS_LABEL, max_length=63, description="Short name, used in reports and weights.")
+    name: str = Field(pattern=_DNS_LABEL, max_length=NAME_MAX, description="Short name, used in reports and weights.")
     source: str = Field(
         min_length=1,
-        max_length=2048,
+        max_length=URI_MAX,
         description="Local HF folder, pkg://<package>[/subdir] (a Python package that ships a model), "
         "hf://org/name (needs a hub) or pvc://<claim>/<path> on a cluster.",
     )
@@ -70,7 +111,8 @@ MergeMethod = Literal["linear", "task_arithmetic", "ties", "dare_linear", "dare_
 class MergeModelRef(SpecModel):
     """A checkpoint taking part in a merge, by encoder name or by source, with its weight."""
 
-    source: str = Field(min_length=1, description="Local HF folder or pkg:// source of a same-shape checkpoint.")
+    source: str = Field(min_length=1, max_length=URI_MAX,
+                        description="Local HF folder or pkg:// source of a same-shape checkpoint.")
     weight: float = Field(1.0, ge=0.0, description="Relative weight (linear, task arithmetic, TIES, DARE).")
 
 
@@ -78,9 +120,11 @@ class MergeSpec(SpecModel):
     """Parameter-space merge of same-architecture checkpoints into one encoder, before fine-tuning."""
 
     method: MergeMethod
-    name: str = Field("merged", pattern=_DNS_LABEL, description="Encoder name of the merged model.")
-    base: str | None = Field(None, description="Base checkpoint for task vectors (task arithmetic, TIES, DARE).")
-    models: list[MergeModelRef] = Field(min_length=1)
+    name: str = Field("merged", pattern=_DNS_LABEL, max_length=NAME_MAX,
+                      description="Encoder name of the merged model.")
+    base: str | None = Field(None, max_length=URI_MAX,
+                             description="Base checkpoint for task vectors (task arithmetic, TIES, DARE).")
+    models: list[MergeModelRef] = Field(min_length=1, max_length=16)
     density: float | None = Field(None, gt=0.0, le=1.0, description="TIES/DARE: fraction of each delta kept.")
     lambda_: float | None = Field(None, alias="lambda", gt=0.0, description="Scale of the merged task vector.")
     rescale: bool = Field(True, description="DARE: rescale kept deltas by 1/density.")
@@ -93,6 +137,9 @@ class MergeSpec(SpecModel):
     @classmethod
     def _t_filters(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for pattern, t in (value or {}).items():
+            if not 1 <= len(pattern) <= T_FILTER_KEY_MAX:
+                raise ValueError(f"merge.tFilters: a key is a regex or substring of 1 to {T_FILTER_KEY_MAX} "
+                                 f"characters, got {len(pattern)}")
             try:
                 re.compile(pattern)
             except re.error as exc:
@@ -138,10 +185,10 @@ class TaskSpec(SpecModel):
     history_length: int = Field(50, ge=1, le=1024, description="Most recent items that describe a user.")
     negatives: Literal["in_batch", "sampled", "full"] = Field("full", description="Softmax negatives.")
     num_negatives: int = Field(256, ge=1, le=100_000)
-    user_features: list[str] = Field(
+    user_features: list[Annotated[str, Field(min_length=1, max_length=COLUMN_MAX)]] = Field(
         default_factory=list, max_length=32,
         description="ctr/rating: users-table columns (e.g. age, gender, occupation, zip_code) embedded and added "
-                    "to the user vector; ranking user vectors depend on the history alone.",
+                    "to the user vector, each at most once; ranking user vectors depend on the history alone.",
     )
     cross_layers: int = Field(
         0, ge=0, le=6,
@@ -168,27 +215,30 @@ class TaskSpec(SpecModel):
 class ColumnMapping(SpecModel):
     """Maps a shop's export columns onto the data contract (user_id, item_id, timestamp, rating, label)."""
 
-    user_id: str = "user_id"
-    item_id: str = "item_id"
-    timestamp: str = "timestamp"
-    rating: str | None = "rating"
-    label: str | None = None
+    user_id: str = Field("user_id", min_length=1, max_length=COLUMN_MAX)
+    item_id: str = Field("item_id", min_length=1, max_length=COLUMN_MAX)
+    timestamp: str = Field("timestamp", min_length=1, max_length=COLUMN_MAX)
+    rating: str | None = Field("rating", min_length=1, max_length=COLUMN_MAX)
+    label: str | None = Field(None, min_length=1, max_length=COLUMN_MAX)
 
 
 class DataSpec(SpecModel):
     """Where interactions and item text come from. `dataset` names a built-in (ml-100k); paths override it."""
 
     dataset: Literal["ml-100k"] | None = Field("ml-100k", description="Built-in dataset, prepared offline.")
-    path: str | None = Field(None, description="Folder holding the dataset's files (else found or fetched).")
-    interactions: str | None = Field(None, description="CSV/Parquet/atomic file of interactions.")
-    items: str | None = Field(None, description="CSV/Parquet/atomic file of items and their text fields.")
-    users: str | None = None
+    path: str | None = Field(None, max_length=URI_MAX,
+                             description="Folder holding the dataset's files (else found or fetched).")
+    interactions: str | None = Field(None, max_length=URI_MAX, description="CSV/Parquet/atomic file of interactions.")
+    items: str | None = Field(None, max_length=URI_MAX,
+                              description="CSV/Parquet/atomic file of items and their text fields.")
+    users: str | None = Field(None, max_length=URI_MAX, description="CSV/Parquet/atomic file of users (side features).")
     format: Literal["auto", "csv", "parquet", "atomic", "movielens"] = "auto"
     delimiter: str = Field(",", min_length=1, max_length=4)
-    encoding: str = "utf-8"
+    encoding: str = Field("utf-8", min_length=1, max_length=SHORT_MAX)
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
     item_text_template: str = Field(
         "{title}. Genres: {genres}. Year: {year}",
+        max_length=TEMPLATE_MAX,
         description="Python format template over item fields; a missing field drops its clause.",
     )
     max_users: int | None = Field(None, ge=1, description="Use only the first N users (smoke tests, demos).")
@@ -204,7 +254,7 @@ class DataSpec(SpecModel):
 
 
 class EarlyStoppingSpec(SpecModel):
-    metric: str = Field("ndcg@10", pattern=r"^(ndcg|hr|mrr|recall)@\d+$|^(auc|logloss|rmse|mae)$")
+    metric: str = Field("ndcg@10", max_length=SHORT_MAX, pattern=r"^(ndcg|hr|mrr|recall)@\d+$|^(auc|logloss|rmse|mae)$")
     patience: int = Field(3, ge=1, le=1000)
 
 
@@ -228,7 +278,8 @@ class TrainingSpec(SpecModel):
     seed: int = Field(2020, ge=0)
     schedule: str | None = Field(None, max_length=128, description="Cron expression for periodic retraining on a cluster.")
     max_failures: int = Field(2, ge=0, le=100, description="Worker failures tolerated; resumes from checkpoint.")
-    storage_path: str | None = Field(None, description="Checkpoint storage (local folder or s3:// URI).")
+    storage_path: str | None = Field(None, max_length=URI_MAX,
+                                     description="Checkpoint storage (local folder or s3:// URI).")
 
     @field_validator("schedule")
     @classmethod
@@ -246,15 +297,18 @@ class CompileSpec(SpecModel):
 
 
 class ResourcesSpec(SpecModel):
-    cpu: str = Field("1", pattern=r"^\d+(\.\d+)?m?$")
-    memory: str = Field("2Gi", pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+    cpu: str = Field("1", max_length=SHORT_MAX, pattern=r"^\d+(\.\d+)?m?$")
+    memory: str = Field("2Gi", max_length=SHORT_MAX, pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
     gpu: int = Field(0, ge=0, le=16)
 
 
 class AuthSpec(SpecModel):
-    secret_ref: str | None = Field(None, description="Kubernetes Secret with a `tokens` key, one token a line.")
-    token_file: str | None = Field(None, description="Local file with one bearer token a line.")
-    token_env: str | None = Field(None, description="Environment variable holding comma-separated tokens.")
+    secret_ref: str | None = Field(None, min_length=1, max_length=SECRET_NAME_MAX,
+                                   description="Kubernetes Secret with a `tokens` key, one token a line.")
+    token_file: str | None = Field(None, min_length=1, max_length=URI_MAX,
+                                   description="Local file with one bearer token a line.")
+    token_env: str | None = Field(None, min_length=1, max_length=SHORT_MAX,
+                                  description="Environment variable holding comma-separated tokens.")
 
 
 class ServingLimits(SpecModel):
@@ -287,6 +341,9 @@ class ServingSpec(SpecModel):
 
 
 class AnalysisSpec(SpecModel):
+    enabled: bool = Field(
+        True, description="Gate each canary step on the SLO analysis (error rate, p99). false: steps advance on "
+        "stepIntervalSeconds alone, with no check; the status says the rollout was not gated.")
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_p99_latency_ms: float = Field(50, gt=0)
     window_seconds: int = Field(60, ge=10, le=86_400)
@@ -294,7 +351,9 @@ class AnalysisSpec(SpecModel):
 
 class RolloutSpec(SpecModel):
     strategy: Literal["canary", "blueGreen"] = "canary"
-    steps: list[int] = Field(default_factory=lambda: [10, 50, 100], min_length=1, max_length=20)
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: [10, 50, 100], min_length=1, max_length=20,
+        description="Canary weights in percent, each in 1..100, strictly increasing, ending at 100.")
     step_interval_seconds: int = Field(300, ge=0, le=86_400)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     auto_rollback: bool = True
@@ -302,8 +361,6 @@ class RolloutSpec(SpecModel):
     @field_validator("steps")
     @classmethod
     def _steps_rise_to_100(cls, steps: list[int]) -> list[int]:
-        if any(not 1 <= s <= 100 for s in steps):
-            raise ValueError(f"rollout.steps are canary weights in 1..100, got {steps}")
         if any(b <= a for a, b in zip(steps, steps[1:])):
             raise ValueError(f"rollout.steps must strictly increase, got {steps}")
         if steps[-1] != 100:
@@ -331,7 +388,8 @@ class EvaluationSpec(SpecModel):
 
 
 class StorageSpec(SpecModel):
-    uri: str = Field("./runs", description="Where versioned artifacts live (local folder, pvc://, s3://).")
+    uri: str = Field("./runs", min_length=1, max_length=URI_MAX,
+                     description="Where versioned artifacts live (local folder, pvc://, s3://).")
 
 
 # --- the whole spec and the manifest around it --------------------------------------------------------------
@@ -340,7 +398,10 @@ class StorageSpec(SpecModel):
 class FusionRecommenderSpec(SpecModel):
     """Everything needed to train, compile, serve and roll out one recommender."""
 
-    version: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=40)
+    version: str = Field(
+        pattern=_VERSION, max_length=VERSION_MAX,
+        description="Version of the model; a new one is trained and rolled out. Lowercase letters, digits, '-' and "
+        "'.', dot-separated parts each starting and ending with a letter or digit (e.g. v3, 2024.06.1).")
     encoders: list[EncoderSpec] = Field(min_length=1, max_length=16)
     merge: MergeSpec | None = None
     fusion: FusionSpec = Field(default_factory=FusionSpec)
@@ -365,8 +426,10 @@ class FusionRecommenderSpec(SpecModel):
 
 
 class ObjectMeta(SpecModel):
-    name: str = Field(pattern=_DNS_LABEL, max_length=63)
-    namespace: str | None = Field(None, pattern=_DNS_LABEL, max_length=63)
+    name: str = Field(pattern=_DNS_1035_LABEL, max_length=METADATA_NAME_MAX,
+                      description="A DNS-1035 label (a lowercase letter first) of at most 47 characters: KubeRay "
+                      "requires that of the RayService and RayCluster named after it.")
+    namespace: str | None = Field(None, pattern=_DNS_LABEL, max_length=NAME_MAX)
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 
@@ -384,6 +447,22 @@ class Manifest(SpecModel):
     status: dict[str, Any] | None = Field(None, exclude=True)
 
 
+class ManifestLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: `1e-3` (no dot) is a number, as kubectl and the API server
+    read it, not the string PyYAML 1.1 makes of it (which strict validation would then refuse)."""
+
+
+ManifestLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                  |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest; raises UserError (exit 2) naming the file and the field."""
     from fusionrec.errors import UserError, manifest_from_dict
@@ -394,7 +473,7 @@ def load_manifest(path: str | Path) -> Manifest:
     except FileNotFoundError:
         raise UserError(f"manifest {path} does not exist", fix="pass the path of a FusionRecommender YAML file")
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=ManifestLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise UserError(f"manifest {path} is not valid YAML: {exc}")
     return manifest_from_dict(document, source=str(path))

@@ -45,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"fusionrec operator: {exc.render()}", file=sys.stderr)
         return 2
+    settings = kopf.OperatorSettings()
+    if namespaces and not any(set(n) & set("*?[!") for n in namespaces):
+        # Exact names: nothing to discover. kopf would list namespaces to find matches, get 403 from a
+        # namespaced install's RBAC and retry with back-off for about a minute before the first reconcile.
+        settings.scanning.disabled = True
     kopf.run(
+        settings=settings,
         standalone=args.peering is None,
         peering_name=args.peering,
         liveness_endpoint=args.liveness,

@@ -35,15 +35,20 @@ class OperatorConfig:
 
     Attributes:
         ray_image: image of every Ray pod (train and serve); it must contain fusionrec.
-        prometheus_url: base URL of the Prometheus HTTP API that gates rollout steps; None skips analysis
-            (steps then advance on their interval alone, and the RolledOut condition says so).
+        prometheus_url: base URL of the Prometheus HTTP API that gates rollout steps; None: no analysis
+            (a canary then holds at its first step, reason AnalysisUnavailable, unless its
+            spec.rollout.analysis.enabled is false).
         prometheus_selector: PromQL label matchers that pick one FusionRecommender's series, with
             `{namespace}` and `{name}` placeholders; the default matches the labels Prometheus Operator
             adds when it scrapes the `<name>-metrics` Service through the generated ServiceMonitor.
         sync_interval: seconds between two reconciles of one object by the timer.
         kube_server: an API server URL used without credentials (`kubectl proxy`, test servers); None
             logs in through the kubeconfig or the in-cluster service account.
+        kubeconfig: a kubeconfig file used exclusively (FUSIONREC_KUBECONFIG); None looks for the in-cluster
+            service account, then $KUBECONFIG or ~/.kube/config.
         metrics_port / metrics_host: where the operator's own /metrics listen; port 0 turns them off.
+        keep_versions: how many retired versions keep their training RayJob and manifest ConfigMap (for
+            their logs and manifests); older ones are deleted when a version leaves the rollout.
     """
 
     ray_image: str = f"fusionrec/ray-runtime:{__version__}"
@@ -52,9 +57,11 @@ class OperatorConfig:
     prometheus_timeout: float = 10.0
     sync_interval: float = 15.0
     kube_server: str | None = None
+    kubeconfig: str | None = None
     metrics_port: int = 8080
     metrics_host: str = "0.0.0.0"
     job_ttl_seconds: int = 3600
+    keep_versions: int = 3
     head_cpu: str = "1"
     head_memory: str = "4Gi"
     train_worker_memory: str = "8Gi"
@@ -83,9 +90,11 @@ class OperatorConfig:
             prometheus_timeout=_number(env, "FUSIONREC_PROMETHEUS_TIMEOUT", 10.0, 0.1),
             sync_interval=_number(env, "FUSIONREC_SYNC_INTERVAL", 15.0, 0.1),
             kube_server=(env.get("FUSIONREC_KUBE_SERVER") or None),
+            kubeconfig=(env.get("FUSIONREC_KUBECONFIG") or None),
             metrics_port=int(_number(env, "FUSIONREC_METRICS_PORT", 8080, 0)),
             metrics_host=env.get("FUSIONREC_METRICS_HOST", "0.0.0.0"),
             job_ttl_seconds=int(_number(env, "FUSIONREC_JOB_TTL_SECONDS", 3600, 0)),
+            keep_versions=int(_number(env, "FUSIONREC_KEEP_VERSIONS", 3, 0)),
             head_cpu=env.get("FUSIONREC_HEAD_CPU", "1"),
             head_memory=env.get("FUSIONREC_HEAD_MEMORY", "4Gi"),
             train_worker_memory=env.get("FUSIONREC_TRAIN_WORKER_MEMORY", "8Gi"),

@@ -18,7 +18,7 @@ SHORT_NAMES = ("frec",)
 CATEGORIES = ("fusionrec",)
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
-# KubeRay (the CRDs vendored under shared/vendor/kuberay-crds are v1.7.0; ray.io/v1 is the storage version).
+# KubeRay (the CRDs vendored under tests/operator/kuberay-crds are v1.7.0; ray.io/v1 is the storage version).
 RAY_GROUP = "ray.io"
 RAY_VERSION = "v1"
 RAYJOB_KIND = "RayJob"

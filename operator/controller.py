@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +30,7 @@ from fusionrec.operator.builders import (
 from fusionrec.operator.builders.common import check_cluster_spec, rayjob_name, serve_endpoint
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.cron import CronSchedule
-from fusionrec.operator.kube import KubeApi, KubeApiError
+from fusionrec.operator.kube import KubeApi, KubeApiError, owner_uids
 from fusionrec.operator.metrics import OperatorMetrics
 from fusionrec.operator.observe import JobState, observe_rayjob, observe_rayservice
 from fusionrec.operator.prometheus import MetricsSource, PrometheusError
@@ -50,6 +51,9 @@ from fusionrec.errors import UserError, manifest_from_dict
 from fusionrec.spec import Manifest
 
 log = logging.getLogger(__name__)
+
+# How long an API kind found missing (the ServiceMonitor CRD) is taken as still missing before asking again.
+MISSING_KIND_RECHECK_S = 300.0
 
 
 class EventSink(Protocol):
@@ -83,6 +87,14 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _age_order(obj: dict[str, Any]) -> tuple[str, int]:
+    """Oldest first: creationTimestamp has whole seconds, so ties go by the last write's resourceVersion (an
+    etcd revision on every server seen; opaque by contract, hence only a tie-breaker)."""
+    meta = obj["metadata"]
+    version = str(meta.get("resourceVersion") or "")
+    return meta.get("creationTimestamp") or "", int(version) if version.isdigit() else 0
+
+
 def retrain_version(base: str, moment: datetime) -> str:
     """A scheduled retrain's version: `<spec.version>-r<UTC yyyymmddhhmm>`, within the spec's 40 characters."""
     return f"{base[:26].rstrip('-.')}-r{moment.astimezone(timezone.utc):%Y%m%d%H%M}"
@@ -95,6 +107,15 @@ class Controller:
     metrics_source: MetricsSource | None = None
     operator_metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     clock: Callable[[], datetime] = utcnow
+    # Kinds the API server answered 404 for, with when: not asked again for MISSING_KIND_RECHECK_S.
+    missing_kinds: dict[str, float] = field(default_factory=dict)
+
+    def note_missing(self, plural: str) -> None:
+        self.missing_kinds[plural] = time.monotonic()
+
+    def recently_missing(self, plural: str) -> bool:
+        since = self.missing_kinds.get(plural)
+        return since is not None and time.monotonic() - since < MISSING_KIND_RECHECK_S
 
     async def reconcile(self, namespace: str, name: str, events: EventSink) -> FusionRecommenderStatus | None:
         """Raises InvalidSpec for a spec that cannot work (after recording it in the status)."""
@@ -121,6 +142,8 @@ class _Reconcile:
         self.status = FusionRecommenderStatus.from_body(body)
         self.written = self.status.to_patch()
         self.manifest: Manifest
+        self.prune_due = False  # a version left the rollout: old versions' training children may go
+        self.analysis_unavailable = False
 
     def condition(self, type_: ConditionType, value: ConditionStatus, reason: Reason, message: str) -> bool:
         return set_condition(self.status, type_, value, reason, message, now=self.now, generation=self.generation)
@@ -151,7 +174,14 @@ class _Reconcile:
         except KubeApiError as exc:
             if exc.status == 404 and exc.method == "POST":  # the API server does not serve that kind at all
                 await self.dependency_missing(exc)
+            if exc.status == 422 and exc.method in ("POST", "PATCH") and "/status" not in exc.path:
+                # The server refuses a child built from this spec (a derived name it finds invalid, a
+                # ConfigMap over 1 MiB...): retrying cannot help until the spec changes, so say so.
+                await self.invalid(UserError(f"the API server refused a child object made from this spec: {exc}",
+                                             field="spec"))
             raise
+        if self.prune_due:
+            await self.prune()
         await self.write()
 
     async def dependency_missing(self, exc: KubeApiError) -> None:
@@ -193,11 +223,15 @@ class _Reconcile:
                 remove_condition(self.status, ConditionType.MONITORING)
             return
         await self.c.kube.ensure(consts.SERVICES, self.adopt(service))
+        if self.c.recently_missing(consts.SERVICE_MONITORS.plural) and self.status.condition_is(ConditionType.MONITORING,
+                                                                                          "False"):
+            return  # asked a moment ago; the condition already says so
         try:
             await self.c.kube.ensure(consts.SERVICE_MONITORS, self.adopt(monitor))
         except KubeApiError as exc:
             if exc.status != 404:
                 raise
+            self.c.note_missing(consts.SERVICE_MONITORS.plural)
             message = ("monitoring.serviceMonitor is set but the ServiceMonitor CRD (monitoring.coreos.com/v1) is "
                        "not installed; install Prometheus Operator or turn monitoring.serviceMonitor off")
             if self.condition(ConditionType.MONITORING, "False", Reason.SERVICE_MONITOR_CRD_MISSING, message):
@@ -260,6 +294,7 @@ class _Reconcile:
             self.condition(ConditionType.ROLLED_OUT, "False", Reason.SUPERSEDED,
                            f"rollout of {version} stopped at {st.canary_weight}%: {why}")
         self.event("Normal", Reason.SUPERSEDED, f"candidate {version} dropped: {why}")
+        self.prune_due = True
         st.candidate_version, st.training_job = None, None
         st.rollout_step, st.canary_weight, st.step_started_at, st.rollout_paused = None, 0, None, False
 
@@ -286,6 +321,7 @@ class _Reconcile:
             self.event("Warning", Reason.TRAINING_FAILED, message)
             self.c.operator_metrics.training_jobs.labels(outcome="failed").inc()
             st.failed_version, st.candidate_version = version, None
+            self.prune_due = True
         else:
             self.condition(ConditionType.TRAINED, "True", Reason.TRAINING_SUCCEEDED,
                            f"RayJob {st.training_job} trained, evaluated and compiled version {version}")
@@ -311,12 +347,18 @@ class _Reconcile:
         self.apply(new_state, outcome, verdict)
 
     async def analyse(self, state: rollout.RolloutState) -> rollout.Verdict:
+        analysis = self.manifest.spec.rollout.analysis
         if not self.status.condition_is(ConditionType.READY, "True"):
             return rollout.Verdict(None, "the RayService is not Ready, so the candidate's metrics would mislead")
+        if not analysis.enabled:
+            return rollout.Verdict(True, "not gated: spec.rollout.analysis.enabled is false, so steps advance on "
+                                         "stepIntervalSeconds alone")
         source = self.c.metrics_source
         if source is None:
-            return rollout.Verdict(True, "not gated: no Prometheus configured (FUSIONREC_PROMETHEUS_URL)")
-        analysis = self.manifest.spec.rollout.analysis
+            self.analysis_unavailable = True
+            return rollout.Verdict(None, "no metrics to gate on: the operator has no Prometheus "
+                                         "(FUSIONREC_PROMETHEUS_URL, chart value operator.prometheus.url); configure "
+                                         "one, or set spec.rollout.analysis.enabled: false to advance on time alone")
         try:
             measured = await source.measure(namespace=self.namespace, name=self.name, version=state.candidate or "",
                                             window_seconds=analysis.window_seconds)
@@ -356,10 +398,42 @@ class _Reconcile:
             message = f"{candidate} breached its SLO at {state.weight}%; autoRollback is off, so the weights stay{why}"
             self.condition(ConditionType.ROLLED_OUT, "False", Reason.ROLLOUT_PAUSED, message)
             self.event("Warning", Reason.ROLLOUT_PAUSED, message)
+        elif outcome == rollout.Outcome.HELD and self.analysis_unavailable:
+            message = f"{candidate} stays at {state.weight}%{why}"
+            if self.condition(ConditionType.ROLLED_OUT, "False", Reason.ANALYSIS_UNAVAILABLE, message):
+                self.event("Warning", Reason.ANALYSIS_UNAVAILABLE, message)
         elif outcome == rollout.Outcome.HELD:
             message = f"{candidate} stays at {state.weight}%: analysis inconclusive{why}"
             if self.condition(ConditionType.ROLLED_OUT, "False", Reason.ANALYSIS_INCONCLUSIVE, message):
                 self.event("Normal", Reason.ANALYSIS_INCONCLUSIVE, message)
+        if outcome in (rollout.Outcome.PROMOTED, rollout.Outcome.ROLLED_BACK):
+            self.prune_due = True
+
+    # --- retention -----------------------------------------------------------------------------------------
+
+    async def prune(self) -> None:
+        """Delete the training RayJobs and manifest ConfigMaps of versions that left the rollout, keeping the
+        newest `config.keep_versions` of them (for their logs and manifests) besides those still in play."""
+        selector = f"{consts.NAME_LABEL}={self.name},{consts.COMPONENT_LABEL}=train"
+        jobs = await self.c.kube.list(consts.RAYJOBS, self.namespace, label_selector=selector)
+        for name in self.retired(jobs):
+            await self.c.kube.delete(consts.RAYJOBS, self.namespace, name)
+        manifests = await self.c.kube.list(consts.CONFIGMAPS, self.namespace, label_selector=selector)
+        for name in self.retired(manifests):
+            await self.c.kube.delete(consts.CONFIGMAPS, self.namespace, name)
+
+    def retired(self, children: list[dict[str, Any]]) -> list[str]:
+        """Names of this object's children beyond the kept retired versions, newest kept first."""
+        st = self.status
+        in_play = {v for v in (st.current_version, st.candidate_version) if v}
+        uid = self.body["metadata"].get("uid")
+        mine = sorted((c for c in children if uid in owner_uids(c)), key=_age_order, reverse=True)
+        out = [c["metadata"]["name"] for c in mine
+               if c["metadata"].get("labels", {}).get(consts.VERSION_LABEL) not in in_play]
+        dropped = out[self.c.config.keep_versions:]
+        if dropped:
+            log.info("%s/%s: deleting children of retired versions: %s", self.namespace, self.name, dropped)
+        return dropped
 
     # --- serving -------------------------------------------------------------------------------------------
 

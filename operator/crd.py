@@ -1,9 +1,16 @@
 """The FusionRecommender CRD, generated from the pydantic spec so the cluster and the CLI validate alike.
 
-Field types, enums, bounds and defaults come from `fusionrec.spec`. The spec's custom validators
-(cross-field rules such as "maxReplicas >= minReplicas") have no JSON Schema form, so each one is written
-here once more as a CEL `x-kubernetes-validations` rule; tests/operator check, validator by validator,
-that a spec refused by pydantic is refused by the rule and the other way round.
+Field types, enums, bounds, length limits and defaults come from `fusionrec.spec`. The spec's custom
+validators (cross-field rules such as "maxReplicas >= minReplicas") have no JSON Schema form, so each one is
+written here once more: as the API server's own list semantics where one exists (`x-kubernetes-list-type: set`
+refuses duplicate scalars, `map` duplicate keys), else as a CEL `x-kubernetes-validations` rule;
+tests/operator check, validator by validator, that a spec refused by pydantic is refused by the CRD and the
+other way round.
+
+CEL rules are costed by the API server when the CRD is written (each rule's worst case over the largest
+object the schema allows, against a per-rule and a per-CRD budget), so every string and list a rule reads is
+bounded in the spec, rules stay linear (no `all`+`exists_one` pairs) and there is no `messageExpression`
+(string concatenation of unbounded sizes is costed as unbounded).
 
     python -m fusionrec.operator.crd                 # print the CRD
     python -m fusionrec.operator.crd --write PATH    # write it (the chart's crds/ file)
@@ -23,10 +30,12 @@ from fusionrec.operator.schema import structural_schema
 from fusionrec.operator.status import Condition, FusionRecommenderStatus
 
 from fusionrec.spec import (
+    T_FILTER_KEY_MAX,
     DataSpec,
     EncoderSpec,
     FusionRecommenderSpec,
     MergeSpec,
+    ObjectMeta,
     RolloutSpec,
     ServingSpec,
     TaskSpec,
@@ -40,11 +49,8 @@ _TASK_VECTOR_METHODS = "['task_arithmetic', 'ties', 'dare_linear', 'dare_ties']"
 _DENSITY_METHODS = "['ties', 'dare_linear', 'dare_ties']"
 
 
-def _rule(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None,
-          message_expression: str | None = None) -> dict[str, str]:
+def _rule(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
     out = {"rule": rule, "message": message}
-    if message_expression:
-        out["messageExpression"] = message_expression
     if field_path:
         out["fieldPath"] = field_path
     if reason:
@@ -55,6 +61,7 @@ def _rule(rule: str, message: str, *, field_path: str | None = None, reason: str
 # (model, field alias or None for the whole model) -> schema merged into that node. One entry per custom
 # validator in fusionrec/spec.py (test_operator_schema_rules.py fails when a validator has no entry), plus
 # nothing else: length limits and bounds come from the spec itself.
+_SET = {"x-kubernetes-list-type": "set"}  # a list of unique scalars: the server refuses a duplicate itself
 SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
     (EncoderSpec, "source"): {
         "x-kubernetes-validations": [_rule(
@@ -80,8 +87,11 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
     # The regular-expression check of the keys stays with pydantic (the operator reports it as SpecValid=False):
     # CEL has no way to compile a Python regex.
     (MergeSpec, "tFilters"): {
-        "x-kubernetes-validations": [_rule("self.all(k, self[k] >= 0.0 && self[k] <= 1.0)",
-                                           "every tFilters value is a t in [0, 1]")],
+        "x-kubernetes-validations": [
+            _rule(f"self.all(k, size(k) >= 1 && size(k) <= {T_FILTER_KEY_MAX})",
+                  f"every tFilters key is a regex or substring of 1 to {T_FILTER_KEY_MAX} characters"),
+            _rule("self.all(k, self[k] >= 0.0 && self[k] <= 1.0)", "every tFilters value is a t in [0, 1]"),
+        ],
     },
     (DataSpec, None): {"x-kubernetes-validations": [
         _rule("has(self.dataset) || (has(self.interactions) && size(self.interactions) > 0)",
@@ -92,12 +102,13 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
         _rule("!has(self.userFeatures) || size(self.userFeatures) == 0 || (has(self.type) && self.type != 'ranking')",
               "userFeatures applies to type ctr or rating: a ranking user vector depends on the history alone",
               field_path=".userFeatures"),
-        _rule("!has(self.userFeatures) || self.userFeatures.all(c, self.userFeatures.exists_one(d, d == c))",
-              "userFeatures lists a column twice", field_path=".userFeatures"),
         _rule("!has(self.crossLayers) || self.crossLayers == 0 || (has(self.type) && self.type != 'ranking')",
               "crossLayers applies to type ctr or rating: a ranking score is a dot product",
               field_path=".crossLayers"),
     ]},
+    # task.userFeatures lists a column once: the list-type, not a rule (a pairwise rule over 32 strings of
+    # up to 128 characters is costed far over budget).
+    (TaskSpec, "userFeatures"): _SET,
     (TrainingSpec, "schedule"): {
         "x-kubernetes-validations": [_rule(
             "self.matches('^\\\\s*\\\\S+(\\\\s+\\\\S+){4}\\\\s*$')",
@@ -106,19 +117,17 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
     },
     (ServingSpec, None): {"x-kubernetes-validations": [
         _rule("self.maxReplicas >= self.minReplicas", "maxReplicas must be >= minReplicas",
-              field_path=".maxReplicas",
-              message_expression="'maxReplicas (' + string(self.maxReplicas) + ') must be >= minReplicas ('"
-                                 " + string(self.minReplicas) + ')'"),
+              field_path=".maxReplicas"),
     ]},
-    (RolloutSpec, "steps"): {"x-kubernetes-validations": [
-        _rule("self.all(s, s >= 1 && s <= 100)", "rollout steps are canary weights in 1..100"),
-        _rule("self.all(s, self.exists_one(t, t == s)) && self.isSorted()", "rollout steps must strictly increase"),
-        _rule("self[size(self) - 1] == 100", "rollout steps must end at 100 so the candidate takes all traffic"),
+    # Each step in 1..100 is the items' minimum/maximum; unique is the set list-type, so sorted means strictly
+    # increasing.
+    (RolloutSpec, "steps"): {**_SET, "x-kubernetes-validations": [
+        _rule("self.isSorted()", "rollout steps must strictly increase"),
+        _rule("size(self) == 0 || self[size(self) - 1] == 100",
+              "rollout steps must end at 100 so the candidate takes all traffic"),
     ]},
-    (FusionRecommenderSpec, "encoders"): {"x-kubernetes-validations": [
-        _rule("self.all(e, self.exists_one(f, f.name == e.name))", "encoder names must be unique",
-              reason="FieldValueDuplicate"),
-    ]},
+    # Unique encoder names: a map list keyed by name (the server refuses a duplicate key).
+    (FusionRecommenderSpec, "encoders"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
 }
 
 STATUS_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
@@ -148,6 +157,15 @@ def status_schema() -> dict[str, Any]:
     return structural_schema(FusionRecommenderStatus, STATUS_EXTRAS)
 
 
+def metadata_schema() -> dict[str, Any]:
+    """The root `metadata` node: the API server lets a CRD restrict `name` (and nothing else but generateName;
+    not even a description on `metadata` itself). A DNS-1035 label of at most 47 characters, as
+    fusionrec.spec.ObjectMeta says: KubeRay requires that of the RayService and RayCluster named after it."""
+    name = ObjectMeta.model_json_schema(by_alias=True)["properties"]["name"]
+    return {"type": "object", "properties": {"name": {
+        "type": "string", "maxLength": name["maxLength"], "pattern": name["pattern"]}}}
+
+
 def build_crd() -> dict[str, Any]:
     """The CustomResourceDefinition as a dict, ready for YAML."""
     spec = spec_schema()
@@ -155,17 +173,13 @@ def build_crd() -> dict[str, Any]:
     root = {
         "type": "object",
         "description": "A recommender fused from pretrained language models, trained with a KubeRay RayJob "
-                       "and served by a RayService, rolled out version by version.",
+                       "and served by a RayService, rolled out version by version. metadata.name: a DNS-1035 "
+                       "label (a lowercase letter first) of at most 47 characters (KubeRay's limit).",
         "required": ["spec"],
-        "x-kubernetes-validations": [_rule(
-            "size(self.metadata.name) <= 47 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-            "metadata.name must be a DNS-1035 label (a lowercase letter first) of at most 47 characters: "
-            "KubeRay requires that of the RayService and RayCluster named after it",
-        )],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "metadata": metadata_schema(),
             "spec": spec,
             "status": status_schema(),
         },

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
 import httpx
 import kopf
+import yaml
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.consts import Resource
 
@@ -40,15 +42,75 @@ class Change(StrEnum):
 
 def resolve_connection(config: OperatorConfig, *, settings: kopf.OperatorSettings, logger: logging.Logger | Any,
                        **kwargs: Any) -> kopf.ConnectionInfo:
-    """FUSIONREC_KUBE_SERVER if set (kubectl proxy, test servers), else in-cluster, else the kubeconfig."""
+    """Which API server, with which credentials, in a fixed order that never guesses.
+
+    1. FUSIONREC_KUBE_SERVER: a URL used without credentials (kubectl proxy, test servers).
+    2. FUSIONREC_KUBECONFIG: that kubeconfig file and nothing else; a missing file is an error, never a
+       fall-through to ~/.kube/config (a test pointed at a throw-away cluster must not reach a real one).
+    3. In a pod: the mounted service-account token.
+    4. $KUBECONFIG, else ~/.kube/config, read when the operator logs in (not when a library is imported).
+    5. The kubernetes client library, only for kubeconfig users that need it (exec plugins, auth providers).
+    """
     if config.kube_server:
         return kopf.ConnectionInfo(server=config.kube_server)
-    for login in (kopf.login_via_client, kopf.login_with_service_account, kopf.login_with_kubeconfig):
+    if config.kubeconfig:
+        return kubeconfig_connection(config.kubeconfig, trust_env=settings.networking.trust_env)
+    for login in (kopf.login_with_service_account, kopf.login_with_kubeconfig):
         info = login(settings=settings, logger=logger, **kwargs)
-        if info is not None:
+        if info is not None and (info.token or info.certificate_path or info.certificate_data or info.username):
             return info
-    raise kopf.LoginError("no API server: set FUSIONREC_KUBE_SERVER or KUBECONFIG, or run in a pod with a "
+    try:
+        info = kopf.login_via_client(settings=settings, logger=logger, **kwargs)
+    except Exception as exc:  # the client library raises its own types for every kind of bad kubeconfig
+        raise kopf.LoginError(f"no usable credentials: {exc}") from exc
+    if info is not None:
+        return info
+    raise kopf.LoginError("no API server: set FUSIONREC_KUBECONFIG or KUBECONFIG, or run in a pod with a "
                           "service account")
+
+
+def kubeconfig_connection(path: str, *, trust_env: bool = False) -> kopf.ConnectionInfo:
+    """The current context of one kubeconfig file: server, CA, and a token or a client certificate.
+
+    kopf's own reader only looks at $KUBECONFIG; this one takes an explicit path, so nothing in the
+    environment can redirect the operator. File references are relative to the kubeconfig, as kubectl reads them.
+    """
+    where = Path(path).expanduser()
+    try:
+        document = yaml.safe_load(where.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise UserError(f"kubeconfig {where} does not exist", field="FUSIONREC_KUBECONFIG") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"kubeconfig {where} is not valid YAML: {exc}", field="FUSIONREC_KUBECONFIG") from None
+
+    def named(section: str, name: str | None) -> dict[str, Any]:
+        for item in document.get(section) or []:
+            if item.get("name") == name:
+                return item.get(section[:-1]) or {}
+        raise UserError(f"kubeconfig {where}: no {section[:-1]} named {name!r}", field="FUSIONREC_KUBECONFIG")
+
+    context = named("contexts", document.get("current-context"))
+    cluster, user = named("clusters", context.get("cluster")), named("users", context.get("user"))
+
+    def relative(value: str | None) -> str | None:
+        return None if not value else str((where.parent / value).expanduser())
+
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        token = Path(relative(user["tokenFile"]) or "").read_text(encoding="utf-8").strip()
+    return kopf.ConnectionInfo(
+        server=cluster.get("server", ""),
+        ca_path=relative(cluster.get("certificate-authority")),
+        ca_data=cluster.get("certificate-authority-data"),
+        insecure=cluster.get("insecure-skip-tls-verify"),
+        certificate_path=relative(user.get("client-certificate")),
+        certificate_data=user.get("client-certificate-data"),
+        private_key_path=relative(user.get("client-key")),
+        private_key_data=user.get("client-key-data"),
+        token=token,
+        default_namespace=context.get("namespace"),
+        trust_env=trust_env,
+    )
 
 
 def contains(desired: Any, actual: Any) -> bool:
@@ -62,6 +124,20 @@ def contains(desired: Any, actual: Any) -> bool:
 
 def owner_uids(obj: dict[str, Any]) -> set[str]:
     return {ref.get("uid") for ref in obj.get("metadata", {}).get("ownerReferences", []) or []}
+
+
+def _left_by_namesake(existing: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Whether `existing` is owned by an earlier object of the same kind and name as `desired`'s owner.
+
+    Two objects with one name cannot exist in one namespace at once, so that earlier owner is gone and
+    `existing` is garbage the collector has not reached yet (or that an orphaning delete left behind).
+    """
+    def owners(obj: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(obj.get("metadata", {}).get("ownerReferences") or [])
+
+    wanted = {(ref.get("apiVersion"), ref.get("kind"), ref.get("name")) for ref in owners(desired)}
+    return bool(owners(existing)) and all(
+        (ref.get("apiVersion"), ref.get("kind"), ref.get("name")) in wanted for ref in owners(existing))
 
 
 class KubeApi:
@@ -116,6 +192,11 @@ class KubeApi:
                 return None
             raise
 
+    async def list(self, resource: Resource, namespace: str | None, *, label_selector: str) -> list[dict[str, Any]]:
+        """Objects matching `label_selector` (one page: the operator lists only its own few children)."""
+        found = await self.request("GET", resource.path(namespace), params={"labelSelector": label_selector})
+        return list((found or {}).get("items") or [])
+
     async def create(self, resource: Resource, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", resource.path(namespace), body=body)
 
@@ -157,6 +238,13 @@ class KubeApi:
         wanted_owners = owner_uids(desired)
         if wanted_owners and not wanted_owners & owner_uids(existing):
             where = f"{namespace}/{name}" if namespace else name
+            if _left_by_namesake(existing, desired):
+                # A FusionRecommender deleted and created again under the same name: its old children wait
+                # for the garbage collector. Remove this one now rather than refuse the new owner.
+                await self.delete(resource, namespace, name)
+                raise KubeApiError(409, "Conflict", f"{resource.kind} {where} belonged to a deleted "
+                                   "FusionRecommender of the same name; deleted it, will create it again",
+                                   method="POST", path=resource.path(namespace))
             raise UserError(f"{resource.kind} {where} already exists and is not owned by this "
                             "FusionRecommender; delete it or rename the FusionRecommender", field="metadata.name")
         body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata", "status")}

@@ -5,8 +5,8 @@ KubeApi call in the operator, plus what kopf itself does for the handlers regist
 without its permission, or a permission that no code uses any more, fails a test rather than a cluster.
 
 Deliberately not granted:
-- namespaces list/watch: when it watches named namespaces, kopf tries to list namespaces, logs one warning
-  when refused and uses the names it was given; granting it would show the operator every namespace.
+- namespaces list/watch: when it watches named namespaces, the operator turns kopf's namespace scanning
+  off and uses the names it was given; granting it would show the operator every namespace.
 - kopfpeerings: the chart runs one standalone replica (`--peering` is for multi-replica set-ups).
 """
 
@@ -51,12 +51,14 @@ PERMISSIONS: tuple[Permission, ...] = (
     _on(consts.FUSIONRECOMMENDERS, ("update",), "children are adopted with blockOwnerDeletion, which API servers "
         "running OwnerReferencesPermissionEnforcement allow only to who may update the owner's finalizers",
         subresource="finalizers"),
-    _on(consts.RAYJOBS, ("get", "create", "delete"),
+    _on(consts.RAYJOBS, ("get", "list", "create", "delete"),
         "training runs as a RayJob; a running job is never rewritten, and is deleted when its version is "
-        "superseded"),
-    _on(consts.RAYSERVICES, ("get", "create", "patch"),
-        "serving is one RayService whose serveConfigV2 weights each rollout step patches; it goes with its owner"),
-    _on(consts.CONFIGMAPS, ("get", "create"), "the manifest a training job reads, written once per version"),
+        "superseded or falls out of the kept versions (listed by label)"),
+    _on(consts.RAYSERVICES, ("get", "create", "patch", "delete"),
+        "serving is one RayService whose serveConfigV2 weights each rollout step patches; it goes with its owner, "
+        "and one left by a deleted FusionRecommender of the same name is deleted"),
+    _on(consts.CONFIGMAPS, ("get", "list", "create", "delete"),
+        "the manifest a training job reads, written once per version, deleted with its version's RayJob"),
     _on(consts.SERVICES, ("get", "create", "patch", "delete"),
         "the serving metrics Service, created and removed with spec.monitoring.serviceMonitor"),
     _on(consts.SERVICE_MONITORS, ("get", "create", "patch", "delete"),

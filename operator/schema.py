@@ -5,11 +5,21 @@ The API server accepts only structural schemas: every node typed, no `$ref`, no 
 beside `properties` (unknown fields are pruned, or refused under strict field validation). Pydantic emits
 JSON Schema 2020-12, so this module rewrites it; any keyword it does not know raises, so a new kind of
 field in the spec cannot slip into the CRD in a form the API server would reject.
+
+Two things the API server checks that JSON Schema does not say:
+
+- A `default` is validated as it is written, against its node's schema and CEL rules, when the CRD is
+  created: the server does not fill the defaults nested inside a default first. So the default of a
+  nested model is the model's complete dump (every field's own default), never `{}`.
+- A null never passes `enum`, even where the node is `nullable` and null is listed (kube-openapi compares
+  only non-null values with the enum), and CEL rules skip null values. So a nullable string enum is written
+  as a `pattern` that matches exactly its values (a null passes `pattern`), with `maxLength` for CEL costs.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, get_args
 
@@ -124,6 +134,8 @@ class _Converter:
             inner = self.node(options[0], where)
             outer = self.keywords({k: v for k, v in node.items() if k != "anyOf"}, where)
             nullable = len(options) < len(node["anyOf"])
+            if nullable and "enum" in inner:
+                inner = _nullable_enum(inner, where)
             return {**inner, **outer, **({"nullable": True} if nullable else {})}
         out = self.keywords(node, where)
         if "enum" in out and "type" not in out:
@@ -159,12 +171,29 @@ class _Converter:
 
 
 def _factory_default(factory: Callable[..., Any]) -> Any:
-    """A default_factory's value as the API server should fill it: a model becomes `{}` so that the
-    server then fills the model's own field defaults, a list or dict is dumped as is."""
+    """A default_factory's value as the API server should fill it: a model is dumped complete (camelCase,
+    nulls left out), because the server validates a default as written, without filling the defaults nested
+    in it first; a list or dict is dumped as is."""
     value = factory()
     if isinstance(value, BaseModel):
-        return {}
+        return value.model_dump(by_alias=True, exclude_none=True, mode="json")
     return copy.deepcopy(value)
+
+
+def _nullable_enum(node: dict[str, Any], where: str) -> dict[str, Any]:
+    """A nullable string enum as the API server can take it: the same values as an anchored `pattern`."""
+    values = [v for v in node["enum"] if v is not None]
+    if not values or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{where}: a nullable enum has no structural form unless its values are strings")
+    out = {k: v for k, v in node.items() if k != "enum"}
+    out["maxLength"] = max(len(v) for v in values)
+    out["pattern"] = "^(" + "|".join(_go_regex_literal(v) for v in values) + ")$"
+    return out
+
+
+def _go_regex_literal(value: str) -> str:
+    """`value` as a literal in an RE2 (Go) and Python regular expression."""
+    return re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", value)
 
 
 def _enum_type(values: list[Any], where: str) -> str:

@@ -42,6 +42,7 @@ class Reason(StrEnum):
     NOT_STARTED = "NotStarted"
     CANARY_IN_PROGRESS = "CanaryInProgress"
     ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    ANALYSIS_UNAVAILABLE = "AnalysisUnavailable"
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
     ROLLOUT_PAUSED = "RolloutPaused"

@@ -5,7 +5,8 @@ Both versions are deployed behind the router; each step of `spec.rollout.steps` 
 instead of the cluster's Prometheus window: requests are sent to both versions (their keys chosen so the
 candidate gets its share even at 10%), and the candidate's error rate and p99 latency are judged against
 `spec.rollout.analysis` by the operator's own `judge`. A breach rolls all traffic back to the old version
-(100/0), unless `autoRollback` is off, in which case the split stays where it is.
+(100/0), unless `autoRollback` is off, in which case the split stays where it is. With
+`spec.rollout.analysis.enabled: false` each step only waits for the new weights to reach the router.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def rollout(client: Any, apply_weights: Callable[[dict[str, int]], None], stable
         if not wait_for_routing(client, weights, candidate):
             verdict, measured, counts = Verdict(False, f"the weights {weights} did not reach the router in "
                                                        f"{ROUTING_WAIT_S:.0f}s"), None, {}
+        elif not local.analysis.enabled:
+            verdict, measured, counts = Verdict(True, "not gated: spec.rollout.analysis.enabled is false"), None, {}
         else:
             measured, problem, counts = check(client, weights, candidate, seed=len(result.steps))
             verdict = Verdict(False, problem) if problem else judge(measured, local.analysis,

@@ -355,3 +355,104 @@ async def test_missing_kuberay_is_shown_and_retried(h, cr):
     ready = stored.condition(ConditionType.READY)
     assert ready.reason == "DependencyMissing" and "is KubeRay installed" in ready.message
     assert "DependencyMissing" in h.reasons()
+
+
+async def _candidate_at_first_step(h: Harness, cr: dict[str, Any]) -> None:
+    await serve_v1(h, cr)
+    await h.set_spec(version="v2")
+    await h.reconcile()
+    await h.finish_job("v2", "SUCCEEDED")
+    await h.reconcile()
+    assert h.served() == [ServedVersion("v1", 90), ServedVersion("v2", 10)]
+
+
+@pytest.mark.asyncio
+async def test_without_a_metrics_source_a_gated_canary_holds_and_says_how_to_go_on(h, cr):
+    h.controller.metrics_source = None
+    await _candidate_at_first_step(h, cr)
+    for _ in range(2):
+        h.now += timedelta(seconds=60)
+        status = await h.reconcile()
+    assert h.served()[1] == ServedVersion("v2", 10)
+    rolled = status.condition(ConditionType.ROLLED_OUT)
+    assert rolled.reason == "AnalysisUnavailable" and "FUSIONREC_PROMETHEUS_URL" in rolled.message
+    assert "spec.rollout.analysis.enabled: false" in rolled.message
+    assert h.reasons().count("AnalysisUnavailable") == 1  # one Warning, not one per reconcile
+
+    await h.set_spec(rollout={"analysis": {"enabled": False}})  # the explicit opt-out
+    h.now += timedelta(seconds=60)
+    status = await h.reconcile()
+    assert h.served()[1] == ServedVersion("v2", 50)
+    assert "not gated: spec.rollout.analysis.enabled is false" in status.condition(ConditionType.ROLLED_OUT).message
+
+
+@pytest.mark.asyncio
+async def test_analysis_disabled_never_asks_the_metrics_source(h, cr):
+    cr["spec"]["rollout"]["analysis"] = {"enabled": False}
+    await _candidate_at_first_step(h, cr)
+    for _ in range(2):
+        h.now += timedelta(seconds=60)
+        status = await h.reconcile()
+    assert h.served() == [ServedVersion("v2", 100)] and h.metrics.asked == []
+    assert status.condition(ConditionType.ROLLED_OUT).reason == "Promoted"
+
+
+@pytest.mark.asyncio
+async def test_a_child_the_api_server_refuses_is_an_invalid_spec_not_a_loop(h, cr):
+    h.emulator["post /apis/ray.io/v1/namespaces/recs/rayjobs"] << 422 << {
+        "kind": "Status", "reason": "Invalid", "message": 'RayJob "x" is invalid: metadata.name: Invalid value'}
+    await h.create(cr)
+    with pytest.raises(InvalidSpec, match="refused a child"):
+        await h.reconcile()
+    stored = FusionRecommenderStatus.from_body(h.get(consts.FUSIONRECOMMENDERS, NAME))
+    valid = stored.condition(ConditionType.SPEC_VALID)
+    assert valid.status == "False" and "metadata.name: Invalid value" in valid.message
+    assert stored.phase == Phase.FAILED and h.reasons().count("InvalidSpec") == 1
+
+
+@pytest.mark.asyncio
+async def test_children_of_a_deleted_namesake_are_replaced_not_refused(h, cr):
+    stale_owner = {"apiVersion": "fusionrec.io/v1alpha1", "kind": "FusionRecommender", "name": NAME,
+                   "uid": "11111111-0000-0000-0000-000000000000", "controller": True, "blockOwnerDeletion": True}
+    await h.kube.create(consts.CONFIGMAPS, NS, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+        "name": "shop-recs-v1-manifest", "namespace": NS, "ownerReferences": [stale_owner]}})
+    await h.create(cr)
+    with pytest.raises(KubeApiError) as conflict:  # deleted now; retried by the next reconcile
+        await h.reconcile()
+    assert conflict.value.status == 409 and "deleted FusionRecommender of the same name" in str(conflict.value)
+    assert h.get(consts.CONFIGMAPS, "shop-recs-v1-manifest") is None
+    status = await h.reconcile()
+    assert status.phase == Phase.TRAINING
+    owners = h.get(consts.CONFIGMAPS, "shop-recs-v1-manifest")["metadata"]["ownerReferences"]
+    assert [o["uid"] for o in owners] == [cr["metadata"]["uid"]]
+
+
+@pytest.mark.asyncio
+async def test_missing_service_monitor_crd_is_not_asked_again_every_reconcile(h, cr):
+    h.emulator["get /apis/monitoring.coreos.com/v1/namespaces/recs/servicemonitors/shop-recs"] << 404
+    h.emulator["post /apis/monitoring.coreos.com/v1/namespaces/recs/servicemonitors"] << 404
+    await h.create(cr)
+    await h.reconcile()
+    asked = [r for r in list(h.emulator) if "servicemonitors" in r.url.path]
+    for _ in range(3):
+        status = await h.reconcile()
+    assert [r for r in list(h.emulator) if "servicemonitors" in r.url.path] == asked
+    monitoring = status.condition(ConditionType.MONITORING)
+    assert monitoring.reason == "ServiceMonitorCRDMissing" and h.reasons().count("ServiceMonitorCRDMissing") == 1
+
+
+def test_retired_versions_beyond_the_kept_ones_are_chosen_oldest_first():
+    from fusionrec.operator.controller import _Reconcile
+
+    def child(version: str, created: str, rv: str, uid: str = "u1") -> dict[str, Any]:
+        return {"metadata": {"name": f"job-{version}", "creationTimestamp": created, "resourceVersion": rv,
+                             "labels": {consts.VERSION_LABEL: version}, "ownerReferences": [{"uid": uid}]}}
+
+    body = {"metadata": {"name": NAME, "namespace": NS, "uid": "u1"},
+            "status": {"currentVersion": "v1", "candidateVersion": "v5"}}
+    run = _Reconcile(Controller(kube=None, config=OperatorConfig(keep_versions=1)), body, lambda *e: None)
+    children = [child("v1", "2025-01-01T00:00:00Z", "10"), child("v2", "2025-01-01T00:01:00Z", "20"),
+                child("v3", "2025-01-01T00:01:00Z", "30"), child("v4", "2025-01-01T00:02:00Z", "40"),
+                child("v5", "2025-01-01T00:03:00Z", "50"), child("x", "2025-01-01T00:00:00Z", "1", uid="other")]
+    # v1 serves and v5 is the candidate; of the retired v2..v4 the newest (v4) stays; another owner's is not ours.
+    assert run.retired(children) == ["job-v3", "job-v2"]

@@ -9,7 +9,7 @@ from typing import Literal
 import kubernetes_validate
 import pytest
 import yaml
-from _operator_apiserver import evaluate
+from _operator_apiserver import Refused, admit
 from fusionrec.operator import consts, crd
 from fusionrec.operator.schema import check_structural, structural_schema
 from pydantic import BaseModel
@@ -94,8 +94,62 @@ def test_spec_schema_carries_enums_bounds_defaults_and_required(generated):
     assert props["serving"]["properties"]["targetOngoingRequests"] == {
         "type": "number", "default": 2, "minimum": 0, "exclusiveMinimum": True, "maximum": 10_000}
     assert props["rollout"]["properties"]["steps"]["default"] == [10, 50, 100]
-    assert props["serving"]["default"] == {}  # so the server fills the serving defaults when it is omitted
+    # Complete: the server validates a default as written (its CEL rules too), without nested defaults.
+    assert props["serving"]["default"]["maxReplicas"] == 4
+    assert props["serving"]["default"]["resources"] == {"cpu": "1", "memory": "2Gi", "gpu": 0}
+    assert props["data"]["default"]["dataset"] == "ml-100k"
+    assert props["rollout"]["default"]["analysis"]["enabled"] is True
     assert props["merge"]["nullable"] is True and "default" not in props["merge"]
+
+
+def test_nullable_enums_are_patterns(generated):
+    """The API server refuses a null against any `enum` (null listed or not), nullable or not, and CEL skips
+    nulls: a nullable string enum is an anchored pattern of its values instead (a null passes a pattern)."""
+    dataset = _root(generated)["properties"]["spec"]["properties"]["data"]["properties"]["dataset"]
+    assert dataset == {"type": "string", "description": dataset["description"], "nullable": True,
+                       "default": "ml-100k", "maxLength": 7, "pattern": "^(ml-100k)$"}
+
+    def walk(node: dict, path: str) -> None:
+        assert not (node.get("nullable") and "enum" in node), path
+        for name, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+
+    walk(_root(generated), "")
+
+
+def test_every_string_and_list_of_the_spec_is_bounded(generated):
+    """CEL cost estimates need bounds, and the manifest travels in a ConfigMap (1 MiB): every string has a
+    maxLength (or an enum), every list a maxItems, every map a maxProperties."""
+    unbounded = []
+
+    def walk(node: dict, path: str) -> None:
+        kind = node.get("type")
+        if kind == "string" and "maxLength" not in node and "enum" not in node:
+            unbounded.append(path)
+        if kind == "array" and "maxItems" not in node:
+            unbounded.append(path)
+        if kind == "object" and isinstance(node.get("additionalProperties"), dict) and "maxProperties" not in node:
+            unbounded.append(path)
+        for name, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{name}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                walk(node[key], f"{path}[]")
+
+    walk(_root(generated)["properties"]["spec"], "spec")
+    assert unbounded == []
+
+
+def test_uniqueness_is_the_servers_list_types(generated):
+    props = _root(generated)["properties"]["spec"]["properties"]
+    assert props["encoders"]["x-kubernetes-list-type"] == "map"
+    assert props["encoders"]["x-kubernetes-list-map-keys"] == ["name"]
+    assert props["encoders"]["items"]["required"][0] == "name"  # a map key must be required
+    assert props["task"]["properties"]["userFeatures"]["x-kubernetes-list-type"] == "set"
+    assert props["rollout"]["properties"]["steps"]["x-kubernetes-list-type"] == "set"
+    assert "messageExpression" not in json.dumps(generated)
 
 
 def test_every_cel_rule_compiles(generated):
@@ -118,11 +172,20 @@ def test_every_cel_rule_compiles(generated):
             celpy.Environment().compile(rule["messageExpression"])
 
 
-def test_name_rule_matches_kuberay_limits():
-    rule = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"][0]["rule"]
-    assert evaluate(rule, {"metadata": {"name": "shop-recs"}})
-    assert not evaluate(rule, {"metadata": {"name": "9shop"}})
-    assert not evaluate(rule, {"metadata": {"name": "a" * 48}})
+def _named(name: str) -> dict:
+    return {"apiVersion": "fusionrec.io/v1alpha1", "kind": "FusionRecommender", "metadata": {"name": name},
+            "spec": {"version": "v1", "encoders": [{"name": "minilm", "source": "pkg://m"}]}}
+
+
+def test_metadata_name_schema_matches_kuberay_limits(generated):
+    metadata = _root(generated)["properties"]["metadata"]
+    assert metadata == {"type": "object", "properties": {"name": {
+        "type": "string", "maxLength": 47, "pattern": "^[a-z]([-a-z0-9]*[a-z0-9])?$"}}}
+    admit(generated, _named("shop-recs"))
+    admit(generated, _named("a" * 47))
+    for bad in ("9shop", "a" * 48, "shop-"):
+        with pytest.raises(Refused, match="metadata.name"):
+            admit(generated, _named(bad))
 
 
 def test_cli_write_and_check(tmp_path):

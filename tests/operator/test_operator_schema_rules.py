@@ -1,9 +1,10 @@
 """Bad FusionRecommenders are refused by the CRD's schema and CEL rules, with the field in the message,
 exactly where pydantic (the CLI's validation) refuses them too.
 
-How: `_operator_apiserver.admit` applies the generated schema (defaults, strict OpenAPI validation) and
-evaluates the CEL rules with cel-python. That is a faithful model of the API server's admission, not the
-API server itself; tests/operator/test_operator_e2e.py repeats a few of these against a real cluster.
+How: `_operator_apiserver.admit` applies the generated schema (null pruning, defaults, strict OpenAPI
+validation, list types) and evaluates the CEL rules with cel-python. That is a model of the API server's
+admission, not the API server itself; tests/operator/test_invalid_specs.py runs its table through a real
+kube-apiserver too (when FUSIONREC_E2E_KUBECONFIG is set).
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import copy
 from typing import Any
 
 import pytest
-from _operator_apiserver import Refused, admit
+from _operator_apiserver import Refused, admit, check_crd
 from fusionrec.operator import crd
 from fusionrec.operator.schema import models_in
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusionrec.errors import UserError, manifest_from_dict
-from fusionrec.spec import FusionRecommenderSpec, Manifest
+from fusionrec.spec import FusionRecommenderSpec, Manifest, SpecModel
 
 CRD = crd.build_crd()
 MINIMAL = {"apiVersion": "fusionrec.io/v1alpha1", "kind": "FusionRecommender",
@@ -49,18 +50,21 @@ SLERP = {"method": "slerp", "t": 0.5, "models": [{"source": "pkg://a"}, {"source
 BAD = [
     ("wrong enum", "spec.task.type", "regression", "spec.task.type", "spec.task.type", "ranking"),
     ("negative replicas", "spec.serving.minReplicas", -1, "spec.serving.minReplicas", "spec.serving.minReplicas",
-     "minimum"),
-    ("missing encoders", "spec.encoders", DELETE, "spec", "spec.encoders", "encoders"),
+     "greater than or equal to 0"),
+    ("missing encoders", "spec.encoders", DELETE, "spec.encoders", "spec.encoders", "Required value"),
     ("steps not ending at 100", "spec.rollout.steps", [10, 50], "spec.rollout.steps", "spec.rollout.steps",
      "end at 100"),
     ("steps not increasing", "spec.rollout.steps", [50, 10, 100], "spec.rollout.steps", "spec.rollout.steps",
      "strictly increase"),
-    ("step out of range", "spec.rollout.steps", [0, 100], "spec.rollout.steps", "spec.rollout.steps", "1..100"),
+    ("step out of range", "spec.rollout.steps", [0, 100], "spec.rollout.steps[0]", "spec.rollout.steps[0]",
+     "greater than or equal to 1"),
+    ("repeated step", "spec.rollout.steps", [10, 10, 100], "spec.rollout.steps[1]", "spec.rollout.steps",
+     "Duplicate value"),
     ("maxReplicas below minReplicas", "spec.serving", {"minReplicas": 3, "maxReplicas": 2},
-     "spec.serving.maxReplicas", "spec.serving", "maxReplicas (2) must be >= minReplicas (3)"),
+     "spec.serving.maxReplicas", "spec.serving", "maxReplicas must be >= minReplicas"),
     ("duplicate encoder names", "spec.encoders",
-     [{"name": "a", "source": "pkg://x"}, {"name": "a", "source": "pkg://y"}], "spec.encoders", "spec.encoders",
-     "unique"),
+     [{"name": "a", "source": "pkg://x"}, {"name": "a", "source": "pkg://y"}], "spec.encoders[1]", "spec.encoders",
+     "Duplicate value"),
     ("unknown source scheme", "spec.encoders.0.source", "ftp://host/model", "spec.encoders[0].source",
      "spec.encoders[0].source", "unknown source scheme"),
     ("ties without base", "spec.merge", {**TIES, "density": 0.2}, "spec.merge.base", "spec.merge", "base is required"),
@@ -77,13 +81,14 @@ BAD = [
     ("userFeatures for ranking", "spec.task", {"type": "ranking", "userFeatures": ["age"]}, "spec.task.userFeatures",
      "spec.task", "ctr or rating"),
     ("userFeatures listed twice", "spec.task", {"type": "ctr", "userFeatures": ["age", "age"]},
-     "spec.task.userFeatures", "spec.task", "twice"),
+     "spec.task.userFeatures[1]", "spec.task", "Duplicate value"),
     ("crossLayers for ranking", "spec.task", {"type": "ranking", "crossLayers": 2}, "spec.task.crossLayers",
      "spec.task", "ctr or rating"),
     ("no data source", "spec.data", {"dataset": None}, "spec.data.interactions", "spec.data", "interactions"),
     ("bad cron", "spec.training.schedule", "0 3 * *", "spec.training.schedule", "spec.training.schedule",
      "5-field cron"),
-    ("misspelt field", "spec.training.batchsize", 64, "spec.training", "spec.training.batchsize", "batchsize"),
+    ("misspelt field", "spec.training.batchsize", 64, "strict decoding error", "spec.training.batchsize",
+     'unknown field "spec.training.batchsize"'),
     ("upper-case version", "spec.version", "V3", "spec.version", "spec.version", "V3"),
     ("bad encoder name", "spec.encoders.0.name", "MiniLM", "spec.encoders[0].name", "spec.encoders[0].name", "MiniLM"),
     ("zero latency limit", "spec.rollout.analysis.maxP99LatencyMs", 0, "spec.rollout.analysis.maxP99LatencyMs",
@@ -111,20 +116,37 @@ def test_server_defaults_equal_pydantic_defaults(doc, design_cr):
     assert stored["spec"] == parsed
 
 
+def _twin(extra: dict[str, Any]) -> bool:
+    """A CEL rule, or a list type (`set`/`map`) that makes the API server refuse duplicates itself."""
+    return bool(extra.get("x-kubernetes-validations")) or extra.get("x-kubernetes-list-type") in ("set", "map")
+
+
 def test_every_spec_validator_has_a_cel_rule():
-    """A new custom validator in fusionrec/spec.py must get its CEL twin in crd.SPEC_EXTRAS."""
+    """A new custom validator in fusionrec/spec.py must get its twin in crd.SPEC_EXTRAS: a CEL rule, or a
+    list type for a uniqueness check. SpecModel's own validator (a non-nullable null reads as absent) is the
+    API server's null handling and needs none."""
+    inherited = set(SpecModel.__pydantic_decorators__.model_validators)
     missing = []
     for cls in models_in(FusionRecommenderSpec):
         decorators = cls.__pydantic_decorators__
         for validator in decorators.field_validators.values():
             for name in validator.info.fields:
                 alias = cls.model_fields[name].alias or name
-                rules = crd.SPEC_EXTRAS.get((cls, alias), {}).get("x-kubernetes-validations")
-                if not rules:
+                if not _twin(crd.SPEC_EXTRAS.get((cls, alias), {})):
                     missing.append(f"{cls.__name__}.{alias}")
-        if decorators.model_validators and not crd.SPEC_EXTRAS.get((cls, None), {}).get("x-kubernetes-validations"):
+        own = set(decorators.model_validators) - inherited
+        if own and not _twin(crd.SPEC_EXTRAS.get((cls, None), {})):
             missing.append(cls.__name__)
-    assert not missing, f"validators without a CEL rule in fusionrec/operator/crd.py: {missing}"
+    assert not missing, f"validators without a CEL rule or list type in fusionrec/operator/crd.py: {missing}"
+
+
+def test_crd_defaults_pass_their_own_schema_as_written():
+    """The API server validates each default as written (no nested defaults filled) when the CRD is created."""
+    assert check_crd(CRD) == []
+    broken = copy.deepcopy(CRD)
+    serving = broken["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["serving"]
+    serving["default"] = {}
+    assert any("properties[serving].default" in p and "maxReplicas" in p for p in check_crd(broken))
 
 
 def _agree(doc: dict[str, Any]) -> None:

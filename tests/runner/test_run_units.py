@@ -215,3 +215,25 @@ def test_a_busy_port_is_a_user_error_naming_the_option():
         with pytest.raises(UserError) as caught:
             check_port_free("127.0.0.1", taken.getsockname()[1])
     assert caught.value.field == "--port" and "--port 0" in caught.value.fix
+
+
+def test_local_rollout_with_analysis_disabled_steps_without_checking(monkeypatch):
+    """spec.rollout.analysis.enabled: false means the same locally as on a cluster: no check, time alone."""
+    from pathlib import Path
+
+    from fusionrec.runner import local_rollout
+    from fusionrec.runner.local_serve import Version
+    from fusionrec.spec import RolloutSpec
+
+    def no_check(*_a, **_k):
+        raise AssertionError("analysis is disabled: the loopback check must not run")
+
+    monkeypatch.setattr(local_rollout, "check", no_check)
+    monkeypatch.setattr(local_rollout, "wait_for_routing", lambda *_a, **_k: True)
+    applied: list[dict[str, int]] = []
+    spec = RolloutSpec.model_validate({"steps": [10, 50, 100], "analysis": {"enabled": False}})
+    result = local_rollout.rollout(None, applied.append, Version("v1", Path("a")), Version("v2", Path("b")),
+                                   spec, lambda _line: None)
+    assert result.outcome == "Promoted"
+    assert [w["v2"] for w in applied] == [10, 50, 100]
+    assert all("not gated" in step["message"] for step in result.steps)

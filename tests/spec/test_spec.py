@@ -114,3 +114,17 @@ def test_user_errors_survive_pickling():
     assert type(copy) is DataError
     assert (copy.file, copy.line, copy.field, copy.fix) == ("inter.csv", 7, "rating", "use a float")
     assert str(copy) == str(error)
+
+
+def test_manifests_read_numbers_as_kubectl_does_and_convert_nothing(tmp_path):
+    """`1e-3` is a float for kubectl (YAML 1.2); PyYAML 1.1 alone would make it a string. And nothing is
+    converted: a quoted "4" is not an integer for the API server, so not for the CLI either."""
+    base = ("apiVersion: fusionrec.io/v1alpha1\nkind: FusionRecommender\nmetadata: {name: m}\n"
+            "spec:\n  version: v1\n  encoders: [{name: e, source: ./e}]\n  training: {%s}\n")
+    path = tmp_path / "m.yaml"
+    path.write_text(base % "learningRate: 1e-3, workers: 2", encoding="utf-8")
+    training = load_manifest(path).spec.training
+    assert training.learning_rate == 0.001 and training.workers == 2
+    path.write_text(base % 'workers: "2"', encoding="utf-8")
+    with pytest.raises(UserError, match="spec.training.workers"):
+        load_manifest(path)

@@ -216,10 +216,10 @@ def test_new_version_rolls_out_as_a_canary_to_100(kube: Kube, namespace: str, de
         weights = _weights(kube, namespace)
         if weights.get("v2") is not None and (not seen or seen[-1] != weights["v2"]):
             seen.append(weights["v2"])
-        return _status(kube, namespace).get("currentVersion") == "v2"
+        # The status is written before the RayService (a crash in between resumes the step): wait for both.
+        return _status(kube, namespace).get("currentVersion") == "v2" and weights == {"v2": 100}
 
-    eventually(promoted, "v2 is promoted", 60, interval=0.2)
-    assert _weights(kube, namespace) == {"v2": 100}
+    eventually(promoted, "v2 is promoted and takes all traffic", 60, interval=0.2)
     assert seen == sorted(seen) and 10 in seen, f"the candidate's weight must only rise: {seen}"
     rolled = _condition(kube, namespace, "RolledOut")
     assert rolled["status"] == "True" and rolled["reason"] == "Promoted", rolled
@@ -272,8 +272,9 @@ def test_without_metrics_a_gated_canary_holds_and_a_killed_operator_resumes_wher
     seen: list[int] = []
 
     def promoted() -> bool:
-        seen.append(_weights(kube, namespace).get("v2", 100))
-        return _status(kube, namespace).get("currentVersion") == "v2"
+        weights = _weights(kube, namespace)
+        seen.append(weights.get("v2", 100))
+        return _status(kube, namespace).get("currentVersion") == "v2" and weights == {"v2": 100}
 
     eventually(promoted, "v2 is promoted after the restart", 60, interval=0.2)
     assert min(seen) >= 10, f"the restarted operator went back below the recorded step: {seen}"

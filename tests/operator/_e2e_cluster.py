@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 import yaml
+from _operator_process import OperatorProcess
 from fusionrec.operator import consts
 from fusionrec.operator.kube import kubeconfig_connection
 
@@ -175,35 +175,8 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class OperatorProcess:
-    """`python -m fusionrec.operator` as a subprocess, logging to a file; can be killed and started again."""
-
-    def __init__(self, kubeconfig: Path, log: Path, *args: str, **env: str) -> None:
-        self.kubeconfig, self.log, self.args, self.env = kubeconfig, log, args, env
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "FUSIONREC_KUBECONFIG": str(self.kubeconfig), "KUBECONFIG": "/nonexistent",
-               "FUSIONREC_SYNC_INTERVAL": "1", "FUSIONREC_METRICS_PORT": "0", "PYTHONSAFEPATH": "1",
-               "PYTHONUNBUFFERED": "1", **self.env}
-        env.pop("FUSIONREC_PROMETHEUS_URL", None)
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "fusionrec.operator", *self.args], env=env,
-                                            stdout=out, stderr=subprocess.STDOUT, cwd=self.log.parent)
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up handlers run, as when a node dies."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self, chars: int = 6000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
+def operator_as(kubeconfig: Path, log: Path, *args: str, **env: str) -> OperatorProcess:
+    """The operator logged in with `kubeconfig` only (KUBECONFIG points nowhere), re-checking every second."""
+    return OperatorProcess(log, args, {"FUSIONREC_KUBECONFIG": str(kubeconfig), "KUBECONFIG": "/nonexistent",
+                                       "FUSIONREC_SYNC_INTERVAL": "1", "FUSIONREC_METRICS_PORT": "0",
+                                       "FUSIONREC_PROMETHEUS_URL": "", **env})

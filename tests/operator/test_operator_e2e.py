@@ -27,12 +27,13 @@ from _e2e_cluster import (
     NAMESPACES,
     ApiError,
     Kube,
-    OperatorProcess,
     eventually,
     install_kuberay_crds,
     now,
+    operator_as,
     run_tool,
 )
+from _operator_process import OperatorProcess
 from fusionrec.operator import consts
 from fusionrec.operator.builders.common import manifest_configmap_name, rayjob_name
 from fusionrec.operator.builders.serving import parse_serve_versions
@@ -78,8 +79,8 @@ def operator_kubeconfig(kube: Kube, chart: dict[str, str], tmp_path_factory: pyt
 @pytest.fixture(scope="module")
 def operator(operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """One operator watching every namespace; FUSIONREC_KEEP_VERSIONS=1 so retention shows in two versions."""
-    process = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator-log") / "operator.log",
-                              "--all-namespaces", FUSIONREC_KEEP_VERSIONS="1")
+    process = operator_as(operator_kubeconfig, tmp_path_factory.mktemp("operator-log") / "operator.log",
+                          "--all-namespaces", FUSIONREC_KEEP_VERSIONS="1")
     process.start()
     yield process
     process.stop()
@@ -343,7 +344,7 @@ def test_helm_upgrade_to_watched_namespaces(kube: Kube, chart: dict[str, str], o
     assert "STATUS: deployed" in upgraded.stdout and "REVISION: 2" in upgraded.stdout, upgraded.stdout
     role = consts.Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
     assert kube.get(role, namespace, SERVICE_ACCOUNT) is not None
-    watched = OperatorProcess(operator_kubeconfig, tmp_path / "watched.log", "--namespace", namespace)
+    watched = operator_as(operator_kubeconfig, tmp_path / "watched.log", "--namespace", namespace)
     watched.start()
     try:
         kube.create(FR, namespace, _cr(design_cr, namespace))

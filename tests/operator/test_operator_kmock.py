@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
-import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +19,7 @@ import kmock
 import kopf
 import pytest
 import pytest_asyncio
+from _operator_process import OperatorProcess
 from fusionrec.operator import consts
 from fusionrec.operator.builders.serving import ServedVersion, parse_serve_versions
 from fusionrec.operator.kube import KubeApi
@@ -56,46 +53,24 @@ class FakePrometheus:
         return {"status": "success", "data": {"resultType": "vector", "result": result}}
 
 
-class OperatorProcess:
+class KmockOperator(OperatorProcess):
+    """The operator against kmock without credentials, with its metrics and health endpoints on free ports.
+
+    Cluster-wide: with --namespace kopf lists /api/v1/namespaces, a path kmock 0.8 fails to parse."""
+
     def __init__(self, kube_url: str, prometheus_url: str, workdir: Path) -> None:
         self.metrics_port, self.health_port = free_port(), free_port()
-        self.log = workdir / "operator.log"
-        self.workdir = workdir
-        self.env = {**os.environ, "FUSIONREC_KUBE_SERVER": kube_url, "FUSIONREC_PROMETHEUS_URL": prometheus_url,
-                    "FUSIONREC_PROMETHEUS_SELECTOR": "", "FUSIONREC_SYNC_INTERVAL": "0.3",
-                    "FUSIONREC_METRICS_PORT": str(self.metrics_port), "FUSIONREC_METRICS_HOST": "127.0.0.1"}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        # Cluster-wide: with --namespace kopf lists /api/v1/namespaces, a path kmock 0.8 fails to parse.
-        command = [sys.executable, "-m", "fusionrec.operator", "--all-namespaces", "--verbose",
-                   "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"]
-        with self.log.open("ab") as log:
-            # cwd outside the repository: the repo root holds a folder named `operator`.
-            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            cwd=self.workdir)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else "(no log)"
+        super().__init__(workdir / "operator.log", [
+            "--all-namespaces", "--verbose", "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"], {
+            "FUSIONREC_KUBE_SERVER": kube_url, "FUSIONREC_PROMETHEUS_URL": prometheus_url,
+            "FUSIONREC_PROMETHEUS_SELECTOR": "", "FUSIONREC_SYNC_INTERVAL": "0.3",
+            "FUSIONREC_METRICS_PORT": str(self.metrics_port), "FUSIONREC_METRICS_HOST": "127.0.0.1"})
 
 
 class World:
     """The emulated cluster and Prometheus, plus helpers to play KubeRay's part."""
 
-    def __init__(self, emulator: Any, kube_url: str, prometheus: FakePrometheus, operator: OperatorProcess) -> None:
+    def __init__(self, emulator: Any, kube_url: str, prometheus: FakePrometheus, operator: KmockOperator) -> None:
         self.emulator = emulator
         self.kube = KubeApi(lambda: kopf.ConnectionInfo(server=kube_url))
         self.prometheus = prometheus
@@ -161,7 +136,7 @@ async def world(kube_emulator, tmp_path, design_cr):
     emulator, kube_url = kube_emulator
     prometheus = FakePrometheus()
     async with prometheus.handler, kmock.Server(prometheus.handler) as prometheus_server:
-        operator = OperatorProcess(kube_url, str(prometheus_server.url).rstrip("/"), tmp_path)
+        operator = KmockOperator(kube_url, str(prometheus_server.url).rstrip("/"), tmp_path)
         operator.start()
         world = World(emulator, kube_url, prometheus, operator)
         try:

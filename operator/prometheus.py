@@ -37,7 +37,10 @@ def series_selector(template: str, *, namespace: str, name: str, version: str) -
 
 
 def request_rate_query(selector: str, window_seconds: int) -> str:
-    return f"sum(rate(fusionrec_requests_total{{{selector}}}[{window_seconds}s]))"
+    """Requests answered: code 499 counts a client that hung up or timed out before the answer (nginx's
+    convention), which says nothing about the version, so it is in neither the rate nor the error rate."""
+    return f'sum(rate(fusionrec_requests_total{{{selector},code!="499"}}[{window_seconds}s]))'
+
 
 
 def error_rate_query(selector: str, window_seconds: int) -> str:

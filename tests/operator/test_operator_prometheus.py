@@ -20,7 +20,7 @@ from fusionrec.operator.prometheus import (
 def test_queries_select_one_recommenders_version():
     selector = series_selector(DEFAULT_SELECTOR, namespace="recs", name="shop-recs", version="v2")
     assert selector == 'namespace="recs",service="shop-recs-metrics",version="v2"'
-    assert request_rate_query(selector, 60) == f"sum(rate(fusionrec_requests_total{{{selector}}}[60s]))"
+    assert request_rate_query(selector, 60) == f'sum(rate(fusionrec_requests_total{{{selector},code!="499"}}[60s]))'
     assert error_rate_query(selector, 60).endswith(',code=~"5.."}[60s]))')
     assert p99_query(selector, 30) == (f"histogram_quantile(0.99, sum by (le) "
                                        f"(rate(fusionrec_request_latency_seconds_bucket{{{selector}}}[30s])))")

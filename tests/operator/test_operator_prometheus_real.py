@@ -52,6 +52,7 @@ def free_port() -> int:
 class Profile:
     error_rate: float
     latency_seconds: float
+    hang_up_rate: float = 0.0  # clients that gave up before the answer: code 499, as serving counts them
 
 
 GOOD, BAD = Profile(0.0, 0.008), Profile(0.2, 0.2)
@@ -74,8 +75,10 @@ class Traffic:
         while not self._stop.wait(0.05):
             for version, profile in list(self.profiles.items()):
                 for _ in range(5):
-                    failed = self._rng.random() < profile.error_rate
-                    self.requests.labels("/v1/recommend", "500" if failed else "200", version).inc()
+                    draw = self._rng.random()
+                    code = ("499" if draw < profile.hang_up_rate else
+                            "500" if draw < profile.hang_up_rate + profile.error_rate else "200")
+                    self.requests.labels("/v1/recommend", code, version).inc()
                     self.latency.labels(version).observe(profile.latency_seconds * self._rng.uniform(0.8, 1.0))
 
     def start(self) -> None:
@@ -156,6 +159,19 @@ async def test_gate_passes_good_traffic_and_fails_bad(traffic, prometheus_url):
         traffic.profiles["v2"] = BAD
         measured, verdict = await _eventually(lambda: judged("v2", False), "v2 fails once its traffic turns bad")
         assert measured.p99_latency_ms > 50
+
+        # Clients that hung up (499) say nothing about the version, either way: 80% of the requests hung up and
+        # 0.4% of all failed, which is 2% of those answered, over maxErrorRate (1%). Counting the hang-ups as
+        # answered would make it 0.4% and pass.
+        traffic.profiles["v3"] = Profile(0.004, 0.008, hang_up_rate=0.8)
+
+        async def judged_long(version: str, passed: bool):  # 10 s: enough requests to tell 0.4% from 2%
+            measured = await client.measure(namespace="recs", name="shop-recs", version=version, window_seconds=10)
+            verdict = judge(measured, ANALYSIS)
+            return verdict.passed is passed, (measured, verdict)
+
+        measured, verdict = await _eventually(lambda: judged_long("v3", False), "errors are a share of the answered")
+        assert measured.error_rate > 0.01 and "error rate" in verdict.message
     finally:
         await client.close()
 

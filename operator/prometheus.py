@@ -44,7 +44,10 @@ def request_rate_query(selector: str, window_seconds: int) -> str:
 
 
 def error_rate_query(selector: str, window_seconds: int) -> str:
-    return f'sum(rate(fusionrec_requests_total{{{selector},code=~"5.."}}[{window_seconds}s]))'
+    """Failed answers: 5xx, plus the popularity fallbacks an ingress gives when the version has no live replica
+    (a 200 to the client, but not the version's model answering)."""
+    return (f'(sum(rate(fusionrec_requests_total{{{selector},code=~"5.."}}[{window_seconds}s])) or vector(0)) + '
+            f'(sum(rate(fusionrec_unavailable_total{{{selector},answer="fallback"}}[{window_seconds}s])) or vector(0))')
 
 
 def p99_query(selector: str, window_seconds: int) -> str:

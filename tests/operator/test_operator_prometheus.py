@@ -21,7 +21,8 @@ def test_queries_select_one_recommenders_version():
     selector = series_selector(DEFAULT_SELECTOR, namespace="recs", name="shop-recs", version="v2")
     assert selector == 'namespace="recs",service="shop-recs-metrics",version="v2"'
     assert request_rate_query(selector, 60) == f'sum(rate(fusionrec_requests_total{{{selector},code!="499"}}[60s]))'
-    assert error_rate_query(selector, 60).endswith(',code=~"5.."}[60s]))')
+    assert f'fusionrec_requests_total{{{selector},code=~"5.."}}[60s]' in error_rate_query(selector, 60)
+    assert f'fusionrec_unavailable_total{{{selector},answer="fallback"}}[60s]' in error_rate_query(selector, 60)
     assert p99_query(selector, 30) == (f"histogram_quantile(0.99, sum by (le) "
                                        f"(rate(fusionrec_request_latency_seconds_bucket{{{selector}}}[30s])))")
     assert series_selector("", namespace="a", name="b", version='v"1') == 'version="v\\"1"'

@@ -53,6 +53,7 @@ class Profile:
     error_rate: float
     latency_seconds: float
     hang_up_rate: float = 0.0  # clients that gave up before the answer: code 499, as serving counts them
+    fallback_rate: float = 0.0  # no live replica: a 200 with the popularity answer, counted apart by serving
 
 
 GOOD, BAD = Profile(0.0, 0.008), Profile(0.2, 0.2)
@@ -66,6 +67,8 @@ class Traffic:
         self.requests = Counter("fusionrec_requests_total", "Requests.", ["route", "code", "version"],
                                 registry=self.registry)
         self.latency = Histogram("fusionrec_request_latency_seconds", "Latency.", ["version"], registry=self.registry)
+        self.unavailable = Counter("fusionrec_unavailable_total", "No live replica.", ["version", "answer"],
+                                   registry=self.registry)
         self.profiles: dict[str, Profile] = {}
         self.port = free_port()
         self._stop = threading.Event()
@@ -79,6 +82,8 @@ class Traffic:
                     code = ("499" if draw < profile.hang_up_rate else
                             "500" if draw < profile.hang_up_rate + profile.error_rate else "200")
                     self.requests.labels("/v1/recommend", code, version).inc()
+                    if code == "200" and self._rng.random() < profile.fallback_rate:
+                        self.unavailable.labels(version, "fallback").inc()
                     self.latency.labels(version).observe(profile.latency_seconds * self._rng.uniform(0.8, 1.0))
 
     def start(self) -> None:
@@ -172,6 +177,11 @@ async def test_gate_passes_good_traffic_and_fails_bad(traffic, prometheus_url):
 
         measured, verdict = await _eventually(lambda: judged_long("v3", False), "errors are a share of the answered")
         assert measured.error_rate > 0.01 and "error rate" in verdict.message
+
+        # A canary whose replicas died answers with the popularity fallback: 200s, but not its model.
+        traffic.profiles["v4"] = Profile(0.0, 0.008, fallback_rate=0.2)
+        measured, verdict = await _eventually(lambda: judged("v4", False), "fallback answers fail the gate")
+        assert measured.error_rate > 0.05 and "error rate" in verdict.message
     finally:
         await client.close()
 

@@ -1,14 +1,16 @@
 """The HTTP API (FastAPI, with OpenAPI at /docs), built per ingress replica around a `Router`.
 
-Order of checks on `/v1/*`: auth (401/403, before anything about the body is revealed), body size (413),
-body parsing (400 unreadable JSON, 422 invalid), limits (422), then routing (404 unknown ids). Every refusal
-is `{error, field}` JSON; a 500 means a bug. Timing and the request counter wrap everything, including
-refusals, so the rollout gate sees every answer.
+Order of checks on `/v1/*`: header size (431) and auth (401/403, before anything about the body is revealed),
+body size (413), body arrival (408 past the body deadline, see slow_clients.py), body parsing (400 unreadable
+JSON, 422 invalid), limits (422), then routing (404 unknown ids, 503 no live replica). Every refusal is
+`{error, field}` JSON; a 500 means a bug. Timing and the request counter wrap everything, including refusals,
+so the rollout gate sees every answer; a client that hangs up before its answer is counted as 499 (nginx's
+code), which is not an error of the server.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,22 +18,30 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fusionrec import __version__
+from fusionrec.serving import openapi
 from fusionrec.serving.auth import TokenAuth
-from fusionrec.serving.errors import ApiError, invalid
+from fusionrec.serving.config import RETRY_AFTER_S
+from fusionrec.serving.errors import ApiError, invalid, send_json
+from fusionrec.serving.metrics import CLIENT_CLOSED
 from fusionrec.serving.router import BackendUnavailable, Router
 from fusionrec.serving.schemas import (
     NEED_USER,
     ErrorResponse,
+    HealthResponse,
+    ModelResponse,
+    ReadyResponse,
     RecommendRequest,
     RecommendResponse,
     ScoreRequest,
     ScoreResponse,
 )
+from fusionrec.serving.slow_clients import BODY_TIMEOUT_S, MAX_HEADER_BYTES, SlowClientGuard
 from fusionrec.spec import ServingLimits
 
 log = logging.getLogger(__name__)
@@ -39,12 +49,19 @@ log = logging.getLogger(__name__)
 ROUTES = ("/v1/recommend", "/v1/score", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 PROTECTED_PREFIX = "/v1/"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 503)}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses: the errors a route can give (401/403 are dropped again when auth is off)."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+_QUERY_ERRORS = _errors(400, 401, 403, 404, 408, 413, 422, 503)
 
 
 def create_api(router: Router, auth: TokenAuth, limits: ServingLimits,
-               metrics_text: Callable[[], Awaitable[bytes]] | None = None) -> FastAPI:
+               metrics_text: Callable[[], Awaitable[bytes]] | None = None, *,
+               body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
     """The FastAPI app of one ingress replica.
 
     Args:
@@ -52,14 +69,19 @@ def create_api(router: Router, auth: TokenAuth, limits: ServingLimits,
         auth: bearer-token check for `/v1/*` (disabled when no token source is configured).
         limits: `serving.limits` (body bytes, k, history length, candidates).
         metrics_text: what `/metrics` returns (default: this replica's registry).
+        body_timeout_s: a request's whole body must arrive within this (408 after; see slow_clients.py).
+        max_header_bytes: larger request headers are refused (431).
     """
-    app = FastAPI(title="fusionrec", version=__version__, responses=_ERRORS,
+    app = FastAPI(title="fusionrec", version=__version__,
                   description="Recommendations from a recommender that fuses pretrained language models.")
     _add_error_handlers(app)
 
-    @app.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
+    @app.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=True,
+              responses=_QUERY_ERRORS)
     async def recommend(body: RecommendRequest, request: Request) -> dict[str, Any]:
-        """Top-k items for a user id or a history; unknown users without history get popular items."""
+        """Top-k items for a user id or a history; unknown users without history get popular items, and so
+        does a request that allows it (no candidates; its own history or exclude_seen false) while its
+        version has no live replica."""
         _check_lengths(limits, history=body.history, candidates=body.candidates)
         if body.k > limits.max_k:
             raise invalid(f"k must be <= {limits.max_k} (serving.limits.maxK), got {body.k}", "k")
@@ -67,7 +89,8 @@ def create_api(router: Router, auth: TokenAuth, limits: ServingLimits,
         version = request.state.version = router.pick(query)
         return await router.call(version, "recommend", query)
 
-    @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True)
+    @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True,
+              responses=_QUERY_ERRORS)
     async def score(body: ScoreRequest, request: Request) -> dict[str, Any]:
         """Per-item scores: click probability (ctr), rating (rating) or ranking score (ranking)."""
         _check_lengths(limits, history=body.history, candidates=body.item_ids, candidates_field="item_ids")
@@ -75,31 +98,37 @@ def create_api(router: Router, auth: TokenAuth, limits: ServingLimits,
         version = request.state.version = router.pick(query)
         return await router.call(version, "score", query)
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", response_model=ModelResponse, responses=_errors(401, 403))
     async def model() -> dict[str, Any]:
         """Served versions with their weights, encoders, fusion weights and test metrics."""
         return await router.describe()
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> dict[str, str]:
         """The ingress is up (liveness)."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=ReadyResponse,
+             responses={503: {"model": ReadyResponse, "description": "A version with traffic does not answer."}})
     async def readyz() -> JSONResponse:
         """Every version that receives traffic answers (readiness)."""
         versions = await router.ready()
         ready = all(versions.values())
         return JSONResponse({"ready": ready, "versions": versions}, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition (version 0.0.4)."},
+                        **_errors(503)})
     async def metrics() -> Response:
         """Prometheus metrics of the app, summed over ingress replicas."""
         text = await metrics_text() if metrics_text is not None else router.metrics.render()
         return Response(text, media_type=METRICS_CONTENT_TYPE)
 
     app.add_middleware(_Guard, auth=auth, max_body_bytes=limits.max_body_bytes)
-    app.add_middleware(_Timed, router=router)  # added last = outermost: it also sees the guard's refusals
+    app.add_middleware(SlowClientGuard, body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes)
+    app.add_middleware(_Timed, router=router)  # added last = outermost: it also sees the guards' refusals
+    openapi.install(app, protected_prefix=PROTECTED_PREFIX, auth_enabled=auth.enabled, limits=limits)
     return app
 
 
@@ -159,7 +188,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BackendUnavailable)
     async def unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
-        return JSONResponse({"error": str(exc), "field": None}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"error": str(exc), "field": None}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(ClientDisconnect)
+    async def hung_up(_: Request, __: ClientDisconnect) -> Response:
+        # Nobody reads this answer; `_Timed` counts the request as 499 because it saw the disconnect.
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
     async def bug(_: Request, exc: Exception) -> JSONResponse:
@@ -190,7 +225,7 @@ class _Guard:
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
                 raise _too_large(self.max_body_bytes, declared)
         except ApiError as exc:
-            await _send_json(send, exc.status, exc.as_json(), exc.headers)
+            await send_json(send, exc.status, exc.as_json(), exc.headers)
             return
         await self.app(scope, self._limited(receive), send)
 
@@ -225,7 +260,14 @@ class _BodyTooLarge(StarletteHTTPException):
 
 
 class _Timed:
-    """Counts and times every response by route template, status code and the version that answered."""
+    """Counts and times every response by route template, status code and the version that answered.
+
+    A client that hangs up (or whose own timeout fires) before its answer is counted as 499, not 500: Serve
+    cancels the ingress's request when the proxy sees the disconnect, and Starlette raises ClientDisconnect
+    when one arrives while the body is read. Neither is an error of the server, and the rollout gate and the
+    alert must not roll back a healthy version for impatient clients. A 408 (the client did not send its body
+    in time) is counted but not timed: its latency is the client's slowness, not the server's.
+    """
 
     def __init__(self, app: ASGIApp, router: Router) -> None:
         self.app, self.router = app, router
@@ -236,25 +278,33 @@ class _Timed:
             return
         start = time.perf_counter()
         status = 500
+        started = answered = hung_up = False
         scope.setdefault("state", {})
 
+        async def watch_receive() -> Message:
+            nonlocal hung_up
+            message = await receive()
+            # FastAPI answers a disconnect during the body read with a 400 nobody receives: still a hang-up.
+            hung_up = hung_up or (message["type"] == "http.disconnect" and not started)
+            return message
+
         async def record_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started, answered
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, started = int(message["status"]), True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
             await send(message)
 
         try:
-            await self.app(scope, receive, record_status)
+            await self.app(scope, watch_receive, record_status)
+        except asyncio.CancelledError:
+            hung_up = hung_up or not answered
+            raise
         finally:
+            if hung_up:
+                status = CLIENT_CLOSED
             route = scope["path"] if scope["path"] in ROUTES else "other"
             version = scope["state"].get("version")
-            self.router.metrics.observe_request(route, status, version, time.perf_counter() - start)
-
-
-async def _send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    payload = json.dumps(body).encode("utf-8")
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": payload})
+            seconds = None if status == 408 else time.perf_counter() - start
+            self.router.metrics.observe_request(route, status, version, seconds)

@@ -31,7 +31,8 @@ from fusionrec.serving.deployments import Ingress, MetricsHub, ModelServer
 INGRESS_MAX_ONGOING = 1024  # the ingress only awaits model replicas: a low cap would queue requests in the proxy
 INGRESS_TARGET_ONGOING = 64
 # Serve replaces replicas stop-first: while a rebuilt model replica loads, an old ingress replica that is
-# draining still holds requests waiting for it. Its drain must outlast a model load, or they are cut off.
+# draining still holds requests waiting for it. Its drain must outlast a model load, or they are cut off
+# (and outlast config.DEPLOY_WAIT_S, how long the router waits for a version being deployed).
 INGRESS_DRAIN_S = 180.0
 
 

@@ -22,6 +22,17 @@ INGRESS_NAME = "Router"
 METRICS_HUB_NAME = "MetricsHub"
 USER_CACHE_ENTRIES = 20_000  # user vectors kept per model replica: 20k x D=256 float32 = 20 MiB
 RESPONSE_CACHE_ENTRIES = 10_000  # answers kept per ingress replica: 10k x k=10 items ~ 10-20 MiB of dicts
+# A model call (retries across replica deaths included) that takes longer is answered 503 (or the popularity
+# fallback): a version whose only replica died queues requests until a new one has loaded (a minute or more).
+# Not while the version is being deployed (DEPLOY_WAIT_S).
+# Far above a healthy call (milliseconds; the rollout's p99 gate is 50 ms by default).
+MODEL_CALL_DEADLINE_S = 5.0
+# After a version failed to answer, calls to it fail fast for this long (the 503's Retry-After, in seconds).
+RETRY_AFTER_S = 1
+# While Serve deploys a version (its deployment is UPDATING: a new config replaces its replicas, stop-first, or
+# it starts for the first time), calls wait for the new replicas this long instead of the deadline above: a
+# deploy is planned, a dead replica is not. app.INGRESS_DRAIN_S must outlast it.
+DEPLOY_WAIT_S = 170.0
 
 
 class _Args(BaseModel):

@@ -19,15 +19,17 @@ from ray.serve.handle import DeploymentHandle
 from fusionrec.errors import UserError
 from fusionrec.serving.api import create_api
 from fusionrec.serving.auth import TokenAuth
+from fusionrec.serving.config import model_deployment_name
 from fusionrec.serving.engine import Embedded, HistoryKey, VersionEngine
 from fusionrec.serving.metrics import ServingMetrics, merge, render
-from fusionrec.serving.router import BackendUnavailable, Router
+from fusionrec.serving.router import BackendUnavailable, Overloaded, Router
 from fusionrec.spec import ServingSpec
 
 log = logging.getLogger("ray.serve")
 
 RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 2.0)  # a killed replica: Serve notices and routes around it within ~1 s
 METRICS_PUSH_S = 2.0
+STATUS_POLL_S = 1.0  # how often the ingress asks Serve which model deployments are being deployed
 
 
 @serve.deployment
@@ -75,13 +77,18 @@ class ModelServer:
     def describe(self, _: Any = None) -> dict[str, Any]:
         return {**self.engine.describe(), "replica": self.replica}
 
+    def popular(self, query: dict[str, Any]) -> dict[str, Any]:
+        return self.engine.popular(query)
+
     def ready(self, _: Any = None) -> dict[str, Any]:
         return {"ready": True, "version": self.engine.version, "replica": self.replica}
 
 
 class HandleClient:
     """A `VersionClient` over a DeploymentHandle: retries a call whose replica died (the calls are read-only,
-    so a retry is safe), and turns an unavailable deployment into BackendUnavailable (503)."""
+    so a retry is safe), and turns an unavailable deployment into BackendUnavailable (503). The router bounds
+    the whole call, retries included, by its deadline (a request queued for a replica that is still loading
+    would otherwise wait for the load)."""
 
     def __init__(self, handle: DeploymentHandle, version: str) -> None:
         self.handle = handle
@@ -96,7 +103,9 @@ class HandleClient:
                     raise BackendUnavailable(f"model version {self.version}: no replica answered "
                                              f"({type(exc).__name__})") from exc
                 await asyncio.sleep(delay)
-            except (BackPressureError, DeploymentUnavailableError) as exc:
+            except BackPressureError as exc:
+                raise Overloaded(f"model version {self.version} is overloaded: {exc}") from exc
+            except DeploymentUnavailableError as exc:
                 raise BackendUnavailable(f"model version {self.version} is unavailable: {exc}") from exc
         raise AssertionError("unreachable: the loop returns or raises")
 
@@ -133,10 +142,16 @@ class Ingress:
         self.serving = ServingSpec.model_validate(serving)
         self.auth = TokenAuth.from_spec(self.serving.auth)
         clients = {version: HandleClient(handle, version) for version, handle in versions.items()}
-        self.router = Router(name, clients, weights, ServingMetrics())
+        limits = self.serving.limits
+        self.router = Router(name, clients, weights, ServingMetrics(),
+                             popular_k=limits.max_k + limits.max_history)  # maxK left after excluding a history
+        self.router.set_deploying(set(versions))  # until the first look at Serve's status: wait, as before
         self.hub = hub
-        self.replica = str(serve.get_replica_context().replica_id)
+        context = serve.get_replica_context()
+        self.replica = str(context.replica_id)
+        self.app_name = context.app_name
         self._pusher: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """`user_config: {weights: {version: percent}}`: a canary step without restarting anything."""
@@ -145,6 +160,7 @@ class Ingress:
 
     async def __serve_build_asgi_app__(self) -> Any:
         self._pusher = asyncio.get_running_loop().create_task(self._push_forever())
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_deploys())
         return create_api(self.router, self.auth, self.serving.limits, metrics_text=self._metrics_text)
 
     async def _push(self) -> None:
@@ -153,11 +169,27 @@ class Ingress:
     async def _push_forever(self) -> None:
         while True:
             await asyncio.sleep(METRICS_PUSH_S)
+            try:  # bounded: a version that is loading (or gone) must not hold this replica's counters back
+                await asyncio.wait_for(self.router.refresh_info(), METRICS_PUSH_S)
+            except asyncio.TimeoutError:
+                pass
+            except Exception as exc:  # noqa: BLE001
+                log.warning("describing the model versions failed: %s", exc)
             try:
-                await self.router.refresh_info()
                 await self._push()
             except Exception as exc:  # noqa: BLE001  (a hub restart must not end this replica's pushes)
                 log.warning("metrics push to the hub failed: %s", exc)
+
+    async def _watch_deploys(self) -> None:
+        """Tell the router which versions Serve is deploying: their calls wait for the new replicas, while a
+        version whose replicas died (its deployment not UPDATING) gets the deadline, 503 or the fallback."""
+        while True:
+            try:
+                self.router.set_deploying(await asyncio.to_thread(deploying_versions, self.app_name,
+                                                                  set(self.router.clients)))
+            except Exception as exc:  # noqa: BLE001  (a controller restart must not end the watch)
+                log.warning("could not read Serve's deployment status: %s", exc)
+            await asyncio.sleep(STATUS_POLL_S)
 
     async def _metrics_text(self) -> bytes:
         try:
@@ -166,3 +198,14 @@ class Ingress:
         except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError) as exc:
             # A failed scrape is better than one replica's numbers, which Prometheus would read as resets.
             raise BackendUnavailable(f"the metrics hub is unavailable: {type(exc).__name__}") from exc
+
+
+def deploying_versions(app_name: str, versions: set[str]) -> set[str]:
+    """Versions whose model deployment Serve is deploying (UPDATING, or not listed yet); blocking."""
+    application = serve.status().applications.get(app_name)
+    if application is None:
+        return set(versions)
+    deployments = application.deployments
+    return {version for version in versions
+            if (deployment := deployments.get(model_deployment_name(version))) is None
+            or deployment.status == "UPDATING"}

@@ -119,6 +119,13 @@ class VersionEngine:
         return {"scores": scores, "score": kind, "model_version": self.version, "fallback": ranked.fallback,
                 "batch": batch}
 
+    def popular(self, query: dict[str, Any]) -> dict[str, Any]:
+        """`{k}` -> `{items}`: the k most popular items, which the ingress keeps to answer with while this
+        version has no live replica."""
+        ranked = self.scorer.popular(min(int(query["k"]), self.scorer.n_items))
+        return {"items": [{"item_id": str(self.scorer.item_ids[p]), "score": float(s),
+                           "title": str(self.scorer.titles[p])} for p, s in zip(ranked.positions, ranked.scores)]}
+
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         if self._offload:
             return await asyncio.to_thread(function, *args)

@@ -7,7 +7,10 @@ rollout's error-rate gate counts.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from starlette.types import Send
 
 from fusionrec.errors import UserError
 
@@ -39,3 +42,12 @@ def not_found(message: str, field: str) -> ApiError:
 
 def invalid(message: str, field: str | None) -> ApiError:
     return ApiError(422, message, field)
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    """Answer from a pure ASGI middleware, which runs outside FastAPI's exception handlers."""
+    payload = json.dumps(body).encode("utf-8")
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,10 +1,12 @@
 """Prometheus metrics of the serving app, per version, as the rollout gate and the dashboards read them.
 
-    fusionrec_requests_total{route,code,version}        counter
-    fusionrec_request_latency_seconds{route,version}    histogram (ingress time, auth to response)
+    fusionrec_requests_total{route,code,version}        counter; code="499": the client hung up first
+    fusionrec_request_latency_seconds{route,version}    histogram (ingress time, request reaching the ingress
+                                                        replica to its last response byte; 408s not timed)
     fusionrec_batch_size{version}                       histogram (one observation per user-tower batch)
     fusionrec_model_info{version,task,score}            gauge, 1 per served version
     fusionrec_traffic_weight{version}                   gauge, the version's percent of traffic
+    fusionrec_unavailable_total{version,answer}         counter: no live replica; answer="503"|"fallback"
 
 Ray Serve replicas are separate processes and a scrape of the app's `/metrics` reaches one ingress replica
 through the proxy, so per-replica registries alone would make counters jump between replicas' values
@@ -23,6 +25,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import Metric
 
 NO_VERSION = "none"  # label of requests refused before a version was chosen (auth, validation)
+# nginx's "client closed request": the client hung up (or timed out) before the answer. Not a server error, so
+# error rates leave it out of both sides: 5xx / (all - 499).
+CLIENT_CLOSED = 499
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
@@ -48,17 +53,26 @@ class ServingMetrics:
                             registry=self.registry)
         self.response_cache = Counter("fusionrec_response_cache", "Ingress response-cache lookups by result.",
                                       ["version", "result"], registry=self.registry)
+        self.unavailable = Counter("fusionrec_unavailable",
+                                   "Requests a version could not answer (no live replica in the deadline), by what "
+                                   "the client got: a 503 or the popularity fallback (a 200).",
+                                   ["version", "answer"], registry=self.registry)
 
-    def observe_request(self, route: str, code: int, version: str | None, seconds: float) -> None:
+    def observe_request(self, route: str, code: int, version: str | None, seconds: float | None) -> None:
+        """Count one request; time it unless `seconds` is None (what the client's slowness decided)."""
         label = version or NO_VERSION
         self.requests.labels(route=route, code=str(code), version=label).inc()
-        self.latency.labels(route=route, version=label).observe(seconds)
+        if seconds is not None:
+            self.latency.labels(route=route, version=label).observe(seconds)
 
     def observe_batch(self, version: str, size: int) -> None:
         self.batch_size.labels(version=version).observe(size)
 
     def observe_response_cache(self, version: str, hit: bool) -> None:
         self.response_cache.labels(version=version, result="hit" if hit else "miss").inc()
+
+    def observe_unavailable(self, version: str, fallback: bool) -> None:
+        self.unavailable.labels(version=version, answer="fallback" if fallback else "503").inc()
 
     def set_weights(self, weights: Mapping[str, int]) -> None:
         for version, weight in weights.items():

@@ -13,8 +13,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from fusionrec.serving.breaker import Breaker
 from fusionrec.serving.cache import LRUCache
-from fusionrec.serving.config import RESPONSE_CACHE_ENTRIES
+from fusionrec.serving.config import DEPLOY_WAIT_S, MODEL_CALL_DEADLINE_S, RESPONSE_CACHE_ENTRIES, RETRY_AFTER_S
 from fusionrec.serving.engine import VersionEngine
 from fusionrec.serving.errors import ApiError
 from fusionrec.serving.metrics import ServingMetrics
@@ -30,9 +31,15 @@ class BackendUnavailable(Exception):
     """A version could not answer (no live replica after retries): a 503, not the client's fault."""
 
 
+class Overloaded(BackendUnavailable):
+    """The version's replicas are alive but refuse more work (back-pressure): a 503 that says nothing about
+    their health, so it does not trip the breaker."""
+
+
 class VersionClient(Protocol):
     async def call(self, method: str, query: dict[str, Any]) -> dict[str, Any]:
-        """Run `method` ("recommend", "score", "describe", "ready") on the version; raise BackendUnavailable."""
+        """Run `method` ("recommend", "score", "describe", "ready", "popular") on the version; raise
+        BackendUnavailable."""
         ...
 
 
@@ -47,6 +54,8 @@ class LocalClient:
             return self.engine.describe()
         if method == "ready":
             return {"ready": True, "version": self.engine.version}
+        if method == "popular":
+            return self.engine.popular(query)
         return await getattr(self.engine, method)(query)
 
 
@@ -59,6 +68,9 @@ class Router:
         weights: version -> percent of traffic.
         metrics: this replica's registry.
         response_cache_entries: answers kept at the ingress (0 turns the cache off).
+        call_deadline_s: a model call that takes longer is answered 503 or with the popularity fallback.
+        popular_k: popular items kept per version for that fallback (0: no fallback; the ingress keeps
+            maxK + maxHistory, so that excluding a history still leaves maxK).
 
     Why the ingress caches whole answers: a version is an immutable artifact, and a request naming a known user
     (or a history) has one answer per version, so `(version, request)` is a key that can never be stale. A
@@ -68,11 +80,17 @@ class Router:
     """
 
     def __init__(self, name: str, clients: Mapping[str, VersionClient], weights: Mapping[str, int],
-                 metrics: ServingMetrics | None = None, response_cache_entries: int = RESPONSE_CACHE_ENTRIES) -> None:
+                 metrics: ServingMetrics | None = None, response_cache_entries: int = RESPONSE_CACHE_ENTRIES, *,
+                 call_deadline_s: float = MODEL_CALL_DEADLINE_S, popular_k: int = 0) -> None:
         self.name = name
         self.clients = dict(clients)
         self.metrics = metrics or ServingMetrics()
         self.responses: LRUCache[dict[str, Any]] = LRUCache(response_cache_entries)
+        self.call_deadline_s = call_deadline_s
+        self.popular_k = popular_k
+        self.breakers = {version: Breaker(RETRY_AFTER_S) for version in self.clients}
+        self.deploying: frozenset[str] = frozenset()  # versions Serve is deploying: wait for them, not the deadline
+        self._popular: dict[str, list[dict[str, Any]]] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self.split = self._make_split(weights)
         self.metrics.set_weights(self.split.weights)
@@ -89,6 +107,11 @@ class Router:
         self.metrics.set_weights(self.split.weights)
         log.info("%s: traffic weights now %s", self.name, self.split.weights)
 
+    def set_deploying(self, versions: set[str] | frozenset[str]) -> None:
+        """Versions whose Serve deployment is being updated (replicas replaced or starting): their calls wait up
+        to DEPLOY_WAIT_S for the new replicas, as a planned deploy must not fail requests."""
+        self.deploying = frozenset(versions)
+
     def pick(self, query: Mapping[str, Any]) -> str:
         return self.split.pick(request_key(query.get("user_id"), query.get("history")))
 
@@ -102,7 +125,14 @@ class Router:
             self.metrics.observe_response_cache(version, hit=cached is not None)
             if cached is not None:
                 return dict(cached)
-        result = await self.clients[version].call(method, query)
+        try:
+            result = await self._ask(version, method, query)
+        except BackendUnavailable:
+            fallback = self._fallback(version, method, query)
+            self.metrics.observe_unavailable(version, fallback=fallback is not None)
+            if fallback is None:
+                raise
+            return fallback
         error = result.get("error")
         if error is not None:
             raise ApiError(int(error["status"]), error["error"], error.get("field"))
@@ -114,6 +144,49 @@ class Router:
         if key is not None:
             self.responses.put(key, dict(result))
         return result
+
+    async def _ask(self, version: str, method: str, query: dict[str, Any]) -> dict[str, Any]:
+        """One model call, bounded by the deadline (DEPLOY_WAIT_S while the version is being deployed), and
+        failing fast while the version's breaker is open."""
+        breaker = self.breakers[version]
+        if breaker.is_open and version not in self.deploying:
+            raise BackendUnavailable(f"model version {version} has no live replica; retry in {RETRY_AFTER_S} s")
+        call = asyncio.ensure_future(self.clients[version].call(method, query))
+        start = asyncio.get_running_loop().time()
+        try:
+            while not call.done():
+                await asyncio.wait({call}, timeout=self.call_deadline_s)
+                waited = asyncio.get_running_loop().time() - start
+                if not call.done() and (version not in self.deploying or waited >= DEPLOY_WAIT_S):
+                    breaker.trip()
+                    raise BackendUnavailable(f"model version {version} did not answer within {waited:.1f} s "
+                                             "(no live replica)")
+        finally:
+            if not call.done():
+                call.cancel()  # the deadline passed, or the client hung up: the model's answer is not wanted
+        try:
+            result = call.result()
+        except Overloaded:
+            raise
+        except BackendUnavailable:
+            breaker.trip()
+            raise
+        breaker.reset()
+        return result
+
+    def _fallback(self, version: str, method: str, query: dict[str, Any]) -> dict[str, Any] | None:
+        """The popularity answer for a recommend request that allows it while `version` cannot answer: no
+        candidates (they may be outside the kept list), and either exclude_seen false or a history given (the
+        stored history lives with the model, so it cannot be excluded here). None when it does not apply."""
+        popular = self._popular.get(version)
+        exclude = bool(query.get("exclude_seen", True))
+        history = query.get("history")
+        if method != "recommend" or popular is None or query.get("candidates") is not None \
+                or (exclude and history is None):
+            return None
+        seen = set(history or ()) if exclude else set()
+        items = [item for item in popular if item["item_id"] not in seen][:int(query.get("k", 10))]
+        return {"items": [dict(item) for item in items], "model_version": version, "fallback": "popularity"}
 
     async def describe(self) -> dict[str, Any]:
         """Every version's description and weight (`GET /v1/model`)."""
@@ -128,10 +201,16 @@ class Router:
         for version in self.clients:
             if version not in self._info:
                 await self._version_info(version)
+            if self.popular_k and version not in self._popular:
+                try:  # a version is immutable: its popular items are fetched once
+                    answer = await self._ask(version, "popular", {"k": self.popular_k})
+                except BackendUnavailable:
+                    continue
+                self._popular[version] = answer["items"]
 
     async def _version_info(self, version: str) -> dict[str, Any]:
         try:
-            info = await self.clients[version].call("describe", {})
+            info = await self._ask(version, "describe", {})
         except BackendUnavailable as exc:
             return {"available": False, "error": str(exc)}
         if version not in self._info:
@@ -146,6 +225,7 @@ class Router:
                 answer = await asyncio.wait_for(self.clients[version].call("ready", {}), READY_TIMEOUT_S)
             except (BackendUnavailable, asyncio.TimeoutError):
                 return False
+            self.breakers[version].reset()  # a replica answers again: stop failing fast at once
             if version not in self._info:
                 await self._version_info(version)
             return bool(answer.get("ready"))

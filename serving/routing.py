@@ -23,8 +23,9 @@ def request_key(user_id: str | None, history: Sequence[str] | None) -> str:
 
 
 def bucket_of(key: str) -> int:
-    """A stable bucket in [0, 100) (not Python's `hash`, which is salted per process)."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    """A stable bucket in [0, 100) (not Python's `hash`, which is salted per process). `surrogatepass`: the
+    schema refuses lone surrogates, but a key that still carried one must be routed, not crash the router."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % BUCKETS
 
 

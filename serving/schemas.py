@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema, model_validator
 
 MAX_ID_LENGTH = 256
 SCORE_KINDS = {"ranking": "ranking_score", "ctr": "probability", "rating": "rating"}  # task -> /v1/score's `score`
@@ -24,10 +24,19 @@ def _as_id(value: Any) -> str:
         raise ValueError(f"ids are strings or integers, got {type(value).__name__}")  # noqa: TRY004
     if not value or len(value) > MAX_ID_LENGTH:
         raise ValueError(f"ids are 1..{MAX_ID_LENGTH} characters, got {len(value)}")
+    if not value.isascii():
+        try:  # JSON's "\ud800" decodes to a lone surrogate, which no UTF-8 consumer (hashing, Parquet) can take
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("ids must be valid Unicode text: a lone UTF-16 surrogate (\\ud800-\\udfff) is "
+                             "not") from None
     return value
 
 
-Id = Annotated[str, BeforeValidator(_as_id)]
+# The OpenAPI document says what `_as_id` accepts, so clients and fuzzers see the length limits.
+Id = Annotated[str, BeforeValidator(_as_id), WithJsonSchema({
+    "anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}, {"type": "integer"}],
+    "description": f"An id: a string of 1..{MAX_ID_LENGTH} characters (valid Unicode), or an integer."})]
 NEED_USER = "give user_id or history (or both)"
 
 
@@ -50,7 +59,9 @@ class _UserQuery(_Body):
 
 class RecommendRequest(_UserQuery):
     k: StrictInt = Field(10, ge=1, description="How many items to return (at most serving.limits.maxK).")
-    exclude_seen: bool = Field(True, description="Leave out the items of the history.")
+    # Strict like `k`: "no", 0 or "false" are refused rather than read as a boolean (false would be silently
+    # recommending seen items; "no" being truthy-or-not is a guess the API must not make).
+    exclude_seen: StrictBool = Field(True, description="Leave out the items of the history (JSON true/false).")
     candidates: list[Id] | None = Field(
         None, min_length=1, description="Rank only these item ids (re-ranking a retrieval stage's output).")
 
@@ -89,3 +100,19 @@ class ScoreResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str
     field: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    versions: dict[str, bool] = Field(description="Each version with traffic: does it answer?")
+
+
+class ModelResponse(BaseModel):
+    name: str
+    versions: list[dict[str, Any]] = Field(description="Every deployed version: weight, task, encoders, fusion "
+                                                       "weights, test metrics, replica; `available: false` when "
+                                                       "none of its replicas answered.")

@@ -28,8 +28,9 @@ from fusionrec.errors import UserError
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--token-file", type=click.Path(dir_okay=False), help="Require bearer tokens from this file.")
 @click.option("--token-env", help="Require bearer tokens from this environment variable (comma-separated).")
-@click.option("--replicas", type=click.IntRange(1, 64), help="Fix the model replicas (default: the spec's "
-                                                              "minReplicas..maxReplicas).")
+@click.option("--replicas", type=click.IntRange(1, 64),
+              help="Run exactly this many model replicas, replacing the spec's minReplicas..maxReplicas "
+                   "autoscaling range (also when above its maxReplicas).")
 def serve(path: Path, host: str, port: int, token_file: str | None, token_env: str | None,
           replicas: int | None) -> None:
     """Serve an artifact folder (or the current version of a manifest) with a local Ray until Ctrl-C.
@@ -104,10 +105,19 @@ def local_args(artifact: Path, *, token_file: str | None = None, token_env: str 
     """The application's args for one local artifact, from the spec it was trained with."""
     from fusionrec.artifact import load_artifact
 
+    from fusionrec.spec import ServingSpec
+
     loaded = load_artifact(artifact, verify=False)  # the replicas verify every file when they load it
     serving = loaded.spec.serving.model_copy(deep=True)
     if replicas is not None:
-        serving.min_replicas = serving.max_replicas = replicas
+        # `--replicas N` fixes the count, as Ray Serve's `num_replicas` and `kubectl scale` do: it replaces the
+        # spec's autoscaling range (both bounds), above its maxReplicas too. One validation of the new range:
+        # assigning min then max one at a time trips the min <= max check in between (issue 17, item 5).
+        if replicas > serving.max_replicas:
+            click.echo(f"note: --replicas {replicas} is above the artifact's serving.maxReplicas "
+                       f"({serving.max_replicas}); running {replicas} fixed replicas", err=True)
+        serving = ServingSpec.model_validate({**serving.model_dump(by_alias=True), "minReplicas": replicas,
+                                              "maxReplicas": replicas})
     auth = serving.auth
     if token_file or token_env:
         auth.token_file, auth.token_env = token_file, token_env

@@ -3,6 +3,9 @@ artifact, every bad input gets its 4xx with `{error, field}`, auth, metrics, and
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections import Counter
 
 import numpy as np
@@ -162,6 +165,11 @@ BAD_REQUESTS = [
     ("/v1/score", {"user_id": "u1", "item_ids": []}, 422, "item_ids"),
     ("/v1/score", {"user_id": "u1", "item_ids": ["i1", "i2", "nope"]}, 404, "item_ids[2]"),
     ("/v1/score", {"item_ids": ["i1"]}, 422, "user_id"),
+    # JSON escapes of lone UTF-16 surrogates decode to strings that cannot be UTF-8 encoded (issue 17, item 1)
+    ("/v1/recommend", b'{"user_id": "\\ud800"}', 422, "user_id"),
+    ("/v1/recommend", b'{"history": ["i1", "x\\udfff"]}', 422, "history[1]"),
+    ("/v1/recommend", b'{"user_id": "u1", "candidates": ["\\udbff"]}', 422, "candidates[0]"),
+    ("/v1/score", b'{"user_id": "u1", "item_ids": ["\\ud83d"]}', 422, "item_ids[0]"),
 ]
 
 
@@ -318,3 +326,260 @@ def test_a_torch_compiled_artifact_warms_its_cuda_graph_buckets_and_answers_the_
     histories = [compiled.stored_history(u) for u in range(5)]  # 5 rows: padded to the bucket of 8
     np.testing.assert_allclose(compiled.user_vectors(histories), scorers["v1"].user_vectors(histories),
                                rtol=1e-4, atol=1e-5)
+
+
+# --- issue 17: hang-ups, slow clients, the OpenAPI document ------------------------------------------------
+
+
+class _Stalled:
+    """A version whose replica never answers (a model stuck behind a dead replica)."""
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+
+    async def call(self, method: str, query: dict) -> dict:
+        if method in ("describe", "ready"):
+            return {"ready": True, "task": "ranking", "score": "ranking_score"}
+        self.called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def _asgi_scope(path: str, body: bytes) -> dict:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+
+
+def test_client_hang_ups_are_counted_as_499_not_500():
+    """Issue 17 item 2: 40 hang-ups were counted as 22 "500"s. Two ways a client goes: a disconnect while the
+    body is read (Starlette's ClientDisconnect), and Serve cancelling the ingress's request when the proxy sees
+    the client go while the model works."""
+    stalled = _Stalled()
+    router = Router("shop-recs", {"v1": stalled}, {"v1": 100})
+    app = create_api(router, TokenAuth(), LIMITS)
+    body = b'{"user_id": "u1", "k": 2}'
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def scenario() -> None:
+        async def gone() -> dict:
+            return {"type": "http.disconnect"}
+
+        await app(_asgi_scope("/v1/recommend", body), gone, send)
+
+        delivered = False
+
+        async def body_then_wait() -> dict:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        task = asyncio.create_task(app(_asgi_scope("/v1/recommend", body), body_then_wait, send))
+        await asyncio.wait_for(stalled.called.wait(), 10)
+        task.cancel()  # what Serve does to the ingress's request when the proxy sees the client hang up
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    text = router.metrics.render().decode()
+    assert 'fusionrec_requests_total{code="499",route="/v1/recommend",version="none"} 1.0' in text
+    assert 'fusionrec_requests_total{code="499",route="/v1/recommend",version="v1"} 1.0' in text
+    assert 'code="500"' not in text
+
+
+def test_a_trickling_body_is_cut_off_while_other_requests_are_answered(scorers):
+    """Issue 17 item 3: a client that sends its body a byte at a time must not hold the ingress."""
+    router = Router("shop-recs", {"v1": LocalClient(VersionEngine(scorers["v1"]))}, {"v1": 100})
+    app = create_api(router, TokenAuth(), LIMITS, body_timeout_s=0.5)
+    body = b'{"user_id": "u1", "k": 2}'
+
+    async def run(receive) -> tuple[list[dict], float]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        start = time.perf_counter()
+        await asyncio.wait_for(app(_asgi_scope("/v1/recommend", body), receive, send), 10)
+        return sent, time.perf_counter() - start
+
+    def trickle() -> object:
+        chunks = [body[n:n + 1] for n in range(len(body))]
+
+        async def receive() -> dict:
+            await asyncio.sleep(0.1)  # 25 bytes at 10 bytes/s: 2.5 s for the body, over the 0.5 s deadline
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        return receive
+
+    def at_once() -> object:
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return receive
+
+    async def scenario() -> tuple[list, list]:
+        slow = [asyncio.create_task(run(trickle())) for _ in range(20)]
+        await asyncio.sleep(0.05)
+        normal = [await run(at_once()) for _ in range(5)]
+        return [await task for task in slow], normal
+
+    slow, normal = asyncio.run(scenario())
+    for sent, seconds in normal:
+        assert sent[0]["status"] == 200 and seconds < 0.5
+    for sent, seconds in slow:
+        assert sent[0]["status"] == 408 and seconds < 1.5
+        assert (b"connection", b"close") in sent[0]["headers"]
+        assert json.loads(sent[1]["body"])["field"] == "body"
+    text = router.metrics.render().decode()
+    assert 'fusionrec_requests_total{code="408",route="/v1/recommend",version="none"} 20.0' in text
+    assert 'fusionrec_request_latency_seconds_count{route="/v1/recommend",version="none"}' not in text
+
+
+def test_oversized_headers_are_refused(client):
+    response = client.post("/v1/recommend", json={"user_id": "u1"}, headers={"X-Pad": "x" * 20_000})
+    assert response.status_code == 431 and response.json()["field"] == "headers"
+    assert client.get("/healthz", headers={"X-Pad": "x" * 20_000}).status_code == 431
+    assert client.post("/v1/recommend", json={"user_id": "u1"}, headers={"X-Pad": "x" * 1000}).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["no", 0, 1, "false", "true", None])
+def test_exclude_seen_is_a_strict_boolean(client, value):
+    response = client.post("/v1/recommend", json={"user_id": "u1", "exclude_seen": value})
+    assert response.status_code == 422 and response.json()["field"] == "exclude_seen"
+
+
+def test_the_openapi_document_says_what_the_api_does(scorers, monkeypatch):
+    """Issue 17 item 7: bearer security, /metrics as text/plain, id lengths, the limits, and per route only
+    the errors it can give."""
+    monkeypatch.setenv("SHOP_TOKENS", TOKEN)
+    secured, _ = make_client(scorers, {"v1": 100}, TokenAuth(token_env="SHOP_TOKENS"))
+    document = secured.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": document["components"]["securitySchemes"]["bearer"][
+            "description"]}
+    paths = document["paths"]
+    for path in ("/v1/recommend", "/v1/score"):
+        operation = paths[path]["post"]
+        assert operation["security"] == [{"bearer": []}]
+        assert set(operation["responses"]) == {"200", "400", "401", "403", "404", "408", "413", "422", "503"}
+        assert operation["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "/ErrorResponse")
+    assert paths["/v1/model"]["get"]["security"] == [{"bearer": []}]
+    assert set(paths["/v1/model"]["get"]["responses"]) == {"200", "401", "403"}
+    assert set(paths["/healthz"]["get"]["responses"]) == {"200"} and "security" not in paths["/healthz"]["get"]
+    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
+    metrics = paths["/metrics"]["get"]["responses"]
+    assert set(metrics) == {"200", "503"} and set(metrics["200"]["content"]) == {"text/plain"}
+    assert "text/plain" in secured.get("/metrics").headers["content-type"]
+    request = document["components"]["schemas"]["RecommendRequest"]["properties"]
+    user_id = request["user_id"]["anyOf"][0]["anyOf"][0]
+    assert user_id == {"type": "string", "minLength": 1, "maxLength": 256}
+    assert request["k"]["maximum"] == LIMITS.max_k and request["exclude_seen"]["type"] == "boolean"
+    assert request["history"]["anyOf"][0]["maxItems"] == LIMITS.max_history
+    assert request["candidates"]["anyOf"][0]["maxItems"] == LIMITS.max_candidates
+    score = document["components"]["schemas"]["ScoreRequest"]["properties"]
+    assert score["item_ids"]["maxItems"] == LIMITS.max_candidates
+    open_document, _ = make_client(scorers, {"v1": 100})
+    open_paths = open_document.get("/openapi.json").json()["paths"]
+    assert "security" not in open_paths["/v1/recommend"]["post"]
+    assert not {"401", "403"} & set(open_paths["/v1/recommend"]["post"]["responses"])
+
+
+class _Killable:
+    """A version whose only replica can be killed: calls then wait, as Serve queues them for a replacement."""
+
+    def __init__(self, inner: LocalClient) -> None:
+        self.inner, self._alive = inner, asyncio.Event()
+        self._alive.set()
+
+    @property
+    def dead(self) -> bool:
+        return not self._alive.is_set()
+
+    @dead.setter
+    def dead(self, dead: bool) -> None:
+        self._alive.clear() if dead else self._alive.set()  # a revived version answers the calls it queued
+
+    async def call(self, method: str, query: dict) -> dict:
+        await self._alive.wait()
+        return await self.inner.call(method, query)
+
+
+def test_a_version_without_a_live_replica_answers_503_or_the_popularity_fallback_fast(scorers):
+    """Issue 17 item 4: with the only replica killed, requests hung until the client's timeout. Now each is
+    answered within the deadline: 503 + Retry-After, or popular items where the request allows it."""
+    import httpx
+
+    version = _Killable(LocalClient(VersionEngine(scorers["v1"])))
+    router = Router("shop-recs", {"v1": version}, {"v1": 100}, call_deadline_s=0.5,
+                    popular_k=LIMITS.max_k + LIMITS.max_history)
+    app = create_api(router, TokenAuth(), LIMITS)
+    popularity = scorers["v1"].popularity
+    by_popularity = [str(scorers["v1"].item_ids[i]) for i in sorted(range(len(popularity)),
+                                                                    key=lambda i: (-popularity[i], i))]
+
+    async def scenario() -> list[tuple[int, float, dict, httpx.Headers]]:
+        await router.refresh_info()  # what the ingress does every 2 s: keeps each version's popular items
+        version.dead = True
+        out = []
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            for body in ({"user_id": "u1", "k": 3},  # first: waits out the deadline
+                         {"user_id": "u2", "k": 3},  # then: fails fast
+                         {"history": [by_popularity[0], by_popularity[2]], "k": 3},
+                         {"user_id": "u1", "k": 3, "exclude_seen": False},
+                         {"user_id": "u1", "k": 3, "exclude_seen": False, "candidates": ["i1", "i2"]}):
+                start = time.perf_counter()
+                response = await asyncio.wait_for(client.post("/v1/recommend", json=body), 5)
+                out.append((response.status_code, time.perf_counter() - start, response.json(), response.headers))
+            start = time.perf_counter()
+            scored = await asyncio.wait_for(client.post("/v1/score", json={"user_id": "u1", "item_ids": ["i1"]}), 5)
+            out.append((scored.status_code, time.perf_counter() - start, scored.json(), scored.headers))
+            version.dead = False
+            await asyncio.sleep(1.1)  # Retry-After
+            healthy = await asyncio.wait_for(client.post("/v1/recommend", json={"user_id": "u1", "k": 3}), 5)
+            out.append((healthy.status_code, 0.0, healthy.json(), healthy.headers))
+        return out
+
+    first, second, with_history, keep_seen, candidates, score, revived = asyncio.run(scenario())
+    for status, seconds, body, headers in (first, second, candidates, score):
+        assert status == 503 and headers["Retry-After"] == "1" and body["field"] is None, body
+    assert 0.4 < first[1] < 2.0 and second[1] < 0.2 and candidates[1] < 0.2
+    assert with_history[0] == 200 and with_history[2]["fallback"] == "popularity"
+    assert [i["item_id"] for i in with_history[2]["items"]] == [by_popularity[1]] + by_popularity[3:5]
+    assert keep_seen[0] == 200 and [i["item_id"] for i in keep_seen[2]["items"]] == by_popularity[:3]
+    assert revived[0] == 200 and "fallback" not in revived[2]
+    text = router.metrics.render().decode()
+    assert 'fusionrec_unavailable_total{answer="503",version="v1"} 4.0' in text
+    assert 'fusionrec_unavailable_total{answer="fallback",version="v1"} 2.0' in text
+
+
+def test_a_version_being_deployed_is_waited_for_not_failed(scorers):
+    """A deploy replaces a version's replicas stop-first; requests must wait for the new ones (the README's
+    promise for a canary step), while a version that is not being deployed gets the deadline."""
+    version = _Killable(LocalClient(VersionEngine(scorers["v1"])))
+    router = Router("shop-recs", {"v1": version}, {"v1": 100}, call_deadline_s=0.3)
+    app = create_api(router, TokenAuth(), LIMITS)
+
+    async def scenario() -> tuple[int, float]:
+        import httpx
+
+        version.dead = True
+        router.set_deploying({"v1"})
+        loop = asyncio.get_running_loop()
+        loop.call_later(1.0, setattr, version, "dead", False)  # the new replica has loaded
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            start = time.perf_counter()
+            response = await asyncio.wait_for(client.post("/v1/recommend", json={"user_id": "u1", "k": 2}), 10)
+        return response.status_code, time.perf_counter() - start
+
+    status, seconds = asyncio.run(scenario())
+    assert status == 200 and seconds > 0.9

@@ -48,6 +48,17 @@ def test_local_args_are_valid_app_args(artifacts):
     assert secured.serving.auth.token_env == "MY_TOKENS"
 
 
+def test_replicas_above_the_artifacts_max_replicas_fix_the_count(artifacts, capsys):
+    """Issue 17 item 5: `fusionrec serve --replicas N` with N > serving.maxReplicas crashed (a traceback)."""
+    from fusionrec.artifact import load_artifact
+
+    most = load_artifact(artifacts["v1"], verify=False).spec.serving.max_replicas
+    parsed = parse_args(local_args(artifacts["v1"], replicas=most + 2))
+    assert parsed.serving.min_replicas == parsed.serving.max_replicas == most + 2
+    assert f"--replicas {most + 2} is above the artifact's serving.maxReplicas ({most})" in capsys.readouterr().err
+    assert parse_args(local_args(artifacts["v1"], replicas=1)).serving.max_replicas == 1  # below: fixed too
+
+
 def test_banner_shows_a_request_that_works(artifacts):
     text = banner("http://127.0.0.1:8000", artifacts["v1"], auth=True)
     assert "curl -s http://127.0.0.1:8000/v1/recommend" in text and "Bearer" in text

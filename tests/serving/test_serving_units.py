@@ -131,6 +131,12 @@ def test_requests_without_user_stick_by_history():
 # --- auth -----------------------------------------------------------------------------------------------------
 
 
+def test_a_key_with_a_lone_surrogate_still_gets_a_bucket():
+    """The schema refuses such ids; the router must not be the place where one turns into a 500."""
+    assert bucket_of(request_key("\ud800", None)) == bucket_of(request_key("\ud800", None))
+    assert 0 <= bucket_of(request_key(None, ["i1", "\udfff"])) < 100
+
+
 def test_auth_is_off_without_a_token_source():
     TokenAuth().check(None)  # no exception
 
@@ -308,3 +314,19 @@ def test_errors_are_not_cached_and_capacity_zero_turns_the_cache_off():
     plain = _CountingClient("v1")
     uncached = Router("shop", {"v1": plain}, {"v1": 100}, response_cache_entries=0)
     assert [_ask(uncached, {"user_id": "7"})["items"][0]["item_id"] for _ in range(2)] == ["1", "2"]
+
+
+def test_the_breaker_fails_fast_for_its_window_after_a_trip():
+    from fusionrec.serving.breaker import Breaker
+
+    now = [100.0]
+    breaker = Breaker(1.0, clock=lambda: now[0])
+    assert not breaker.is_open
+    breaker.trip()
+    now[0] += 0.9
+    assert breaker.is_open
+    now[0] += 0.2
+    assert not breaker.is_open  # calls go through again, each bounded by the router's deadline
+    breaker.trip()
+    breaker.reset()
+    assert not breaker.is_open

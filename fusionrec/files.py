@@ -61,8 +61,9 @@ def atomic_directory(dest: Path, *, replace: bool = True) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `path` so readers see the old content or the new, never a torn file."""
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write `path` so readers see the old content or the new, never a torn file (`mode`: 0o600 for secrets;
+    the temporary file is private from its creation, so a secret is never readable by others on the way)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
@@ -71,7 +72,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

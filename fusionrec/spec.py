@@ -212,6 +212,13 @@ class TaskSpec(SpecModel):
 # --- data ---------------------------------------------------------------------------------------------------
 
 
+class ColumnRename(SpecModel):
+    """An item or user column read under another name, so raw headers (Book-Title) need no rewriting of the file."""
+
+    name: str = Field(min_length=1, max_length=COLUMN_MAX, description="The name templates and features use.")
+    column: str = Field(min_length=1, max_length=COLUMN_MAX, description="The column as the file spells it.")
+
+
 class ColumnMapping(SpecModel):
     """Maps a shop's export columns onto the data contract (user_id, item_id, timestamp, rating, label)."""
 
@@ -220,6 +227,10 @@ class ColumnMapping(SpecModel):
     timestamp: str = Field("timestamp", min_length=1, max_length=COLUMN_MAX)
     rating: str | None = Field("rating", min_length=1, max_length=COLUMN_MAX)
     label: str | None = Field(None, min_length=1, max_length=COLUMN_MAX)
+    rename: list[ColumnRename] = Field(
+        default_factory=list, max_length=64,
+        description="Any other item/user columns to rename, e.g. [{name: title, column: Book-Title}] "
+                    "(CLI: --map title=Book-Title).")
 
 
 class DataSpec(SpecModel):
@@ -235,6 +246,9 @@ class DataSpec(SpecModel):
     format: Literal["auto", "csv", "parquet", "atomic", "movielens"] = "auto"
     delimiter: str = Field(",", min_length=1, max_length=4)
     encoding: str = Field("utf-8", min_length=1, max_length=SHORT_MAX)
+    escapechar: str | None = Field(None, min_length=1, max_length=1,
+                                   description="CSV escape character (default none), e.g. a backslash where quoted "
+                                               "fields hold backslash-escaped quotes.")
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
     item_text_template: str = Field(
         "{title}. Genres: {genres}. Year: {year}",
@@ -309,6 +323,16 @@ class AuthSpec(SpecModel):
                                    description="Local file with one bearer token a line.")
     token_env: str | None = Field(None, min_length=1, max_length=SHORT_MAX,
                                   description="Environment variable holding comma-separated tokens.")
+    disabled: bool = Field(
+        False, description="Serve /v1/* without a bearer token (auth is on by default). Only with no secretRef, "
+        "tokenFile or tokenEnv; a cluster needs secretRef unless this is true.")
+
+    @model_validator(mode="after")
+    def _disabled_without_tokens(self) -> AuthSpec:
+        if self.disabled and (self.secret_ref or self.token_file or self.token_env):
+            raise ValueError("serving.auth.disabled: true cannot be combined with secretRef, tokenFile or tokenEnv; "
+                             "remove the token source or drop disabled")
+        return self
 
 
 class ServingLimits(SpecModel):

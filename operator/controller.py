@@ -72,7 +72,7 @@ def parse_manifest(body: dict[str, Any]) -> Manifest:
     meta = body.get("metadata", {})
     document = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
     manifest = manifest_from_dict(document, source=f"FusionRecommender {meta.get('namespace')}/{meta.get('name')}")
-    check_cluster_spec(manifest.metadata.name, manifest.spec.storage.uri)
+    check_cluster_spec(manifest.metadata.name, manifest.spec.storage.uri, manifest.spec.serving.auth)
     if manifest.spec.training.schedule:
         try:
             CronSchedule.parse(manifest.spec.training.schedule)

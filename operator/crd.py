@@ -31,6 +31,7 @@ from fusionrec.operator.status import Condition, FusionRecommenderStatus
 
 from fusionrec.spec import (
     T_FILTER_KEY_MAX,
+    AuthSpec,
     DataSpec,
     EncoderSpec,
     FusionRecommenderSpec,
@@ -115,6 +116,12 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
             "must be a 5-field cron expression, e.g. '0 3 * * *'",
         )],
     },
+    (AuthSpec, None): {"x-kubernetes-validations": [
+        _rule("!has(self.disabled) || !self.disabled || !(has(self.secretRef) || has(self.tokenFile) || "
+              "has(self.tokenEnv))",
+              "disabled: true cannot be combined with secretRef, tokenFile or tokenEnv; remove the token source or "
+              "drop disabled", field_path=".disabled"),
+    ]},
     (ServingSpec, None): {"x-kubernetes-validations": [
         _rule("self.maxReplicas >= self.minReplicas", "maxReplicas must be >= minReplicas",
               field_path=".maxReplicas"),

@@ -220,7 +220,9 @@ class _Guard:
         scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-type"]
                  + [(b"content-type", b"application/json")]}
         try:
-            self.auth.check(headers.get("authorization"))
+            # Every value, not the dict's last one: two Authorization headers are refused (serving/auth.py).
+            self.auth.check([value.decode("latin-1") for name, value in scope.get("headers", [])
+                             if name.lower() == b"authorization"])
             declared = headers.get("content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
                 raise _too_large(self.max_body_bytes, declared)

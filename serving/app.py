@@ -14,6 +14,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from fusionrec.serving.auth import require_token_source
 from fusionrec.serving.config import (
     INGRESS_NAME,
     METRICS_HUB_NAME,
@@ -40,6 +41,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     """Build the application from its args (see `fusionrec.serving.config.AppArgs`)."""
     parsed = parse_args(args)
     serving = parsed.serving
+    require_token_source(serving.auth)  # refused here, before any replica starts, rather than in the ingress
     threads = max(1, int(cpus_of(serving.resources.cpu)))
     models = {
         v.version: ModelServer.options(

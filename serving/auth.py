@@ -1,5 +1,8 @@
 """Bearer-token auth for the HTTP API: tokens from a mounted secret file or an environment variable.
 
+Auth is on by default: a served app needs a token source unless `serving.auth.disabled` is true
+(`require_token_source`); local serving generates a token when the spec names none (local_auth.py).
+
 401 when no (or a malformed) `Authorization: Bearer` header is sent, 403 when the token is wrong. Every
 configured token is compared in constant time, and all of them are compared on every request, so the
 response time does not tell how much of a guess was right or which token it was close to. Tokens are never
@@ -14,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from fusionrec.errors import UserError
@@ -31,6 +35,19 @@ def parse_tokens(text: str) -> list[bytes]:
     lines = [line.strip() for line in text.splitlines()]
     tokens = [t.strip() for line in lines if not line.startswith("#") for t in line.split(",")]
     return [t.encode("utf-8") for t in tokens if t]
+
+
+def require_token_source(auth: AuthSpec) -> None:
+    """Auth is on by default: refuse to serve when no token source is configured and auth is not disabled.
+
+    The operator mounts `secretRef` as a tokenFile, and `fusionrec serve` / `fusionrec run` generate a token
+    (serving/local_auth.py), so this only fires for args written by hand.
+    """
+    if not (auth.disabled or auth.token_file or auth.token_env):
+        raise UserError("serving.auth names no token source (tokenFile, tokenEnv; secretRef on a cluster) and is "
+                        "not disabled; refusing to serve /v1/* open", field="serving.auth",
+                        fix="set serving.auth.tokenFile or tokenEnv (secretRef on a cluster), or "
+                            "serving.auth.disabled: true to serve without auth")
 
 
 class TokenAuth:
@@ -54,11 +71,16 @@ class TokenAuth:
         if self.enabled and not self._tokens():
             sources = [s for s in (token_file and f"file {token_file}", token_env and f"${token_env}") if s]
             raise UserError(f"serving.auth is configured but {' and '.join(sources)} hold no token; refusing to "
-                            "start open", field="serving.auth", fix="put at least one token in the secret, or "
-                                                                    "remove serving.auth to disable auth")
+                            "start open", field="serving.auth",
+                            fix="put at least one token in the secret, or set serving.auth.disabled: true (and no "
+                                "token source) to serve without auth")
 
     @classmethod
     def from_spec(cls, auth: AuthSpec) -> TokenAuth:
+        """The check a served app runs: auth is on unless `serving.auth.disabled` is true (then off, warned)."""
+        require_token_source(auth)
+        if auth.disabled:
+            log.warning("serving.auth.disabled: true: /v1/* is served without a bearer token")
         return cls(auth.token_file, auth.token_env)
 
     @property
@@ -102,10 +124,22 @@ class TokenAuth:
     def _tokens(self) -> list[bytes]:
         return self._file_tokens + self._env_tokens
 
-    def check(self, authorization: str | None) -> None:
-        """Raise ApiError 401 (no bearer token) or 403 (wrong token); return when allowed or auth is off."""
+    def check(self, authorization: str | Sequence[str] | None) -> None:
+        """Raise ApiError 401 (no bearer token, or more than one `Authorization` header) or 403 (wrong token);
+        return when allowed or auth is off.
+
+        `authorization` is the header's value, or every value sent (the ingress passes them all): two headers
+        are refused rather than one picked, since a proxy in front and this check could each read a different
+        one (which one "wins" differs between HTTP stacks).
+        """
         if not self.enabled:
             return
+        if authorization is not None and not isinstance(authorization, str):
+            values = list(authorization)
+            if len(values) > 1:
+                raise ApiError(401, f"{len(values)} Authorization headers sent; send exactly one "
+                                    "'Authorization: Bearer <token>'", "Authorization", headers=_CHALLENGE)
+            authorization = values[0] if values else None
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

@@ -33,6 +33,11 @@ MIN_OBJECT_STORE_BYTES = 80 << 20  # Ray refuses less than ~75 MiB
 MAX_TEMP_DIR_CHARS = 40
 LOCAL_ADDRESSES = {"", "local"}
 LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Ray's raylet starts worker processes (Ray Train's included) at nice 15 unless told otherwise: the fused model
+# then trains starved beside anything else on the machine. Ray's own job manager sets 0 for its drivers for the
+# same reason; a value the user exported is kept.
+NICENESS_VAR = "RAY_worker_niceness"
+WORKER_NICENESS = "0"
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,12 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def local_environment(temp_dir: Path) -> dict[str, str]:
-    """Environment of a local Ray: loopback only, temp files in the run, and token auth (Ray's default) with a
-    token generated for this process instead of one Ray would write to `~/.ray/auth_token`."""
+    """Environment of a local Ray: loopback only, temp files in the run, workers at normal priority, and token
+    auth (Ray's default) with a token generated for this process instead of one Ray would write to
+    `~/.ray/auth_token`."""
     env = {LOOPBACK_VAR: "0", "TMPDIR": str(temp_dir)}
+    if NICENESS_VAR not in os.environ:
+        env[NICENESS_VAR] = WORKER_NICENESS
     mode = os.environ.get("RAY_AUTH_MODE", "token").lower()
     if mode == "token" and not os.environ.get("RAY_AUTH_TOKEN"):
         env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)

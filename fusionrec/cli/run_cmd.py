@@ -24,6 +24,9 @@ EXIT_ROLLED_BACK = 3
               help="Keep the endpoint up until Ctrl-C. Default: on when run from a terminal (stdin and stdout "
                    "are TTYs) without --json, off otherwise (scripts, CI).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (loopback by default).")
+@click.option("--no-auth", is_flag=True,
+              help="Serve without a bearer token (loopback only; warned). Default: the spec's serving.auth token "
+                   "source, else a token generated into ~/.config/fusionrec/serving-token.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="Port to serve on (default: spec.serving.port; 0 picks a free one).")
 @click.option("--requests", "requests", type=click.IntRange(1, 100_000), default=50, show_default=True,
@@ -32,8 +35,8 @@ EXIT_ROLLED_BACK = 3
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON summary on stdout (steps, quality table, rollout, endpoint, sample); "
                    "progress goes to stderr.")
-def run(manifest: Path, output: str | None, serve: bool, keep_serving: bool | None, host: str, port: int | None,
-        requests: int, no_cache: bool, as_json: bool) -> None:
+def run(manifest: Path, output: str | None, serve: bool, keep_serving: bool | None, host: str, no_auth: bool,
+        port: int | None, requests: int, no_cache: bool, as_json: bool) -> None:
     """Run MANIFEST end to end on this machine: prepare data, merge (if spec.merge), train on a local Ray,
     evaluate against each single encoder and the baselines, compile, serve on loopback, and print the
     endpoint, a sample recommendation and the quality table.
@@ -59,7 +62,9 @@ def run(manifest: Path, output: str | None, serve: bool, keep_serving: bool | No
       fusionrec run examples/movielens.yaml --output runs --no-serve
       fusionrec -q run examples/quickstart.yaml --json > run.json
       fusionrec run examples/quickstart.yaml --keep-serving --port 8080
-      curl -s localhost:8080/v1/recommend -H 'Content-Type: application/json' -d '{"user_id": "196", "k": 5}'
+      curl -s localhost:8080/v1/recommend -H "Authorization: Bearer $(cat ~/.config/fusionrec/serving-token)" \
+        -H 'Content-Type: application/json' -d '{"user_id": "196", "k": 5}'
+      fusionrec recommend --user 196 --url http://127.0.0.1:8080    # reads the token itself
     """
     from fusionrec.errors import UserError
     from fusionrec.runner import Runner, RunOptions
@@ -72,7 +77,7 @@ def run(manifest: Path, output: str | None, serve: bool, keep_serving: bool | No
     if keep_serving and not serve:
         raise UserError("--keep-serving needs serving; drop --no-serve", field="--keep-serving")
     options = RunOptions(output=output, serve=serve, keep_serving=keep_serving, host=host, port=port,
-                         requests=requests, use_cache=not no_cache)
+                         requests=requests, use_cache=not no_cache, no_auth=no_auth)
     runner = Runner(document, options, say=lambda line: click.echo(line, err=True))
     failure: Exception | None = None
     try:

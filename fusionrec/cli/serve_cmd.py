@@ -1,8 +1,9 @@
 """`fusionrec serve` (a local Ray Serve app over one artifact) and `fusionrec recommend` (its client).
 
 `serve` deploys the same application, through the same declarative config, as the operator does on a
-cluster, so what works locally works there. It listens on loopback unless told otherwise, and auth is off
-unless the spec (or an option) names a token file or variable.
+cluster, so what works locally works there. It listens on loopback unless told otherwise. Auth is on: the
+spec's (or an option's) token file or variable, else a token generated once into ~/.config/fusionrec/serving-token
+(0600; `recommend` reads it). `--no-auth` turns it off, on loopback only (see fusionrec.serving.local_auth).
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ from fusionrec.errors import UserError
 @click.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; anything but loopback exposes the API (set a token).")
+              help="Address to listen on; anything but loopback exposes the API (refused with --no-auth).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--token-file", type=click.Path(dir_okay=False), help="Require bearer tokens from this file.")
 @click.option("--token-env", help="Require bearer tokens from this environment variable (comma-separated).")
+@click.option("--no-auth", is_flag=True,
+              help="Serve /v1/* without a bearer token (loopback only; a warning is printed). Default: a token "
+                   "from the spec or the options, else one generated into ~/.config/fusionrec/serving-token.")
 @click.option("--replicas", type=click.IntRange(1, 64),
               help="Run exactly this many model replicas, replacing the spec's minReplicas..maxReplicas "
                    "autoscaling range (also when above its maxReplicas).")
-def serve(path: Path, host: str, port: int, token_file: str | None, token_env: str | None,
+def serve(path: Path, host: str, port: int, token_file: str | None, token_env: str | None, no_auth: bool,
           replicas: int | None) -> None:
     """Serve an artifact folder (or the current version of a manifest) with a local Ray until Ctrl-C.
 
@@ -40,15 +44,13 @@ def serve(path: Path, host: str, port: int, token_file: str | None, token_env: s
       fusionrec serve runs/v3
       fusionrec serve examples/ml100k.yaml --port 8080
       fusionrec serve runs/v3 --token-file tokens.txt
+      fusionrec serve runs/v3 --no-auth
     """
     from fusionrec.serving.local import deploy, start_local_serve, stop_local_serve
 
     artifact = resolve_artifact(path)
-    args = local_args(artifact, token_file=token_file, token_env=token_env, replicas=replicas)
-    if host not in ("127.0.0.1", "localhost", "::1") and not (args["serving"]["auth"].get("tokenFile")
-                                                              or args["serving"]["auth"].get("tokenEnv")):
-        click.echo(f"warning: listening on {host} without auth; anyone who can reach it can query the model",
-                   err=True)
+    args = local_args(artifact, token_file=token_file, token_env=token_env, replicas=replicas, host=host,
+                      no_auth=no_auth)
     workdir = Path(tempfile.mkdtemp(prefix="fusionrec-serve-"))
     cpus = max(os.cpu_count() or 1, (replicas or args["serving"]["maxReplicas"]) + 1)
     local = start_local_serve(workdir, host=host, port=port, num_cpus=cpus)
@@ -62,9 +64,8 @@ def serve(path: Path, host: str, port: int, token_file: str | None, token_env: s
     try:
         click.echo(f"loading {artifact} ...", err=True)
         deploy(args)
-        click.echo(banner(local.url, artifact, auth=bool(token_file or token_env
-                                                       or args["serving"]["auth"].get("tokenFile")
-                                                       or args["serving"]["auth"].get("tokenEnv"))))
+        auth = args["serving"]["auth"]
+        click.echo(banner(local.url, artifact, auth=not auth.get("disabled"), token_file=auth.get("tokenFile")))
         while not stop:
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -101,9 +102,11 @@ def resolve_artifact(path: Path) -> Path:
 
 
 def local_args(artifact: Path, *, token_file: str | None = None, token_env: str | None = None,
-               replicas: int | None = None) -> dict[str, Any]:
-    """The application's args for one local artifact, from the spec it was trained with."""
+               replicas: int | None = None, host: str = "127.0.0.1", no_auth: bool = False) -> dict[str, Any]:
+    """The application's args for one local artifact, from the spec it was trained with; auth as
+    `fusionrec.serving.local_auth.local_auth` decides (UserError for no auth on a non-loopback host)."""
     from fusionrec.artifact import load_artifact
+    from fusionrec.serving.local_auth import local_auth
 
     from fusionrec.spec import ServingSpec
 
@@ -119,24 +122,24 @@ def local_args(artifact: Path, *, token_file: str | None = None, token_env: str 
         serving = ServingSpec.model_validate({**serving.model_dump(by_alias=True), "minReplicas": replicas,
                                               "maxReplicas": replicas})
     auth = serving.auth
-    if token_file or token_env:
-        auth.token_file, auth.token_env = token_file, token_env
-    elif auth.secret_ref and not (auth.token_file or auth.token_env):
-        click.echo(f"note: serving.auth.secretRef {auth.secret_ref!r} is a cluster Secret; auth is off locally "
-                   "(use --token-file)", err=True)
-    auth.secret_ref = None
+    if auth.secret_ref and not (token_file or token_env or auth.token_file or auth.token_env or no_auth):
+        click.echo(f"note: serving.auth.secretRef {auth.secret_ref!r} is a cluster Secret; a local token is used "
+                   "instead (or pass --token-file)", err=True)
+    serving.auth = local_auth(auth, host=host, no_auth=no_auth, token_file=token_file, token_env=token_env,
+                              say=lambda line: click.echo(line, err=True))
     return {"name": loaded.spec.version, "versions": [{"version": loaded.version,
                                                        "artifact": str(Path(artifact).resolve()), "weight": 100}],
             "serving": serving.model_dump(by_alias=True, mode="json")}
 
 
-def banner(url: str, artifact: Path, *, auth: bool) -> str:
+def banner(url: str, artifact: Path, *, auth: bool, token_file: str | None = None) -> str:
     """What to tell the user once the app is up: where it is and a request that works."""
     import pandas as pd
 
     users = pd.read_parquet(artifact / "users.parquet", columns=["user_id"])
     user = str(users["user_id"].iloc[0]) if len(users) else "42"
-    header = " -H 'Authorization: Bearer <token>'" if auth else ""
+    header = (f' -H "Authorization: Bearer $(cat {token_file})"' if token_file
+              else " -H 'Authorization: Bearer <token>'" if auth else "")
     return (f"serving {artifact.name} at {url}  (OpenAPI: {url}/docs, metrics: {url}/metrics)\n"
             f"  curl -s {url}/v1/recommend -H 'Content-Type: application/json'{header} "
             f"-d '{{\"user_id\": \"{user}\", \"k\": 5}}'\n"
@@ -151,7 +154,9 @@ def banner(url: str, artifact: Path, *, auth: bool) -> str:
 @click.option("-k", "--k", default=10, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--candidates", help="Comma-separated item ids to rank instead of the whole catalogue.")
 @click.option("--include-seen", is_flag=True, help="Do not leave out the items of the history.")
-@click.option("--token", envvar="FUSIONREC_TOKEN", help="Bearer token (or $FUSIONREC_TOKEN).")
+@click.option("--token", envvar="FUSIONREC_TOKEN",
+              help="Bearer token (or $FUSIONREC_TOKEN). Default for a loopback --url: the token local serving "
+                   "generated (~/.config/fusionrec/serving-token).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
 def recommend(user_id: str | None, history: str | None, url: str, k: int, candidates: str | None,
               include_seen: bool, token: str | None, as_json: bool) -> None:
@@ -162,7 +167,11 @@ def recommend(user_id: str | None, history: str | None, url: str, k: int, candid
       fusionrec recommend --user 42
       fusionrec recommend --history 50,172,133 -k 5 --url http://127.0.0.1:8080
     """
+    from urllib.parse import urlsplit
+
     import httpx
+
+    from fusionrec.serving.local_auth import is_loopback, read_token
 
     if user_id is None and history is None:
         raise UserError("give --user or --history", field="--user")
@@ -173,6 +182,8 @@ def recommend(user_id: str | None, history: str | None, url: str, k: int, candid
         body["history"] = _split(history)
     if candidates is not None:
         body["candidates"] = _split(candidates)
+    if not token and is_loopback(urlsplit(url).hostname or ""):
+        token = read_token()  # what `fusionrec serve` / `run` generated; never sent to another host
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         response = httpx.post(f"{url.rstrip('/')}/v1/recommend", json=body, headers=headers, timeout=30.0)

@@ -51,7 +51,7 @@ def load_dataset(spec: DataSpec) -> Dataset:
         interactions, items, users = (str(base / f) if f else None for f in (spec.interactions, spec.items, spec.users))
         dataset = read_files(interactions, items, users, format=spec.format,
                              delimiter=spec.delimiter, encoding=spec.encoding, columns=spec.columns,
-                             name=Path(spec.interactions).stem or "custom")
+                             name=Path(spec.interactions).stem or "custom", escapechar=spec.escapechar)
     elif spec.dataset == "ml-100k":
         if spec.path:
             dataset = prepare.read_ml100k(prepare.locate_ml100k(spec.path))

@@ -131,7 +131,15 @@ def prepared_dir(name: str, root: str | Path | None = None) -> Path:
 
 def write_prepared(dataset: Dataset, out: Path, template: str = DEFAULT_TEMPLATE,
                    source: str | None = None) -> DataCard:
-    """Render item text, write the Parquet files and the card into `out` in one atomic rename."""
+    """Render item text, write the Parquet files and the card into `out` in one atomic rename.
+
+    A dataset without interactions is refused before anything is written: a prepared copy is trusted by every
+    later run, so an empty one would be published as if it were data.
+    """
+    if len(dataset.interactions) == 0:
+        raise UserError(f"dataset {dataset.name!r} has no interactions after reading"
+                        + (f" {source}" if source else "") + "; nothing was written",
+                        field="interactions", fix="pass an interactions file that holds rows")
     dataset = with_item_text(dataset, template)
     card = data_card(dataset, template)
     card.location, card.source = str(out), source
@@ -171,12 +179,12 @@ def prepare_ml100k(path: str | Path | None = None, out: str | Path | None = None
 def prepare_files(interactions: str | Path, items: str | Path | None = None, users: str | Path | None = None, *,
                   name: str = "custom", out: str | Path | None = None, format: str = "auto", delimiter: str = ",",
                   encoding: str = "utf-8", columns: ColumnMapping | None = None,
-                  template: str = DEFAULT_TEMPLATE) -> tuple[Dataset, DataCard]:
+                  template: str = DEFAULT_TEMPLATE, escapechar: str | None = None) -> tuple[Dataset, DataCard]:
     """Prepare a shop's own export (CSV, Parquet, atomic or MovieLens files)."""
     target = prepared_dir(name, out)
     with progress(desc=f"preparing {name}", total=2, unit="stage") as bar:
         dataset = read_files(interactions, items, users, format=format, delimiter=delimiter, encoding=encoding,
-                             columns=columns, name=name)
+                             columns=columns, name=name, escapechar=escapechar)
         bar.update()
         card = write_prepared(dataset, target, template, source=str(interactions))
         bar.update()

@@ -3,6 +3,11 @@
 Catalogues are patchy: some items lack a year, a description, or everything but a title. A clause (the
 template split on ". ") whose field is missing, NaN or empty is dropped whole, so a text never reads
 "Year: nan" or "Genres: ." and an encoder is not taught that "nan" means something.
+
+A field is a column name as the file spells it, `{Book-Title}` or `{Book Title}` included: Python's format
+syntax reads everything up to `.`, `[`, `!`, `:` or `}` as the name, so only a column whose name holds `.`,
+`[`, `]`, `{`, `}`, `!` or `:`, or is all digits (a positional index), needs `--map NAME=COLUMN` first.
+List values (RecBole token sequences, Parquet list columns) are joined with LIST_JOIN: "Action, Comedy".
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "{title}. Genres: {genres}. Year: {year}"
 TEXT = "text"
 CLAUSE_SEPARATOR = ". "
-_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LIST_JOIN = ", "
+# What Python's format syntax cannot take as a name: attribute / index access, conversion, spec, braces.
+_NOT_IN_NAME = re.compile(r"[.\[\]{}!:]")
 
 
 def _is_missing(value: Any) -> bool:
@@ -46,8 +53,20 @@ def _display(value: Any, has_format_spec: bool) -> Any:
     if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
         items = value.tolist() if hasattr(value, "tolist") else value
         if isinstance(items, list):
-            return ", ".join(str(v) for v in items)
+            return LIST_JOIN.join(str(v) for v in items)
     return value
+
+
+def _check_name(name: str) -> None:
+    """Refuse a field Python's format would not look up as a column name: `{a.b}` is an attribute, `{a[0]}` an
+    index, `{}` and `{0}` positional arguments."""
+    if not name.strip() or name.isdigit() or _NOT_IN_NAME.search(name):
+        shown = f"{{{name}}}"
+        raise UserError(f"template field {shown} is not a column name Python's format syntax can look up "
+                        f"(a name is any text without . [ ] {{ }} ! : that is not all digits)",
+                        field="data.itemTextTemplate",
+                        fix="rename the column on reading, e.g. --map price_usd='price.usd' (data.columns.rename), "
+                            "and write {price_usd}")
 
 
 @dataclass(frozen=True)
@@ -85,9 +104,7 @@ class ItemTextTemplate:
         for _, name, spec, conversion in pieces:
             if name is None:
                 continue
-            if not _FIELD_NAME.match(name):
-                raise UserError(f"template field {{{name}}} must be a plain column name (no indexing, no "
-                                f"attributes, not positional)", field="data.itemTextTemplate")
+            _check_name(name)
             fields.append(name)
             if spec or conversion:
                 formatted.add(name)

@@ -8,6 +8,7 @@ cached (in memory, and on disk when a folder is given); only the projection on t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -183,14 +184,17 @@ class TextEncoder(nn.Module):
         self.backbone.eval()
         try:
             starts = range(0, len(order), batch_size)
-            # A bar only for catalogues (many batches); single batches of a training step stay silent.
-            bar = progress(starts, desc=f"embedding items ({self.spec.name})", unit="batch") if len(starts) >= 4 \
-                else starts
-            with torch.no_grad():
-                for start in bar:
+            # Progress only for catalogues (many batches); single batches of a training step stay silent. Counted
+            # in items, so the lines written without a terminal give a rate comparable across batch sizes.
+            bar = progress(desc=f"embedding items ({self.spec.name})", total=len(texts), unit="item", lines=True) \
+                if len(starts) >= 4 else None
+            with (bar if bar is not None else contextlib.nullcontext()), torch.no_grad():
+                for start in starts:
                     index = order[start:start + batch_size]
                     batch = self.tokenize([texts[i] for i in index])
                     out[torch.tensor(index, device=self.device)] = self.pool_tokens(**batch)  # (b, H)
+                    if bar is not None:
+                        bar.update(len(index))
         finally:
             self.backbone.train(was_training)
         return out

@@ -37,7 +37,7 @@ from fusionrec.runner.local_serve import (
 )
 from fusionrec.runner.steps import RunContext, record_step
 from fusionrec.runner.summary import RunReport
-from fusionrec.spec import Manifest
+from fusionrec.spec import Manifest, ServingSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class RunOptions:
     requests: int = 50
     warmup: int = 5
     use_cache: bool = True
+    no_auth: bool = False
 
 
 class Runner:
@@ -67,6 +68,7 @@ class Runner:
         self.say = say
         self.report = RunReport(name=manifest.metadata.name, version=manifest.spec.version)
         self.serving: LocalServing | None = None
+        self.local_serving: ServingSpec | None = None  # spec.serving with the auth this machine serves with
 
     def run(self) -> RunReport:
         from fusionrec.pipeline import embedding_cache_dir
@@ -78,6 +80,8 @@ class Runner:
         ctx = RunContext(self.manifest, root, StepCache(root, enabled=options.use_cache), hasher,
                          embedding_cache_dir(), self.say, steps=self.report.steps)
         self.report.artifact = str(ctx.target)
+        if options.serve:  # before any work: no auth on a non-loopback host is refused (exit 2)
+            self.local_serving = self._local_serving()
         try:
             data_key = build.prepare(ctx)
             merged = build.merge(ctx)
@@ -106,10 +110,21 @@ class Runner:
 
     # --- serving ------------------------------------------------------------------------------------------
 
+    def _local_serving(self) -> ServingSpec:
+        """spec.serving with local auth: the spec's tokenFile/tokenEnv, else a generated token (its path is
+        said, never the token); none with --no-auth or serving.auth.disabled, on loopback only."""
+        from fusionrec.serving.local_auth import local_auth
+
+        serving = self.manifest.spec.serving.model_copy(deep=True)
+        serving.auth = local_auth(serving.auth, host=self.options.host, no_auth=self.options.no_auth,
+                                  say=self.say)
+        return serving
+
     def _serve(self, ctx: RunContext) -> None:
         import httpx
 
         spec = self.manifest.spec
+        serving = self.local_serving or self._local_serving()
         url = self.serving.start()
         self.report.endpoint = url
         state = ServedState.load(ctx.root, self.manifest.metadata.name)
@@ -117,8 +132,8 @@ class Runner:
         stable = self._stable(ctx, state)
         versions = [stable, new] if stable else [new]
         args = app_args(self.manifest.metadata.name, versions,
-                        {stable.version: 100, new.version: 0} if stable else {new.version: 100}, spec.serving)
-        with httpx.Client(base_url=url, headers=bearer_headers(spec.serving), timeout=60.0) as client:
+                        {stable.version: 100, new.version: 0} if stable else {new.version: 100}, serving)
+        with httpx.Client(base_url=url, headers=bearer_headers(serving), timeout=60.0) as client:
             record_step(ctx, "serve", lambda: self._deploy(args, url, versions))
             served = new
             if stable is not None:

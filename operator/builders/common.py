@@ -16,6 +16,7 @@ from fusionrec.operator import consts
 from fusionrec.operator.config import OperatorConfig
 
 from fusionrec.errors import UserError
+from fusionrec.spec import AuthSpec
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -150,8 +151,13 @@ def pvc_volumes(found: list[Volume], *, read_only: bool) -> tuple[list[dict[str,
     return volumes, mounts
 
 
-def check_cluster_spec(name: str, storage_uri: str) -> None:
-    """What a spec needs on a cluster beyond what the CLI needs; raises UserError naming the field."""
+def check_cluster_spec(name: str, storage_uri: str, auth: AuthSpec) -> None:
+    """What a spec needs on a cluster beyond what the CLI needs; raises UserError naming the field.
+
+    Auth is on by default: the serving pods read their tokens from `serving.auth.secretRef` (a Secret with a
+    `tokens` key, mounted), so a FusionRecommender needs it unless `serving.auth.disabled` is true. A local
+    tokenFile or tokenEnv names nothing inside the pods.
+    """
     if not _DNS_LABEL.match(name) or len(name) > 47:
         raise UserError(f"{name!r} must be a DNS-1035 label (a lowercase letter first) of at most 47 characters, "
                         "as KubeRay requires of the RayService named after it", field="metadata.name")
@@ -162,3 +168,10 @@ def check_cluster_spec(name: str, storage_uri: str) -> None:
             field="spec.storage.uri",
         )
     pod_path(storage_uri, "spec.storage.uri")
+    if not (auth.secret_ref or auth.disabled):
+        raise UserError(
+            "spec.serving.auth.secretRef is required on a cluster: the API is served with bearer-token auth, and "
+            "the serving pods read their tokens from that Secret", field="spec.serving.auth.secretRef",
+            fix="kubectl create secret generic <name> --from-literal=tokens=$(openssl rand -hex 32), then set "
+                "spec.serving.auth.secretRef: <name>; or set spec.serving.auth.disabled: true to serve without "
+                "auth (only behind an ingress that authenticates)")

@@ -262,3 +262,22 @@ def test_packaged_model_embeds_similar_texts_closer(package, pip_name, pooling, 
     assert similar > unrelated
     tokens = encoder.tokenize(texts)  # a GPU replica replays this forward as a CUDA graph: nothing may sync
     assert capture_blockers(encoder, [tokens["input_ids"], tokens["attention_mask"]]) == []
+
+
+def test_catalogue_embedding_prints_progress_lines_without_a_terminal(tiny_models, capsys, monkeypatch):
+    """Embedding a catalogue with a 135M LM takes minutes on a CPU; piped to a log it must not look like a hang."""
+    monkeypatch.delenv("FUSIONREC_QUIET", raising=False)
+    encoder = make(tiny_models["bert"])
+    capsys.readouterr()  # only what embedding prints
+    encoder.pooled_texts(TEXTS, batch_size=1)  # 4 batches: a catalogue, not a training step
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "embedding items (enc): 4 items"
+    assert re.fullmatch(r"embedding items \(enc\): done, 4 items in \d+ s, [\d.]+ items/s", lines[-1]), lines
+
+
+def test_catalogue_embedding_is_silent_with_quiet(tiny_models, capsys, monkeypatch):
+    monkeypatch.setenv("FUSIONREC_QUIET", "1")  # what `fusionrec -q` sets
+    encoder = make(tiny_models["bert"])
+    capsys.readouterr()
+    encoder.pooled_texts(TEXTS, batch_size=1)
+    assert capsys.readouterr().err == ""

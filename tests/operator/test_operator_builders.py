@@ -31,9 +31,11 @@ from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.controller import parse_manifest
 
 from fusionrec.errors import UserError, manifest_from_dict
+from fusionrec.spec import AuthSpec
 
 K8S = "1.37.0"
 CONFIG = OperatorConfig(ray_image="registry.example/fusionrec/ray-runtime:0.1.0")
+SECURED = AuthSpec(secret_ref="recs-tokens")
 
 
 def validate_core(obj: dict[str, Any]) -> None:
@@ -116,7 +118,8 @@ def test_rayservice_serves_the_contract_application(manifest, rayservice_schema)
     assert app["deployments"] == [{"name": "Router", "user_config": {"weights": {"v2": 90, "v3": 10}}}]
     serving = app["args"]["serving"]
     assert serving["maxReplicas"] == 8 and serving["maxBatchSize"] == 64  # spec.serving, by alias
-    assert serving["auth"] == {"secretRef": "recs-tokens", "tokenFile": "/etc/fusionrec/auth/tokens", "tokenEnv": None}
+    assert serving["auth"] == {"secretRef": "recs-tokens", "tokenFile": "/etc/fusionrec/auth/tokens", "tokenEnv": None,
+                               "disabled": False}
     assert parse_serve_versions(service) == versions
     workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert (workers["minReplicas"], workers["maxReplicas"]) == (1, 8)
@@ -188,11 +191,34 @@ def test_metrics_service_and_service_monitor_line_up(manifest):
 
 def test_cluster_checks_name_the_field():
     with pytest.raises(UserError, match="spec.storage.uri: './runs' is not shared storage"):
-        check_cluster_spec("shop-recs", "./runs")
+        check_cluster_spec("shop-recs", "./runs", SECURED)
     with pytest.raises(UserError, match="metadata.name"):
-        check_cluster_spec("9-shop", "s3://b/x")
+        check_cluster_spec("9-shop", "s3://b/x", SECURED)
     with pytest.raises(UserError, match="spec.storage.uri: 'pvc:///x' does not start with a valid"):
-        check_cluster_spec("shop", "pvc:///x")
+        check_cluster_spec("shop", "pvc:///x", SECURED)
+
+
+def test_a_cluster_spec_needs_an_auth_secret_unless_auth_is_disabled(design_cr):
+    """Issue 17, item 6: auth is on by default; without secretRef the RayService used to serve /v1/* open."""
+    for auth in (AuthSpec(), AuthSpec(token_file="/tokens"), AuthSpec(token_env="TOKENS")):
+        with pytest.raises(UserError) as exc:
+            check_cluster_spec("shop-recs", "s3://b/x", auth)
+        assert exc.value.field == "spec.serving.auth.secretRef"
+        assert "spec.serving.auth.secretRef" in exc.value.fix and "disabled: true" in exc.value.fix
+    check_cluster_spec("shop-recs", "s3://b/x", SECURED)
+    check_cluster_spec("shop-recs", "s3://b/x", AuthSpec(disabled=True))
+    design_cr["spec"]["serving"]["auth"] = {}
+    with pytest.raises(UserError, match="spec.serving.auth.secretRef is required on a cluster"):
+        parse_manifest(design_cr)
+
+
+def test_auth_disabled_serves_open_and_mounts_no_secret(design_cr):
+    design_cr["spec"]["serving"]["auth"] = {"disabled": True}
+    service = build_rayservice(parse_manifest(design_cr), [ServedVersion("v3", 100)], CONFIG)
+    app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
+    assert app["args"]["serving"]["auth"] == {"secretRef": None, "tokenFile": None, "tokenEnv": None,
+                                              "disabled": True}
+    assert "auth-tokens" not in yaml.safe_dump(service["spec"]["rayClusterConfig"])
 
 
 def test_pod_paths_and_names():

@@ -316,6 +316,28 @@ async def test_invalid_spec_is_a_condition_and_one_event(h, cr):
 
 
 @pytest.mark.asyncio
+async def test_a_recommender_without_an_auth_secret_is_an_invalid_spec(h, cr):
+    """Issue 17, item 6: auth on by default; no secretRef (and no `disabled: true`) used to serve /v1/* open."""
+    del cr["spec"]["serving"]["auth"]
+    await h.create(cr)
+    with pytest.raises(InvalidSpec, match="spec.serving.auth.secretRef"):
+        await h.reconcile()
+    stored = FusionRecommenderStatus.from_body(h.get(consts.FUSIONRECOMMENDERS, NAME))
+    condition = stored.condition(ConditionType.SPEC_VALID)
+    assert condition.status == "False" and "spec.serving.auth.secretRef" in condition.message
+    assert "disabled: true" in condition.message  # the fix is named
+    assert h.get(consts.RAYJOBS, "shop-recs-train-v1") is None and h.reasons() == ["InvalidSpec"]
+
+
+@pytest.mark.asyncio
+async def test_a_recommender_with_auth_disabled_is_valid(h, cr):
+    cr["spec"]["serving"]["auth"] = {"disabled": True}
+    await h.create(cr)
+    status = await h.reconcile()
+    assert status.condition(ConditionType.SPEC_VALID).status == "True"
+
+
+@pytest.mark.asyncio
 async def test_schedule_starts_a_retrain(h, cr):
     cr["spec"]["training"]["schedule"] = "0 13 * * *"
     await serve_v1(h, cr)

@@ -23,6 +23,7 @@ pytest.importorskip("ray.serve")
 from fusionrec.artifact import load_artifact
 from fusionrec.cli.main import cli
 from fusionrec.serving.local import start_local_serve, stop_local_serve
+from fusionrec.serving.local_auth import read_token
 from runkit import manifest_document, write_manifest
 
 pytestmark = pytest.mark.ray
@@ -60,7 +61,9 @@ def steps(summary: dict) -> dict[str, str]:
 
 
 def ask(url: str, user: str) -> dict:
-    response = httpx.post(f"{url}/v1/recommend", json={"user_id": user, "k": 5}, timeout=60.0)
+    """A recommendation with the token `fusionrec run` generated (auth is on by default)."""
+    response = httpx.post(f"{url}/v1/recommend", json={"user_id": user, "k": 5}, timeout=60.0,
+                          headers={"Authorization": f"Bearer {read_token()}"})
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -88,6 +91,10 @@ def test_first_run_trains_evaluates_compiles_and_serves_over_http(first_run, clu
     sample = summary["sample"]
     assert sample["model_version"] == "v1" and len(sample["items"]) == 5 and sample["items"][0]["title"]
     answer = ask(cluster.url, "u3")  # the application is still up: this Ray belongs to the test
+    # Auth is on although the manifest names no token: the run generated one (issue 17, item 6).
+    assert "serving-token" in stderr and read_token() not in stderr + json.dumps(summary)
+    refused = httpx.post(f"{cluster.url}/v1/recommend", json={"user_id": "u3", "k": 5}, timeout=60.0)
+    assert refused.status_code == 401
     assert answer["model_version"] == "v1" and len(answer["items"]) == 5
     artifact = load_artifact(workspace / "runs" / "v1")  # every added file is in a valid manifest
     comparison = json.loads((artifact.path / "comparison.json").read_text())

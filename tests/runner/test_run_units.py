@@ -60,6 +60,39 @@ def test_missing_data_file_and_remote_output_exit_2(tiny_models, shop, tmp_path)
     assert result.exit_code == 2 and "not a local folder" in result.stderr
 
 
+def test_serving_without_auth_off_loopback_exits_2_before_any_work(tiny_models, shop, tmp_path):
+    """Issue 17, item 6: `--no-auth` (or serving.auth.disabled) on a non-loopback host is refused, naming the
+    option and the fix, before data is prepared or Ray is started."""
+    document = manifest_document(tiny_models, shop, tmp_path / "runs")
+    result = invoke(str(write_manifest(tmp_path, document)), "--host", "0.0.0.0", "--no-auth")
+    assert result.exit_code == 2, result.output
+    assert "--no-auth" in result.stderr and "--host 127.0.0.1" in result.stderr
+    document["spec"]["serving"]["auth"] = {"disabled": True}
+    result = invoke(str(write_manifest(tmp_path, document)), "--host", "0.0.0.0")
+    assert result.exit_code == 2 and "serving.auth.disabled" in result.stderr
+    assert not (tmp_path / "runs" / "v1").exists()
+
+
+def test_the_runs_own_requests_carry_the_generated_token(tiny_models, shop, tmp_path, monkeypatch):
+    from fusionrec.runner import Runner, RunOptions
+    from fusionrec.runner.local_serve import app_args, bearer_headers
+    from fusionrec.serving.config import parse_args
+    from fusionrec.serving.local_auth import read_token
+
+    monkeypatch.setenv("FUSIONREC_CONFIG_DIR", str(tmp_path / "config"))
+    manifest = Manifest.model_validate(manifest_document(tiny_models, shop, tmp_path / "runs"))
+    said: list[str] = []
+    serving = Runner(manifest, RunOptions(), say=said.append)._local_serving()
+    token = read_token()
+    assert token and serving.auth.token_file == str(tmp_path / "config" / "serving-token")
+    assert bearer_headers(serving) == {"Authorization": f"Bearer {token}"}
+    args = parse_args(app_args("shop-recs", [Version("v1", tmp_path)], {"v1": 100}, serving))
+    assert args.serving.auth.token_file == serving.auth.token_file  # the app requires what the client sends
+    assert any(str(tmp_path / "config") in line for line in said) and not any(token in line for line in said)
+    opened = Runner(manifest, RunOptions(no_auth=True), say=said.append)._local_serving()
+    assert opened.auth.disabled and bearer_headers(opened) == {} and "warning: auth is off" in said[-1]
+
+
 def test_missing_manifest_exits_2(tmp_path):
     result = invoke(str(tmp_path / "absent.yaml"))
     assert result.exit_code == 2 and "does not exist" in result.stderr

@@ -221,6 +221,20 @@ def test_auth_cases(scorers, monkeypatch):
         assert secured.get(open_route).status_code == 200, open_route
 
 
+def test_two_authorization_headers_are_refused_whichever_comes_last(scorers, monkeypatch):
+    """Issue 17, item 6: the last of two headers used to win, so `Bearer wrong` then `Bearer <token>` passed."""
+    monkeypatch.setenv("SHOP_TOKENS", TOKEN)
+    secured, _ = make_client(scorers, {"v1": 100}, TokenAuth(token_env="SHOP_TOKENS"))
+    body = {"user_id": "u1", "k": 2}
+    for pair in (["Bearer nope", f"Bearer {TOKEN}"], [f"Bearer {TOKEN}", f"Bearer {TOKEN}"]):
+        headers = [("authorization", value) for value in pair] + [("content-type", "application/json")]
+        answer = secured.post("/v1/recommend", content=json.dumps(body).encode(), headers=headers)
+        assert answer.status_code == 401, pair
+        assert "2 Authorization headers" in answer.json()["error"] and TOKEN not in answer.text
+        assert answer.json()["field"] == "Authorization"
+    assert secured.post("/v1/recommend", json=body, headers=AUTH).status_code == 200
+
+
 def test_model_health_and_openapi(client):
     model = client.get("/v1/model").json()
     (version,) = model["versions"]

@@ -129,11 +129,13 @@ def test_model_readiness_and_metrics(served):
     assert "fusionrec_request_latency_seconds_bucket" in text
 
 
-def test_cli_recommend_talks_to_the_server(served):
+def test_cli_recommend_talks_to_the_server(served, tmp_path, monkeypatch):
     local, _ = served
     result = CliRunner().invoke(recommend, ["--user", "u3", "-k", "4", "--url", local.url, "--token", TOKEN])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("model v1") and len(result.output.strip().splitlines()) == 5
+    # No token: none given, and no generated local token to fall back on (another test may have made one).
+    monkeypatch.setenv("FUSIONREC_CONFIG_DIR", str(tmp_path))
     refused = CliRunner().invoke(recommend, ["--user", "u3", "--url", local.url])
     assert refused.exit_code != 0 and "401" in str(refused.exception)
 
@@ -272,20 +274,27 @@ def test_a_client_that_hangs_up_is_counted_as_499_not_500(served):
     in-process, test_serving_api.py::test_client_hang_ups_are_counted_as_499_not_500.)"""
     local, client = served
     before = client.get("/metrics").text
-    hanging = [_open_request(local, 100, b'{"user_id": ') for _ in range(3)]
-    time.sleep(2.0)  # the proxy has handed them to the ingress, which waits for the rest of the body
-    for sock in hanging:
-        sock.close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        after = client.get("/metrics").text
-        hung_up = (metric(after, 'fusionrec_requests_total{code="499"')
-                   - metric(before, 'fusionrec_requests_total{code="499"'))
-        if hung_up >= 3:
+    hung_up = 0
+    # The proxy hands a request to the ingress only when it gets to it; one closed before that never reaches the
+    # app. On a loaded machine that can take seconds, so up to three rounds, each held open longer.
+    for hold_s in (2.0, 5.0, 10.0):
+        hanging = [_open_request(local, 100, b'{"user_id": ') for _ in range(3)]
+        time.sleep(hold_s)  # the ingress now waits for the rest of the body
+        for sock in hanging:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            after = client.get("/metrics").text
+            hung_up = (metric(after, 'fusionrec_requests_total{code="499"')
+                       - metric(before, 'fusionrec_requests_total{code="499"'))
+            assert metric(after, 'fusionrec_requests_total{code="500"') == \
+                metric(before, 'fusionrec_requests_total{code="500"'), "a hang-up was counted as a 500"
+            if hung_up >= 3:
+                break
+            time.sleep(0.5)
+        if hung_up:
             break
-        time.sleep(0.5)
-    assert 1 <= hung_up <= 3
-    assert metric(after, 'fusionrec_requests_total{code="500"') == metric(before, 'fusionrec_requests_total{code="500"')
+    assert 1 <= hung_up <= 9
 
 
 def test_killing_the_only_replica_answers_every_request_within_the_deadline(served, artifacts):

@@ -30,6 +30,18 @@ def ray_cluster(tmp_path_factory):
     ray.shutdown()
 
 
+def test_local_ray_workers_run_at_the_drivers_priority(ray_cluster):
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)  # not Ray's default of nice 15
+
+
 @pytest.fixture(scope="module")
 def manifest(tiny_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("shop")

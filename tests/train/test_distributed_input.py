@@ -178,3 +178,10 @@ def test_the_module_entry_point_exits_2(tmp_path):
                           timeout=120)
     assert done.returncode == 2, done.stderr
     assert "cannot reach the Ray cluster" in done.stderr
+
+
+def test_local_ray_workers_run_at_normal_priority_unless_the_user_says_otherwise(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    assert local_environment(tmp_path)["RAY_worker_niceness"] == "0"  # Ray's default is nice 15
+    monkeypatch.setenv("RAY_worker_niceness", "10")
+    assert "RAY_worker_niceness" not in local_environment(tmp_path)  # the exported value reaches Ray as it is

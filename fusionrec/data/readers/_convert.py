@@ -155,7 +155,17 @@ def text_value_frame(table: RawTable, id_column: str, what: str, rename: dict[st
 
 def assemble(name: str, interactions: pd.DataFrame, inter_table: RawTable, items: pd.DataFrame | None,
              items_file: str | None, users: pd.DataFrame | None, item_column: str) -> Dataset:
-    """Cross-check the files and build the Dataset. Without an items file the catalogue is the interacted items."""
+    """Cross-check the files and build the Dataset. Without an items file the catalogue is the interacted items.
+
+    A file without interaction rows is refused here, for every format: an empty dataset would otherwise be
+    prepared, cached and trained on, failing much later with a message that no longer names the file.
+    """
+    if len(interactions) == 0:
+        what = "a header line but no interaction rows" if inter_table.is_text and inter_table.header else \
+            "no interaction rows"
+        raise inter_table.error(f"the interactions file holds {what}: there is nothing to train or evaluate on",
+                                fix="check the export (its filter or date range may have kept no rows) and pass "
+                                    "the file that holds the interactions")
     if items is None:
         catalogue = pd.unique(interactions[ITEM])
         items = pd.DataFrame({ITEM: pd.Series(catalogue, dtype=str)})

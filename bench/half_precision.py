@@ -24,7 +24,7 @@ import torch
 from fusionrec.compile.graphs import build_graph
 from fusionrec.compile.inputs import TowerInputs, select
 from fusionrec.compile.parity import OUTPUT_TOLERANCES, max_relative_error
-from fusionrec.pipeline import USERS_NAME, load_model
+from fusionrec.model.saved import USERS_NAME, load_model
 
 
 def user_batch(model, artifact, users: int) -> dict[str, np.ndarray]:

@@ -44,7 +44,7 @@ from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.fused import FusedRecommender
 from fusionrec.model.merge import run_merge
 from fusionrec.model.sources import resolve_source
-from fusionrec.pipeline import PROTOCOL, evaluate_model, make_split
+from fusionrec.protocol import PROTOCOL, evaluate_model, make_split
 from fusionrec.spec import DataSpec, EncoderSpec, FusionRecommenderSpec, MergeSpec
 from fusionrec.train.loop import FitHooks, fit, seed_everything
 

@@ -42,7 +42,8 @@ from fusionrec.data.splits import leave_one_out, random_split
 from fusionrec.evaluation import CTR_SPLIT_SEED, Results, RunResult, run_baseline, write_json
 from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.fused import FusedRecommender
-from fusionrec.pipeline import embedding_cache_dir, evaluate_model
+from fusionrec.model.saved import embedding_cache_dir
+from fusionrec.protocol import evaluate_model
 from fusionrec.spec import DataSpec, EncoderSpec, FusionRecommenderSpec
 from fusionrec.train.loop import fit, seed_everything
 

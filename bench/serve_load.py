@@ -51,7 +51,7 @@ TOKEN_ENV = "FUSIONREC_BENCH_TOKENS"
 def bench_artifact(root: Path = BENCH_DIR) -> Path:
     """MiniLM-L6 + sequence tower on MovieLens-100K, one epoch; trained once and kept under `root`."""
     from fusionrec.artifact import list_versions
-    from fusionrec.pipeline import train_and_evaluate
+    from fusionrec.train.job import train_and_evaluate
     from fusionrec.spec import Manifest
 
     runs = root / "runs"

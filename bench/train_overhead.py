@@ -62,7 +62,7 @@ def plain(document: Any, out: Path, cache: Path) -> dict[str, float]:
 def plain_once(document_json: str, out: str, cache: str) -> None:
     import torch
 
-    from fusionrec.pipeline import train_and_evaluate
+    from fusionrec.train.job import train_and_evaluate
     from fusionrec.spec import Manifest
     from fusionrec.train.distributed import _Shard
     from fusionrec.train.loop import FitHooks

@@ -128,6 +128,19 @@ class Artifact:
 # --- writing ------------------------------------------------------------------------------------------------
 
 
+def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Write weights as safetensors, the one format the project stores (never a pickle).
+
+    safetensors refuses tensors that share storage (tied weights), so each is written as its own copy; the
+    `format: pt` metadata is what transformers expects of a checkpoint it loads.
+    """
+    from safetensors.torch import save_file
+
+    save_file({key: value.detach().cpu().contiguous().clone() for key, value in tensors.items()}, str(path),
+              metadata={"format": "pt"})
+
+
+
 def write_artifact(out_root: str | Path, version: str, files: Mapping[str, FileSource], *,
                    spec: FusionRecommenderSpec | None = None, metrics: Mapping[str, Any] | None = None,
                    overwrite: bool = False) -> Path:

@@ -73,7 +73,7 @@ class VersionScorer:
              use_compiled: bool = True) -> VersionScorer:
         """Load and verify an artifact (manifest checked, pickles refused) and rebuild its model; when the
         artifact was compiled (`fusionrec compile`), its user tower runs on the compiled backend."""
-        from fusionrec.pipeline import USERS_NAME, load_model
+        from fusionrec.model.saved import USERS_NAME, load_model
 
         model, artifact = load_model(path, embeddings=embeddings)
         items = pd.read_parquet(artifact.items_path)

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from fusionrec.artifact import save_tensors
 from fusionrec.errors import UserError
 
 WEIGHTS = "model.safetensors"
@@ -48,11 +49,6 @@ def load_mutable_state(model: nn.Module, state: dict[str, Tensor]) -> None:
 def mutable_state_keys(model: nn.Module) -> list[str]:
     frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
     return [key for key in model.state_dict() if key not in frozen]
-
-
-def save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
-    """safetensors refuses tensors that share storage (tied weights); each is written as its own copy."""
-    save_file({key: value.detach().cpu().contiguous().clone() for key, value in tensors.items()}, str(path))
 
 
 @dataclass

@@ -6,7 +6,7 @@ batches are sharded so every rank trains on its own share, and every epoch's met
 `ray.train.report`. A restarted worker group (a lost worker, `FailureConfig.max_failures`) resumes from the
 last reported checkpoint, which also carries the best epoch's weights.
 
-The driver then downloads that checkpoint and lets `fusionrec.pipeline.train_and_evaluate` resume from it:
+The driver then downloads that checkpoint and lets `fusionrec.train.job.train_and_evaluate` resume from it:
 no epoch is left, so it restores the best epoch's weights (the best checkpoint's), evaluates on test and
 writes the versioned artifact with the full history. The artifact is written where the driver runs, so on
 a multi-node cluster workers never need the output folder, only the data and `storage_path`.
@@ -140,7 +140,7 @@ def check_inputs(spec: FusionRecommenderSpec, *, remote: bool) -> None:
     run, resolve every encoder's source once, so workers do not race to unpack the same packaged model.
     On a cluster the sources are left to the workers: a pvc:// claim may be mounted only there."""
     from fusionrec.data import load_dataset
-    from fusionrec.pipeline import make_split
+    from fusionrec.protocol import make_split
 
     make_split(load_dataset(spec.data), spec.task.type)
     if not remote:
@@ -211,14 +211,15 @@ def train_distributed(manifest: Manifest | str | Path, output_root: str | Path, 
 
     Args:
         address: a Ray cluster (host:port, ray://..., auto); None uses `RAY_ADDRESS`, else a local Ray.
-        embeddings: frozen encoders' embedding cache (default: the pipeline's).
+        embeddings: frozen encoders' embedding cache (default: `fusionrec.model.saved.embedding_cache_dir`).
         verify_sync: every epoch, compare a digest of each rank's weights (reported as `ranks_in_sync`).
         failure_drill: make one worker fail once, to exercise the restart path.
     """
     from ray.train import TrainingFailedError
 
     from fusionrec.artifact import load_artifact
-    from fusionrec.pipeline import embedding_cache_dir, train_and_evaluate
+    from fusionrec.model.saved import embedding_cache_dir
+    from fusionrec.train.job import train_and_evaluate
     from fusionrec.train.checkpoint import LATEST
     from fusionrec.train.local_ray import ray_session, requested_address
 
@@ -327,7 +328,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     from fusionrec.data import load_dataset
     from fusionrec.model.fused import FusedRecommender
-    from fusionrec.pipeline import make_split
+    from fusionrec.protocol import make_split
     from fusionrec.train.loop import EpochReport, FitHooks, fit, seed_everything
 
     context = ray.train.get_context()

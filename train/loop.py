@@ -35,6 +35,7 @@ from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
 from fusionrec.errors import UserError
 from fusionrec.metrics import evaluate_pointwise, evaluate_ranking, parse_metric
 from fusionrec.progress import quiet
+from fusionrec.protocol import DEFAULT_METRIC, RANKING_CUTOFFS, REPORTED, seed_everything
 from fusionrec.spec import TrainingSpec
 from fusionrec.train.averaging import WeightAverage
 from fusionrec.train.checkpoint import load_checkpoint, load_mutable_state, mutable_state, save_checkpoint
@@ -43,9 +44,6 @@ from fusionrec.train.schedules import WarmupDecay, warmup_steps
 log = logging.getLogger(__name__)
 
 Batch = dict[str, Tensor]
-RANKING_CUTOFFS = (5, 10, 20)
-DEFAULT_METRIC = {"ranks": "ndcg@10", "labels": "auc", "ratings": "rmse"}
-REPORTED = {"labels": ("auc", "logloss"), "ratings": ("rmse", "mae")}
 
 
 @dataclass
@@ -116,12 +114,6 @@ def selection_metric(training: TrainingSpec, needs: str) -> str:
     raise UserError(f"training.earlyStopping.metric is {training.early_stopping.metric!r}, which needs "
                     f"{chosen.needs} but this task is evaluated on {needs}", field="training.earlyStopping.metric",
                     fix=f"use e.g. {DEFAULT_METRIC[needs]!r}")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:

@@ -2,7 +2,7 @@
 here, on the machine that runs this script, nothing is copied in.
 
 1. Train the manifest's fused model (MiniLM-L6 + SmolLM2-135M, frozen, attention fusion) with
-   `fusionrec.pipeline.train_and_evaluate`, and the same spec with each encoder alone.
+   `fusionrec.train.job.train_and_evaluate`, and the same spec with each encoder alone.
 2. Fit the popularity, BPR and SASRec baselines (`fusionrec.evaluation.run_baseline`) on the same
    leave-one-out split, with the same seed.
 3. Time `VersionEngine.recommend` in process (no HTTP): each request names a different user, so each one
@@ -34,7 +34,8 @@ from fusionrec.artifact import add_files, load_artifact
 from fusionrec.data import load_dataset
 from fusionrec.data.splits import leave_one_out
 from fusionrec.evaluation import run_baseline
-from fusionrec.pipeline import USERS_NAME, train_and_evaluate
+from fusionrec.model.saved import USERS_NAME
+from fusionrec.train.job import train_and_evaluate
 from fusionrec.report import write_report
 from fusionrec.serving.engine import VersionEngine
 from fusionrec.serving.scorer import VersionScorer

@@ -77,7 +77,7 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
         prune_layers: drop this many top layers of every encoder before export (quality cost measured).
         tolerance: override the gate (relative output error, or for int8 the relative NDCG@10 drop).
         split: the validation data for the int8 ranking gate (default: loaded from the spec's data section).
-        embeddings: frozen encoders' embedding cache (see `fusionrec.pipeline.load_model`).
+        embeddings: frozen encoders' embedding cache (see `fusionrec.model.saved.load_model`).
         timing_cache: TensorRT timing cache file, reused across builds.
         report: where the parity lines are printed.
     Raises:
@@ -93,7 +93,7 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
     if prune_layers < 0:
         raise UserError(f"prune_layers must be >= 0, got {prune_layers}", field="prune_layers")
 
-    from fusionrec.pipeline import load_model
+    from fusionrec.model.saved import load_model
 
     model, artifact = load_model(path, embeddings=embeddings)
     needs_ranking = precision == "int8" or (prune_layers > 0 and artifact.spec.task.type == "ranking")
@@ -301,7 +301,7 @@ def _int8_source(exported: dict[str, Path], channels: dict[str, dict[str, Channe
 
 def _load_split(artifact) -> LeaveOneOutSplit | RandomSplit:
     from fusionrec.data import load_dataset
-    from fusionrec.pipeline import make_split
+    from fusionrec.protocol import make_split
 
     return make_split(load_dataset(artifact.spec.data), artifact.spec.task.type)
 

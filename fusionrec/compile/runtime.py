@@ -129,7 +129,7 @@ def _torch_engine(artifact: Artifact, record: dict[str, Any], graph: str, compil
     from fusionrec.compile.graphs import build_graph
     from fusionrec.compile.pruning import drop_top_layers
     from fusionrec.compile.torch_backend import TorchRuntime
-    from fusionrec.pipeline import load_model
+    from fusionrec.model.saved import load_model
 
     model, _ = load_model(artifact.path)
     if record.get("prune_layers"):

@@ -49,7 +49,7 @@ def worker_threads(spec: FusionRecommenderSpec) -> Iterator[None]:
 def fit_single(spec: FusionRecommenderSpec, ctx: RunContext) -> dict[str, Any]:
     """Build, fit and test one model of `spec` on the run's split; its metrics and wall time."""
     from fusionrec.model.fused import FusedRecommender
-    from fusionrec.pipeline import evaluate_model
+    from fusionrec.protocol import evaluate_model
     from fusionrec.train.loop import fit, seed_everything
 
     started = time.perf_counter()

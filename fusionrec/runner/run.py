@@ -71,7 +71,7 @@ class Runner:
         self.local_serving: ServingSpec | None = None  # spec.serving with the auth this machine serves with
 
     def run(self) -> RunReport:
-        from fusionrec.pipeline import embedding_cache_dir
+        from fusionrec.model.saved import embedding_cache_dir
 
         spec, options = self.manifest.spec, self.options
         root = build.check_local_output(options.output or spec.storage.uri)

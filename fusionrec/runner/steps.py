@@ -70,7 +70,7 @@ class RunContext:
         """(dataset, split) of the spec's data and task, loaded once per run."""
         if self._data is None:
             from fusionrec.data import load_dataset
-            from fusionrec.pipeline import make_split
+            from fusionrec.protocol import make_split
 
             dataset = load_dataset(self.spec.data)
             self._data = (dataset, make_split(dataset, self.spec.task.type))

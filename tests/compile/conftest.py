@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fusionrec.pipeline import train_and_evaluate
+from fusionrec.train.job import train_and_evaluate
 from fusionrec.spec import Manifest
 
 torch.set_num_threads(1)

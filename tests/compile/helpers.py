@@ -26,7 +26,7 @@ def export_tiny_user_tower(artifact: Path, folder: Path):
     from fusionrec.compile.export import export_onnx
     from fusionrec.compile.graphs import build_graph
     from fusionrec.compile.inputs import TowerInputs, select
-    from fusionrec.pipeline import load_model
+    from fusionrec.model.saved import load_model
 
     torch.set_num_threads(1)
     model, _ = load_model(artifact)

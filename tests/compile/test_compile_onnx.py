@@ -14,7 +14,7 @@ from fusionrec.artifact import load_artifact
 from fusionrec.compile import ParityError, compile_artifact, load_compiled
 from fusionrec.compile.graphs import build_graph
 from fusionrec.compile.parity import max_relative_error
-from fusionrec.pipeline import load_model
+from fusionrec.model.saved import load_model
 
 torch.set_num_threads(1)
 

@@ -20,7 +20,7 @@ from fusionrec.compile.cuda_graphs import (
 from fusionrec.compile.graphs import GraphSignature, build_graph
 from fusionrec.compile.inputs import TowerInputs, select
 from fusionrec.compile.torch_backend import TorchRuntime
-from fusionrec.pipeline import load_model
+from fusionrec.model.saved import load_model
 
 TEXTS = ["star war king", "cat", "the dog and the queen went to war with a king", "queen"]
 

@@ -29,7 +29,7 @@ from fusionrec.compile.scoring import (
 )
 from fusionrec.compile.smoothing import SMOOTH_ALPHA
 from fusionrec.compile.torch_backend import TorchRuntime
-from fusionrec.pipeline import load_model
+from fusionrec.model.saved import load_model
 
 torch.set_num_threads(1)
 

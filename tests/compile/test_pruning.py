@@ -9,7 +9,7 @@ from helpers import snapshot
 from fusionrec.compile import compile_artifact, load_compiled
 from fusionrec.compile.pruning import drop_top_layers, layer_stack
 from fusionrec.errors import UserError
-from fusionrec.pipeline import load_model
+from fusionrec.model.saved import load_model
 
 
 def test_drop_top_layers_shortens_every_encoder(text_artifact):

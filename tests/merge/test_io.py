@@ -122,7 +122,7 @@ def test_an_input_folder_is_never_the_output(bert, tmp_path):
 
 
 def test_a_failed_write_leaves_nothing_behind(bert, tmp_path, monkeypatch):
-    def crash(path, tensors):
+    def crash(tensors, path):
         Path(path).write_bytes(b"half a file")
         raise OSError("disk full")
 

@@ -14,7 +14,9 @@ from fusionrec.compile.graphs import build_graph
 from fusionrec.data import load_dataset
 from fusionrec.errors import UserError
 from fusionrec.model.user_features import encode_user_features
-from fusionrec.pipeline import evaluate_model, load_model, make_split, train_and_evaluate
+from fusionrec.model.saved import load_model
+from fusionrec.protocol import evaluate_model, make_split
+from fusionrec.train.job import train_and_evaluate
 from fusionrec.spec import FusionRecommenderSpec, Manifest
 
 torch.set_num_threads(1)

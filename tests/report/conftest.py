@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusionrec.pipeline import train_and_evaluate
+from fusionrec.train.job import train_and_evaluate
 from fusionrec.spec import Manifest
 
 from testkit import fused_spec, synthetic_frames

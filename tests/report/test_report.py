@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from fusionrec.artifact import add_files, load_artifact
 from fusionrec.cli import report_cmd
 from fusionrec.cli.main import cli
-from fusionrec.pipeline import summarise_weights
+from fusionrec.model.weights_summary import summarise_weights
 from fusionrec.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -51,7 +51,7 @@ def spec_document(models: dict[str, Path], data: dict, *, version: str, task: st
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Iterator[dict[str, Path]]:
     """{"v1" | "v2" | "c1": artifact folder}, trained for one epoch by `train_and_evaluate`."""
-    from fusionrec.pipeline import train_and_evaluate
+    from fusionrec.train.job import train_and_evaluate
     from fusionrec.spec import Manifest
 
     root = tmp_path_factory.mktemp("serving")

@@ -11,7 +11,7 @@ from fusionrec.baselines.sasrec import SASRec, SASRecConfig
 from fusionrec.data.schema import Dataset
 from fusionrec.data.splits import leave_one_out
 from fusionrec.data.text import with_item_text
-from fusionrec.pipeline import evaluate_model
+from fusionrec.protocol import evaluate_model
 from fusionrec.spec import TrainingSpec
 from fusionrec.train.averaging import WeightAverage
 from fusionrec.train.checkpoint import load_checkpoint

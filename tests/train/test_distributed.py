@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from fusionrec.artifact import load_artifact
-from fusionrec.pipeline import load_model
+from fusionrec.model.saved import load_model
 from fusionrec.spec import Manifest
 from fusionrec.train.distributed import FailureDrill, summary_table, train_distributed
 from fusionrec.train.local_ray import start_local
@@ -72,7 +72,7 @@ def test_two_workers_stay_in_sync_and_the_loss_falls(uninterrupted):
 
 def test_each_rank_trains_on_its_own_shard(uninterrupted, manifest):
     from fusionrec.data import load_dataset
-    from fusionrec.pipeline import make_split
+    from fusionrec.protocol import make_split
 
     result, _ = uninterrupted
     split = make_split(load_dataset(manifest.spec.data), "ranking")

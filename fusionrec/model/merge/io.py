@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from fusionrec.artifact import save_tensors  # noqa: F401  (part of this API: merges write through it)
 from fusionrec.errors import UserError
 from fusionrec.files import atomic_directory, sha256_file  # noqa: F401  (sha256_file is part of this API)
 from fusionrec.model import sources
@@ -211,11 +211,6 @@ def atomic_dir(out_dir: Path, *, overwrite: bool) -> Iterator[Path]:
     check_out_dir(out_dir, overwrite=overwrite)
     with atomic_directory(out_dir, replace=True) as staging:
         yield staging
-
-
-def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Write a safetensors file transformers loads (it expects the `format: pt` metadata)."""
-    save_file({name: t.contiguous() for name, t in tensors.items()}, str(path), metadata={"format": "pt"})
 
 
 def copy_side_files(reference: Path, dest: Path) -> list[str]:

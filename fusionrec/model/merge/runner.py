@@ -92,7 +92,7 @@ def run_merge(
             report.tensors[name] = result.stats
 
     with io.atomic_dir(out_dir, overwrite=overwrite) as staging:
-        io.save_tensors(staging / io.MERGED_WEIGHTS, merged)
+        io.save_tensors(merged, staging / io.MERGED_WEIGHTS)
         report.copied_files = io.copy_side_files(Path(report.reference), staging)
         report.output_sha256 = {io.MERGED_WEIGHTS: io.sha256_file(staging / io.MERGED_WEIGHTS)}
         report.seconds = time.perf_counter() - started

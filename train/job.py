@@ -1,0 +1,66 @@
+"""One manifest in, one verified artifact out: load the data, split it by the protocol, build the fused model,
+fit it, test it, and write the versioned artifact (design.md sections 4 and 5). Single process; the Ray Train
+job runs the same function with `FitHooks` that wrap the model and the batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fusionrec.data import load_dataset
+from fusionrec.model.fused import FusedRecommender
+from fusionrec.model.saved import embedding_cache_dir, write_model_artifact
+from fusionrec.model.weights_summary import summarise_weights
+from fusionrec.protocol import PROTOCOL, evaluate_model, make_split, seed_everything, user_histories
+from fusionrec.spec import FusionRecommenderSpec, Manifest, load_manifest
+from fusionrec.train.loop import FitHooks, fit
+
+log = logging.getLogger(__name__)
+
+
+def train_and_evaluate(manifest: Manifest | FusionRecommenderSpec | str | Path, output_root: str | Path, *,
+                       overwrite: bool = False, device: str | None = None, hooks: FitHooks | None = None,
+                       checkpoint_dir: str | Path | None = None, resume: bool = False,
+                       embeddings: Path | None = None, **model_overrides: Any) -> Path:
+    """Train the manifest's model and write `<output_root>/<spec.version>/`; returns that folder.
+
+    Args:
+        manifest: a Manifest, its spec, or the path of a manifest YAML.
+        output_root: folder of versioned artifacts.
+        overwrite: replace an existing version.
+        device, hooks, checkpoint_dir, resume: passed to `fusionrec.train.loop.fit`.
+        embeddings: frozen encoders' embedding cache (default `embedding_cache_dir()`).
+        model_overrides: `FusedConfig` fields that the spec does not expose (architecture experiments).
+    """
+    spec = _spec_of(manifest)
+    seed_everything(spec.training.seed)  # before building: the seed fixes the initial weights too
+    dataset = load_dataset(spec.data)
+    split = make_split(dataset, spec.task.type)
+    model = FusedRecommender.from_spec(spec, dataset, split, embedding_cache_dir=embeddings or embedding_cache_dir(),
+                                       **model_overrides)
+    result = fit(model, split, spec.training, device=device, hooks=hooks, checkpoint_dir=checkpoint_dir,
+                 resume=resume)
+    test = evaluate_model(model, split, "test")
+    histories = user_histories(split, split.vocab.n_users)
+    metrics = {
+        "task": spec.task.type, "protocol": PROTOCOL[spec.task.type], "seed": spec.training.seed,
+        "data": {"name": dataset.name, "users": split.vocab.n_users, "items": split.vocab.n_items,
+                 "interactions": len(dataset.interactions)},
+        "test": test, "valid": result.best_valid, "best_epoch": result.best_epoch, "seconds": result.seconds,
+        "history": result.history, "fusion": model.items.fusion.describe(), "head": model.head.describe(),
+        "model": asdict(model.config),
+        "fusion_weights": summarise_weights(model.fusion_weights(histories)),
+    }
+    log.info("%s: test %s", spec.version, ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+    return write_model_artifact(output_root, spec, model, dataset, split, histories, metrics, overwrite=overwrite)
+
+
+def _spec_of(manifest: Manifest | FusionRecommenderSpec | str | Path) -> FusionRecommenderSpec:
+    if isinstance(manifest, FusionRecommenderSpec):
+        return manifest
+    if isinstance(manifest, Manifest):
+        return manifest.spec
+    return load_manifest(manifest).spec

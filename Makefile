@@ -33,7 +33,7 @@ WITH_KUBE := trap '$(KUBE_UP) stop "$(KUBE_DIR)"' EXIT; trap 'exit 130' INT; tra
 	$(KUBE_UP) start "$(KUBE_DIR)" || exit 1; \
 	export FUSIONREC_E2E_KUBECONFIG="$(abspath $(KUBE_DIR))/admin.kubeconfig";
 
-.PHONY: install install-models install-quickstart system-deps tools data quickstart test e2e kube-up kube-down clean
+.PHONY: install install-models install-quickstart system-deps tools data quickstart lint test test-fast e2e kube-up kube-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,18 @@ data: install
 # print the table, the endpoint and a sample recommendation; then stop (`fusionrec serve runs/quickstart/v1` serves again).
 quickstart: install-quickstart
 	$(BIN)/fusionrec run examples/quickstart.yaml --no-keep-serving
+
+# ruff (lint + import order) over the tree and mypy over the package ([tool.ruff], [tool.mypy] in pyproject.toml);
+# the import-layering contracts run as a test (tests/test_layering.py). `.ci/run` runs this before `make test`.
+lint: install
+	$(BIN)/ruff check .
+	bash tools/typecheck.sh
+
+# The fast tier: no real models, no Ray, no control plane (`-m "not slow"`, tests/conftest.py); under 5 minutes on a
+# quiet 2-core machine. `make test` below runs everything, this tier included.
+test-fast: install system-deps tools data
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # pytest exits 5 when it collects nothing: that is a failure, not a pass.
 # The control plane runs for the whole suite (KUBE_E2E=0: without it) and is stopped afterwards whatever happens.

@@ -21,8 +21,10 @@ import torch
 
 from fusionrec.baselines.registry import BASELINES
 from fusionrec.data import load_dataset
-from fusionrec.evaluation import Results, evaluate_baselines, write_json
+from fusionrec.files import atomic_write_json, atomic_write_text
+from fusionrec.protocol import PROTOCOL, Results
 from fusionrec.spec import DataSpec
+from fusionrec.train.evaluate import evaluate_baselines
 
 # RecBole 1.2.1 on the same protocol (ml-100k, chronological leave-one-out, full ranking, seen items excluded;
 # CTR: label rating >= 4, random 80/10/10 split, user and item features).
@@ -66,9 +68,11 @@ def render_markdown(results: Results, rows: list[dict[str, object]], command: st
     lines = [
         "# Baselines on MovieLens-100K",
         "",
-        "Protocol (design.md section 4): ranking = chronological leave-one-out, full ranking over all 1682 items",
-        "with the user's seen items excluded, checkpoint chosen by validation NDCG@10, metrics on test;",
-        "CTR = label rating >= 4, random 80/10/10 split with seed 2020, checkpoint chosen by validation AUC.",
+        "Protocol (design.md section 4), fitted by the one training loop (`fusionrec.train.loop`):",
+        "",
+        f"- ranking: {PROTOCOL['ranking']} (validation NDCG@10);",
+        f"- CTR: {PROTOCOL['ctr']} (validation AUC).",
+        "",
         f"Values are mean ± sample std over seeds {', '.join(map(str, results.seeds))}.",
         "",
         "Produced by:",
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    command = "python bench/baselines.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    arguments = argv if argv is not None else sys.argv[1:]
+    command = "python bench/baselines.py " + " ".join(shlex.quote(a) for a in arguments)
     environment = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                    "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
 
@@ -118,11 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                "total_seconds": time.perf_counter() - started, "reference": "RecBole 1.2.1", "comparison": rows,
                "notes": NOTES,
                **results.to_json()}
-    write_json(out / "baselines-ml100k.json", payload)
+    atomic_write_json(out / "baselines-ml100k.json", payload)
     markdown = render_markdown(results, rows, command.strip(), environment)
-    temp = out / ".baselines-ml100k.md.tmp"
-    temp.write_text(markdown, encoding="utf-8")
-    temp.replace(out / "baselines-ml100k.md")
+    atomic_write_text(out / "baselines-ml100k.md", markdown)
     print(markdown)
     return 0
 

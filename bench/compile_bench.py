@@ -45,8 +45,8 @@ def build_artifact(encoders: list[str], work: Path, seq: int, epochs: int, max_u
                    patience: int = 3) -> tuple[Path, float | None]:
     """The trained artifact (reused when this configuration was trained before) and the training wall time
     in seconds (None when reused)."""
-    from fusionrec.train.job import train_and_evaluate
     from fusionrec.spec import FusionRecommenderSpec
+    from fusionrec.train.job import train_and_evaluate
 
     version = "-".join(["bench", *encoders, f"e{epochs}p{patience}"] + ([f"u{max_users}"] if max_users else []))
     if (work / "runs" / version / "MANIFEST.json").is_file():
@@ -220,7 +220,8 @@ def write_report(args, encoders, rows, fp32: dict, int8: dict | None, training: 
         f"(activation outliers above the chosen outlier ratio {int8.get('int8', {}).get('outlier_ratio', '?')}, "
         "or a 1-D weight)."),
         "- int8 ladder (stricter outlier ratios are tried while the gate fails): " + "; ".join(
-            f"ratio {a['outlier_ratio']:g}{' smoothed' if a.get('smooth_alpha') else ''}, fp32 MatMuls user/item {a['fp32_matmuls']['user']}/"
+            f"ratio {a['outlier_ratio']:g}{' smoothed' if a.get('smooth_alpha') else ''}, "
+            f"fp32 MatMuls user/item {a['fp32_matmuls']['user']}/"
             f"{a['fp32_matmuls']['item']}, NDCG@10 {a['torch_ndcg@10']:.4f} -> {a['compiled_ndcg@10']:.4f} "
             f"({a['relative_drop']:+.2%}, {'passed' if a['passed'] else 'failed'})"
             for a in int8.get("int8", {}).get("attempts", [])) + ".",

@@ -35,8 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import numpy as np
-import torch
+import numpy as np  # noqa: E402  (the environment above must be set first)
+import torch  # noqa: E402
 
 REFERENCE = "eager:fp32"
 DEFAULT_MODES = "eager:fp32,cudagraphs:bf16,cudagraphs:fp16,eager:bf16,cudagraphs:fp32,onnxruntime:fp32," \

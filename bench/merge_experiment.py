@@ -44,9 +44,10 @@ from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.fused import FusedRecommender
 from fusionrec.model.merge import run_merge
 from fusionrec.model.sources import resolve_source
-from fusionrec.protocol import PROTOCOL, evaluate_model, make_split
+from fusionrec.protocol import PROTOCOL, make_split, seed_everything
 from fusionrec.spec import DataSpec, EncoderSpec, FusionRecommenderSpec, MergeSpec
-from fusionrec.train.loop import FitHooks, fit, seed_everything
+from fusionrec.train.evaluate import fit_and_evaluate
+from fusionrec.train.loop import FitHooks, fit
 
 log = logging.getLogger("bench.merge")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,7 +75,7 @@ EVAL_TASK = {"ranking": {"historyLength": 50, "negatives": "full"}, "ctr": {"his
              "rating": {"historyLength": 10}}
 EVAL_TRAINING = {"batchSize": 128, "learningRate": 2e-3, "weightDecay": 0.0, "warmupRatio": 0.05,
                  "lrSchedule": "cosine", "dropout": 0.2, "gradClip": 1.0, "earlyStopping": {"patience": 3}}
-POINTWISE_OVERRIDES = {"n_layers": 1}  # CTR/rating rows carry a history each: one layer keeps an epoch short
+POINTWISE_TASK = {"sequenceLayers": 1}  # CTR/rating rows carry a history each: one layer keeps an epoch short
 MERGES = {
     "linear": {"method": "linear"},
     "task-arithmetic": {"method": "task_arithmetic", "lambda": 1.0},
@@ -209,7 +210,8 @@ def fine_tune_spec(task: str, args: argparse.Namespace, *, frozen: bool, epochs:
         "encoders": [encoder_spec("minilm", BASE_SOURCE, args.max_length, freeze=frozen,
                                   freeze_layers=args.freeze_layers)],
         "fusion": {"method": "weighted", "dim": DIM, "dropout": 0.1},
-        "task": {"type": task, "userTower": "sequence", "useItemIds": False, **FINE_TUNE[task]},
+        "task": {"type": task, "userTower": "sequence", "useItemIds": False, **FINE_TUNE[task],
+                 **(POINTWISE_TASK if task != "ranking" else {})},
         "training": training})
 
 
@@ -222,17 +224,16 @@ def fine_tune(task: str, dataset: Dataset, out: Path, args: argparse.Namespace) 
     """
     epochs, per_epoch = plan_steps(args.max_steps, args.steps_per_eval)
     spec = fine_tune_spec(task, args, frozen=False, epochs=epochs)
-    overrides = POINTWISE_OVERRIDES if task != "ranking" else {}
     split = make_split(dataset, task)
     started = time.perf_counter()
     seed_everything(args.seed)
-    model = FusedRecommender.from_spec(spec, dataset, split, **overrides)
+    model = FusedRecommender.from_spec(spec, dataset, split)
     probe_valid = None
     if args.probe_epochs:
         probe_spec = fine_tune_spec(task, args, frozen=True, epochs=args.probe_epochs)
         seed_everything(args.seed)
         probe = FusedRecommender.from_spec(probe_spec, dataset, split, embedding_cache_dir=Path(args.work) /
-                                           "embeddings", **overrides)
+                                           "embeddings")
         probe_valid = fit(probe, split, probe_spec.training, device="cpu").best_valid
         heads = {k: v for k, v in probe.state_dict().items() if ".backbone." not in k}
         missing, unexpected = model.load_state_dict(heads, strict=False)
@@ -316,19 +317,15 @@ def evaluate_cell(encoder: TextEncoder, dataset: Dataset, split, task: str, args
     spec = FusionRecommenderSpec.model_validate({
         "version": "merge-bench", "encoders": [encoder.spec.model_dump(by_alias=True)],
         "fusion": {"method": "weighted", "dim": DIM, "dropout": 0.1},
-        "task": {"type": task, "userTower": "sequence", "useItemIds": False, **EVAL_TASK[task]},
+        "task": {"type": task, "userTower": "sequence", "useItemIds": False, **EVAL_TASK[task],
+                 **(POINTWISE_TASK if task != "ranking" else {})},
         "training": {**EVAL_TRAINING, "epochs": epochs, "seed": seed}})
-    started = time.perf_counter()
-    seed_everything(seed)
-    model = FusedRecommender.from_spec(spec, dataset, split, encoders=[encoder],
-                                       **(POINTWISE_OVERRIDES if task != "ranking" else {}))
-    result = fit(model, split, spec.training, device="cpu")
-    test = evaluate_model(model, split, "test")
-    seconds = time.perf_counter() - started
-    log.info("%s on %s: best epoch %d, test %s (%.0fs)", encoder.spec.name, task, result.best_epoch, _fmt(test),
-             seconds)
-    return {"valid": result.best_valid, "test": test, "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history), "seconds": seconds}
+    done = fit_and_evaluate(lambda: FusedRecommender.from_spec(spec, dataset, split, encoders=[encoder]),
+                            split, spec.training, device="cpu")
+    log.info("%s on %s: best epoch %d, test %s (%.0fs)", encoder.spec.name, task, done.fit.best_epoch,
+             _fmt(done.test), done.seconds)
+    return {"valid": done.fit.best_valid, "test": done.test, "best_epoch": done.fit.best_epoch,
+            "epochs_run": len(done.fit.history), "seconds": done.seconds}
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -451,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
               "probe_training": PROBE_TRAINING}
     evaluation = {**{k: getattr(args, k) for k in ("seed", "max_length", "eval_epochs_ranking",
                                                    "eval_epochs_pointwise", "max_users")},
-                  "task": EVAL_TASK, "training": EVAL_TRAINING, "pointwise_overrides": POINTWISE_OVERRIDES}
+                  "task": EVAL_TASK, "training": EVAL_TRAINING,
+                  # recorded under its name from before the sizes were spec fields, so stored cells stay valid
+                  "pointwise_overrides": {"n_layers": POINTWISE_TASK["sequenceLayers"]}}
     previous = json.loads(json_path.read_text()) if json_path.is_file() else {}
     command = " ".join(["python bench/merge_experiment.py", *map(shlex.quote, argv or sys.argv[1:])])
     computes = bool(stages & {"finetune", "merge", "evaluate"})  # `--stages report` only re-renders

@@ -38,14 +38,13 @@ import numpy as np
 import torch
 
 from fusionrec.data import load_dataset
-from fusionrec.data.splits import leave_one_out, random_split
-from fusionrec.evaluation import CTR_SPLIT_SEED, Results, RunResult, run_baseline, write_json
+from fusionrec.files import atomic_write_json, atomic_write_text
 from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.fused import FusedRecommender
 from fusionrec.model.saved import embedding_cache_dir
-from fusionrec.protocol import evaluate_model
+from fusionrec.protocol import PROTOCOL, Results, RunResult, make_split
 from fusionrec.spec import DataSpec, EncoderSpec, FusionRecommenderSpec
-from fusionrec.train.loop import fit, seed_everything
+from fusionrec.train.evaluate import fit_and_evaluate, run_baseline
 
 log = logging.getLogger("bench.quality")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,9 +68,15 @@ USER_FEATURES = ("age", "gender", "occupation", "zip_code")
 CTR_EMA = 0.998  # ~500 steps (1.6 epochs at batch 256) dominate the average
 
 
+# Experiment.overrides (FusedConfig names) -> the spec's task fields.
+OVERRIDE_FIELDS = {"n_layers": "sequenceLayers", "n_heads": "sequenceHeads", "head_hidden": "headHidden"}
+
+
 @dataclass(frozen=True)
 class Experiment:
-    """One fused configuration. `overrides` are FusedConfig fields, `training` patches TRAINING."""
+    """One fused configuration. `overrides` are the model's sizes by their FusedConfig names (kept so stored runs'
+    fingerprints stay valid), written into the spec's task section (`OVERRIDE_FIELDS`); `training` patches
+    TRAINING."""
 
     name: str
     group: str  # single | fused | hybrid | ctr
@@ -109,7 +114,8 @@ class Experiment:
             "fusion": {"method": self.method, "dim": DIM, "hidden": 128, "dropout": 0.1},
             "task": {"type": self.task, "userTower": "sequence", "useItemIds": self.ids,
                      "historyLength": self.history, "negatives": "full", "userFeatures": list(self.user_features),
-                     "crossLayers": self.cross_layers},
+                     "crossLayers": self.cross_layers,
+                     **{OVERRIDE_FIELDS[k]: v for k, v in self.overrides.items()}},
             "training": training})
 
 
@@ -168,17 +174,15 @@ def run_fused(experiment: Experiment, seed: int, dataset, splits, pool: EncoderP
     # Loading an LM draws from torch's generator (transformers initialises before it loads): load first, so a
     # run's initial weights depend on its seed alone, not on whether it was the first to need that LM.
     encoders = pool.get(experiment.encoders)
-    seed_everything(seed)
-    model = FusedRecommender.from_spec(spec, dataset, split, encoders=encoders, **experiment.overrides)
-    result = fit(model, split, spec.training, device="cpu", log_every=5)
-    test = evaluate_model(model, split, "test")
-    weights = model.fusion_weights()
-    seconds = time.perf_counter() - started
-    log.info("%s seed %d: best epoch %d, test %s (%.0fs)", experiment.name, seed, result.best_epoch,
-             ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k.endswith("@10") or "@" not in k), seconds)
-    run = RunResult(baseline=experiment.name, task="ranking" if experiment.task == "ranking" else "ctr",
-                    seed=seed, valid=result.best_valid, test=test, best_epoch=result.best_epoch,
-                    epochs_run=len(result.history), seconds=seconds)
+    done = fit_and_evaluate(
+        lambda: FusedRecommender.from_spec(spec, dataset, split, encoders=encoders),
+        split, spec.training, device="cpu", log_every=5)
+    weights = done.model.fusion_weights()
+    done.seconds = time.perf_counter() - started  # loading the LMs included
+    log.info("%s seed %d: best epoch %d, test %s (%.0fs)", experiment.name, seed, done.fit.best_epoch,
+             ", ".join(f"{k} {v:.4f}" for k, v in done.test.items() if k.endswith("@10") or "@" not in k),
+             done.seconds)
+    run = done.run(experiment.name, experiment.task, seed)
     return run, {"fusion_weights": weights["global"], "fusion_kind": weights["kind"]}
 
 
@@ -195,8 +199,8 @@ def _init_worker(threads: int, max_users: int | None) -> None:
     torch.set_num_threads(threads)
     os.environ.setdefault("FUSIONREC_QUIET", "1")
     dataset = load_dataset(DataSpec(max_users=max_users))
-    _worker.update(dataset=dataset, pool=EncoderPool(),
-                   splits={"ranking": leave_one_out(dataset), "ctr": random_split(dataset, seed=CTR_SPLIT_SEED)})
+    splits = {task: make_split(dataset, task) for task in ("ranking", "ctr")}
+    _worker.update(dataset=dataset, pool=EncoderPool(), splits=splits)
 
 
 def _run_task(name: str, seed: int, epochs: int | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -282,16 +286,10 @@ def check_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
-def _cell(stats: tuple[float, float] | None, digits: int = 4) -> str:
-    return "-" if stats is None else f"{stats[0]:.{digits}f} ± {stats[1]:.{digits}f}"
-
-
-def render(payload: dict[str, Any], discussion: str) -> str:
-    summary = payload["summary"]
+def render(payload: dict[str, Any], results: Results, discussion: str) -> str:
     lines = ["# Fused recommenders on MovieLens-100K", "",
-             "Protocol (design.md section 4): ranking = chronological leave-one-out, full ranking over all items "
-             "with the user's seen items excluded; CTR = label rating >= 4, random 80/10/10 split (seed "
-             f"{CTR_SPLIT_SEED}). Checkpoints are selected by validation (NDCG@10, AUC) only; values are test "
+             f"Protocol (design.md section 4): ranking = {PROTOCOL['ranking']}; CTR = {PROTOCOL['ctr']}. "
+             "Checkpoints are selected by validation (NDCG@10, AUC) only; values are test "
              f"metrics, mean ± sample std over seeds {', '.join(map(str, payload['seeds']))}.", "",
              "Produced by (runs already in the JSON are kept, so a benchmark can be run in pieces):", "",
              *(f"    {command}" for command in payload["commands"]), "",
@@ -299,24 +297,11 @@ def render(payload: dict[str, Any], discussion: str) -> str:
               f"together {payload['wall_seconds'] / 60:.1f} min (each command's own is beside it)."), "",
              "Frozen: all three LMs (MiniLM-L6, MPNet-base, SmolLM2-135M, mean pooling) are `freeze: true`; their "
              "pooled item-text embeddings are computed once and cached. Trained: per-encoder projections "
-             f"(to {DIM} dims), the fusion, a 2-layer causal transformer user tower over the last 50 items (CTR rows: 1 layer, 10 items), item "
+             f"(to {DIM} dims), the fusion, a 2-layer causal transformer user tower over the last 50 items "
+             "(CTR rows: 1 layer, 10 items), item "
              "IDs in the hybrid, and the head (full-catalogue softmax for ranking; biased two-tower + MLP with "
-             "BCE for CTR; the -cross row adds 2 DCN-v2 cross layers, task.crossLayers).", "", "## Ranking", "",
-             "| model | group | valid ndcg@10 | test ndcg@10 | test hr@10 | test mrr@10 | best epoch | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, row in summary.items():
-        if row["task"] != "ranking":
-            continue
-        lines.append(f"| {name} | {GROUPS.get(name, '?')} | " + " | ".join(
-            [_cell(_stat(summary, name, k)) for k in ("valid_ndcg@10", "test_ndcg@10", "test_hr@10", "test_mrr@10")]
-            + [_cell(_stat(summary, name, "best_epoch"), 1), _cell(_stat(summary, name, "seconds"), 0)]) + " |")
-    lines += ["", "## CTR", "", "| model | valid auc | test auc | test logloss | best epoch | seconds |",
-              "|---|---|---|---|---|---|"]
-    for name, row in summary.items():
-        if row["task"] == "ctr":
-            lines.append(f"| {name} | " + " | ".join(
-                [_cell(_stat(summary, name, k)) for k in ("valid_auc", "test_auc", "test_logloss")]
-                + [_cell(_stat(summary, name, "best_epoch"), 1), _cell(_stat(summary, name, "seconds"), 0)]) + " |")
+             "BCE for CTR; the -cross row adds 2 DCN-v2 cross layers, task.crossLayers).", "", "## Results", "",
+             results.render(groups=GROUPS)]
     lines += ["", "## Fusion weights (over the catalogue, mean over seeds)", "",
               "| model | kind | " + " | ".join(ALL) + " |", "|---|---|" + "---|" * len(ALL)]
     for name, extra in payload["fusion"].items():
@@ -382,12 +367,12 @@ def main(argv: list[str] | None = None) -> int:
                                   f"parallel with {args.threads} torch thread(s) each, {os.cpu_count()} CPUs (shared)",
                    "wall_seconds": wall + time.perf_counter() - started, "fusion": fusion}
         payload["targets"] = check_targets(payload["summary"])
-        write_json(json_path, payload)
+        atomic_write_json(json_path, payload)
         discussion = ""
         if md_path.is_file():
             text = md_path.read_text()
             discussion = text[text.index("## Discussion"):] if "## Discussion" in text else ""
-        md_path.write_text(render(payload, discussion))
+        atomic_write_text(md_path, render(payload, results, discussion))
         return payload
 
     tasks = sorted(((name, seed) for name in chosen for seed in seeds if (name, seed) not in done),

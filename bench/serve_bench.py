@@ -98,7 +98,7 @@ class Naive:
         from fusionrec.serving.scorer import VersionScorer
 
         torch.set_num_threads(1)
-        self.scorer = VersionScorer.load(artifact)
+        self.scorer = VersionScorer.load(artifact, use_compiled=False)  # naive_user_vector needs the torch model
         self.lock = threading.Lock()
 
     def _answer(self, body: dict[str, Any]) -> dict[str, Any]:

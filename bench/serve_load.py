@@ -51,8 +51,8 @@ TOKEN_ENV = "FUSIONREC_BENCH_TOKENS"
 def bench_artifact(root: Path = BENCH_DIR) -> Path:
     """MiniLM-L6 + sequence tower on MovieLens-100K, one epoch; trained once and kept under `root`."""
     from fusionrec.artifact import list_versions
-    from fusionrec.train.job import train_and_evaluate
     from fusionrec.spec import Manifest
+    from fusionrec.train.job import train_and_evaluate
 
     runs = root / "runs"
     if VERSION in list_versions(runs):
@@ -246,7 +246,8 @@ def hostile_requests(items: list[str], seed: int = 1) -> list[Request]:
         post({"user_id": "\u202e\x00\ud7ff"}, "control characters"), post({"history": {"a": 1}}, "dict history"),
         post({"history": big[:100_000]}, "100k-item history"), post({"history": ["no-such-item"]}, "unknown item"),
         post({"user_id": "1", "candidates": ["nope"]}, "unknown candidate"),
-        post({"user_id": "1", "candidates": big[:20_000]}, "20k candidates"), post({"user_id": "1", "extra": 1}, "extra field"),
+        post({"user_id": "1", "candidates": big[:20_000]}, "20k candidates"),
+        post({"user_id": "1", "extra": 1}, "extra field"),
         post({}, "no user"), post({"user_id": None, "history": None}, "all null"),
         post({"user_id": "1"}, "no token", headers={}), post({"user_id": "1"}, "wrong token",
                                                            headers={"Authorization": "Bearer guess"}),
@@ -255,7 +256,8 @@ def hostile_requests(items: list[str], seed: int = 1) -> list[Request]:
         Request("POST", "/v1/score", json={"user_id": "1", "item_ids": []}, name="empty item_ids"),
         Request("POST", "/v1/score", json={"user_id": "1", "item_ids": big[:20_000]}, name="20k item_ids"),
         Request("GET", "/v1/recommend", name="wrong method"), Request("DELETE", "/v1/model", name="delete model"),
-        Request("GET", "/v1/../../etc/passwd", name="path traversal"), Request("GET", "/v2/recommend", name="unknown route"),
+        Request("GET", "/v1/../../etc/passwd", name="path traversal"),
+        Request("GET", "/v2/recommend", name="unknown route"),
         Request("POST", "/v1/recommend/extra", json={"user_id": "1"}, name="route suffix"),
         post({"history": [], "k": 3}, "empty history (valid: popularity)"),
     ]

@@ -39,6 +39,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (its helpers), never the repository root
 
+from fusionrec.serving.config import MODEL_CALL_DEADLINE_S  # noqa: E402
+from fusionrec.serving.slow_clients import BODY_TIMEOUT_S  # noqa: E402
+
 from serve_load import (  # noqa: E402
     AUTH,
     RESULTS,
@@ -55,9 +58,6 @@ from serve_load import (  # noqa: E402
     summary,
     valid_requests,
 )
-
-from fusionrec.serving.config import MODEL_CALL_DEADLINE_S  # noqa: E402
-from fusionrec.serving.slow_clients import BODY_TIMEOUT_S  # noqa: E402
 
 MARGIN_S = 2.0  # what "within the deadline" allows beyond it: the proxy, the client and a loaded machine
 
@@ -148,7 +148,7 @@ async def trickle(host: str, port: int, body: bytes, give_up_s: float) -> tuple[
             await writer.drain()
             try:
                 line = await asyncio.wait_for(reader.readline(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if time.perf_counter() - t0 > give_up_s:
                     return "never cut off", time.perf_counter() - t0
                 continue

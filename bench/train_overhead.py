@@ -62,9 +62,9 @@ def plain(document: Any, out: Path, cache: Path) -> dict[str, float]:
 def plain_once(document_json: str, out: str, cache: str) -> None:
     import torch
 
-    from fusionrec.train.job import train_and_evaluate
     from fusionrec.spec import Manifest
     from fusionrec.train.distributed import _Shard
+    from fusionrec.train.job import train_and_evaluate
     from fusionrec.train.loop import FitHooks
 
     torch.set_num_threads(1)  # Ray gives each 1-CPU worker one thread (OMP_NUM_THREADS=1): the same here
@@ -113,7 +113,8 @@ def main() -> None:
         for repeat in range(args.repeats + 1):  # repeat 0 warms the caches (embeddings, model files)
             for kind, workers, runner in configs:
                 out = scratch / f"{model}-{kind}{workers}-{repeat}"
-                stats = runner(manifest(model, args.users, args.epochs, workers, args.max_length, args.finetune), out, cache)
+                document = manifest(model, args.users, args.epochs, workers, args.max_length, args.finetune)
+                stats = runner(document, out, cache)
                 print(f"{model} {kind} x{workers} repeat {repeat}: {stats}", file=sys.stderr, flush=True)
                 if repeat:
                     runs.setdefault(f"{kind} x{workers}", []).append(stats)

@@ -21,7 +21,8 @@ class UserError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
-        text = f"{self.field}: {self.message}" if self.field and not self.message.startswith(self.field) else self.message
+        named = self.field and not self.message.startswith(self.field)
+        text = f"{self.field}: {self.message}" if named else self.message
         return f"{text}\n  fix: {self.fix}" if self.fix else text
 
     def as_json(self) -> dict[str, Any]:
@@ -55,11 +56,18 @@ class DataError(UserError):
 def _location(loc: tuple[Any, ...], prefix: str) -> str:
     path = prefix
     for piece in loc:
+        if _union_tag(piece):
+            continue  # which member of a tagged union (spec.merge's `method=ties`): not a field
         if isinstance(piece, int):
             path += f"[{piece}]"
         else:
             path = f"{path}.{piece}" if path else str(piece)
     return path
+
+
+def _union_tag(piece: Any) -> bool:
+    """A location piece naming a tagged union's member: `method=ties` (fusionrec.spec tags them so)."""
+    return isinstance(piece, str) and "=" in piece
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
@@ -70,23 +78,14 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> list[tupl
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
+        tag = next((p for p in err["loc"] if _union_tag(p)), None)
+        key, _, value = str(tag or "").partition("=")
         if err["type"] == "extra_forbidden":
-            message = "unknown field; check its spelling (fields are camelCase, e.g. batchSize)"
+            if tag is not None:  # e.g. density on a linear merge
+                message = f"unknown field for {key} {value}; check its spelling and the {key}'s parameters"
+            else:
+                message = "unknown field; check its spelling (fields are camelCase, e.g. batchSize)"
+        elif err["type"] == "missing" and tag is not None:
+            message = f"required for {key} {value}"
         out.append((field, message))
     return out
-
-
-def manifest_from_dict(document: Any, source: str = "manifest") -> "Manifest":  # noqa: F821
-    """Validate a parsed manifest document, raising one UserError that lists every bad field."""
-    from fusionrec.spec import Manifest
-
-    if not isinstance(document, dict):
-        raise UserError(f"{source} must be a mapping with apiVersion, kind, metadata and spec")
-    try:
-        # Strict: no "4" for 4 or "true" for true. The API server converts nothing, and whatever one of the two
-        # accepts the other must accept too.
-        return Manifest.model_validate(document, strict=True)
-    except ValidationError as exc:
-        problems = format_validation_error(exc)
-        lines = "\n".join(f"  {field}: {msg}" for field, msg in problems)
-        raise UserError(f"{source} is invalid:\n{lines}", field=problems[0][0] if problems else None) from None

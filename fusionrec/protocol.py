@@ -1,22 +1,29 @@
 """The evaluation protocol (design.md section 4), in one place: how data is split for each task, which seeds
-are fixed, which cutoffs and metrics are reported, and how a fitted model is scored. The runner, the CLI, the
-training job and the benches all call these, so every number the project publishes comes from the same rules.
+are fixed, which cutoffs and metrics are reported, how a fitted model is scored, and the tables the results are
+printed in (their columns, mean ± std over seeds). The runner, the CLI, the training job and the benches all call
+these, so every number the project publishes comes from the same rules.
+
+Fitting is not here: `fusionrec.train.evaluate` seeds, builds, fits (through the one loop, `fusionrec.train.loop`)
+and tests any model, fused or baseline, by these rules. This module imports no training code, so the compiler
+and the serving side can use the split and the scoring without the training loop.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from fusionrec.data.sampling import histories_from_frame
 from fusionrec.data.schema import Dataset
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit, leave_one_out, random_split
-from fusionrec.metrics import evaluate_pointwise, evaluate_ranking
+from fusionrec.metrics import RANKING_CUTOFFS, evaluate_pointwise, evaluate_ranking
 
 CTR_SPLIT_SEED = 2020  # the protocol's random split is fixed; seeds vary the model, never the data
-RANKING_CUTOFFS = (5, 10, 20)
 DEFAULT_METRIC = {"ranks": "ndcg@10", "labels": "auc", "ratings": "rmse"}
 REPORTED = {"labels": ("auc", "logloss"), "ratings": ("rmse", "mae")}
 PROTOCOL = {
@@ -25,6 +32,13 @@ PROTOCOL = {
     "ctr": f"label = rating >= 4; random 80/10/10 split by interaction (seed {CTR_SPLIT_SEED}); AUC, LogLoss",
     "rating": f"random 80/10/10 split by interaction (seed {CTR_SPLIT_SEED}); RMSE, MAE",
 }
+# The split in a table's title, per task.
+SPLIT_NAMES = {"ranking": "leave-one-out (chronological)", "ctr": f"random 80/10/10 (seed {CTR_SPLIT_SEED})",
+               "rating": f"random 80/10/10 (seed {CTR_SPLIT_SEED})"}
+# The columns of every printed table, (validation metric, test metrics) per task; the JSON keeps every metric.
+TABLE = {"ranking": (DEFAULT_METRIC["ranks"], ("hr@10", "ndcg@10", "mrr@10")),
+         "ctr": (DEFAULT_METRIC["labels"], REPORTED["labels"]),
+         "rating": (DEFAULT_METRIC["ratings"], REPORTED["ratings"])}
 
 
 def seed_everything(seed: int) -> None:
@@ -57,8 +71,107 @@ def user_histories(split: LeaveOneOutSplit | RandomSplit, n_users: int) -> list[
     """What each user has done before the test stage, oldest first (the model's input at serving time)."""
     if isinstance(split, LeaveOneOutSplit):
         return split.history("test")
-    ordered = split.train.sort_values(["user_idx", "timestamp"], kind="stable")
-    histories = [np.empty(0, dtype=np.int64) for _ in range(n_users)]
-    for user, items in ordered.groupby("user_idx", sort=False)["item_idx"]:
-        histories[int(user)] = items.to_numpy(dtype=np.int64)
-    return histories
+    return histories_from_frame(split.train, n_users)
+
+
+# --- results: one run per (model, seed), summarised over seeds, printed as tables ---------------------------------
+
+
+@dataclass
+class RunResult:
+    """One model (a baseline, or a named fused configuration) fitted with one seed and tested."""
+
+    baseline: str  # the model's name (the JSON's historical key)
+    task: str
+    seed: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+
+
+@dataclass
+class Results:
+    """Runs over several seeds: `summary()` gives mean and spread, `render()` the tables, `to_json()` everything."""
+
+    dataset: str
+    seeds: list[int]
+    runs: list[RunResult] = field(default_factory=list)
+    quick: bool = False
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per model: mean and std over seeds (sample std, 0 for one seed) of every metric, epoch and time."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in dict.fromkeys(run.baseline for run in self.runs):
+            runs = [run for run in self.runs if run.baseline == name]
+            values: dict[str, list[float]] = {}
+            for run in runs:
+                for stage in ("valid", "test"):
+                    for metric, value in getattr(run, stage).items():
+                        values.setdefault(f"{stage}_{metric}", []).append(value)
+                values.setdefault("best_epoch", []).append(run.best_epoch)
+                values.setdefault("seconds", []).append(run.seconds)
+            out[name] = {"task": runs[0].task, "seeds": [run.seed for run in runs],
+                         **{key: mean_std(vals) for key, vals in values.items()}}
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "protocol": PROTOCOL, "seeds": self.seeds, "quick": self.quick,
+                "summary": self.summary(), "runs": [asdict(run) for run in self.runs]}
+
+    def render(self, groups: Mapping[str, str] | None = None) -> str:
+        """Markdown tables (one per task) of the protocol's columns as mean ± std over seeds; `groups` adds a
+        group column (model name -> group)."""
+        summary = self.summary()
+        parts = []
+        for task, (valid, tests) in TABLE.items():
+            names = [name for name, row in summary.items() if row["task"] == task]
+            if not names:
+                continue
+            header = ["model", *(["group"] if groups else []), f"valid {valid}", *(f"test {m}" for m in tests),
+                      "best epoch", "seconds"]
+            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for name in names:
+                row = summary[name]
+                cells = [name, *([groups.get(name, "?")] if groups else []), cell(row.get(f"valid_{valid}")),
+                         *(cell(row.get(f"test_{m}")) for m in tests),
+                         cell(row["best_epoch"], digits=1), cell(row["seconds"], digits=1)]
+                lines.append("| " + " | ".join(cells) + " |")
+            seeds = ", ".join(map(str, self.seeds))
+            parts.append(f"{task} ({self.dataset}, {SPLIT_NAMES[task]}, seeds {seeds}):\n" + "\n".join(lines))
+        return "\n\n".join(parts)
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
+
+
+def cell(stats: dict[str, float] | float | None, digits: int = 4) -> str:
+    """A table cell: "-" when missing, a value, or "mean ± std"."""
+    if stats is None:
+        return "-"
+    if isinstance(stats, dict):
+        return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+    return f"{stats:.{digits}f}"
+
+
+def quality_table(comparison: dict[str, Any]) -> str:
+    """One seed's comparison (fused, then singles, then baselines) as an aligned text table of the protocol's
+    columns; `comparison` is comparison.json: {"task", "split", "seed", "rows": [{"model", "group", "valid",
+    "test", "seconds"}]}."""
+    task = comparison["task"]
+    valid_metric, test_metrics = TABLE[task]
+    header = ["model", "group", f"valid {valid_metric}", *(f"test {m}" for m in test_metrics), "seconds"]
+    rows = [[row["model"], row["group"], cell(row["valid"].get(valid_metric)),
+             *(cell(row["test"].get(m)) for m in test_metrics), f"{row.get('seconds', 0.0):.1f}"]
+            for row in comparison["rows"]]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:  # names to the left, numbers to the right
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs)
+
+    lines = [line(header), *(line(row) for row in rows)]
+    return f"quality ({task}, {comparison['split']}, seed {comparison['seed']}):\n" + "\n".join(lines)

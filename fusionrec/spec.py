@@ -9,18 +9,47 @@ convention) and snake_case in Python. Validators raise ValueError so pydantic re
 
 from __future__ import annotations
 
+import keyword
 import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel, to_snake
+
+from fusionrec.choices import (
+    BACKEND_PRECISIONS,
+    MERGE_METHODS,
+    MODEL_SOURCE_FIX,
+    PRECISIONS,
+    T_FILTERS_MAX,
+    MergeMethodInfo,
+    ParamDef,
+    compile_t_filters,
+    model_source_problem,
+    precision_problem,
+)
+from fusionrec.choices import T_FILTER_KEY_MAX as T_FILTER_KEY_MAX  # re-exported with the other limits
+from fusionrec.cron import CronSchedule
+from fusionrec.errors import UserError, format_validation_error
 
 API_GROUP = "fusionrec.io"
 API_VERSION = "v1alpha1"
-KIND = "FusionRecommender"
+KIND: Literal["FusionRecommender"] = "FusionRecommender"
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # DNS-1035 label: what KubeRay requires of the RayService and RayCluster named after a FusionRecommender.
@@ -39,7 +68,7 @@ COLUMN_MAX = 128  # a column name of the data files
 TEMPLATE_MAX = 4096  # data.itemTextTemplate
 SHORT_MAX = 64  # encodings, metric names, quantities, environment variable names
 SECRET_NAME_MAX = 253  # a Secret name (DNS-1123 subdomain)
-T_FILTER_KEY_MAX = 256  # a merge.tFilters key (a tensor-name regex)
+SCHEDULE_MAX = 128  # training.schedule
 
 
 def _nullable(annotation: Any) -> bool:
@@ -97,12 +126,15 @@ class EncoderSpec(SpecModel):
     @field_validator("source")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        match = re.match(r"^([a-z][a-z0-9+.-]*)://", value)
-        if match and match.group(1) not in {"pkg", "hf", "pvc", "file", "s3", "gs"}:
-            raise ValueError(
-                f"unknown source scheme {match.group(1)!r}; use a local path, pkg://, hf://, pvc://, s3:// or gs://"
-            )
-        return value
+        return _model_source(value)
+
+
+def _model_source(value: str) -> str:
+    """A model source whose scheme `fusionrec.model.sources` loads (fusionrec.choices.MODEL_SOURCE_SCHEMES)."""
+    problem = model_source_problem(value)
+    if problem:
+        raise ValueError(f"{problem}; {MODEL_SOURCE_FIX}")
+    return value
 
 
 MergeMethod = Literal["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp"]
@@ -112,57 +144,135 @@ class MergeModelRef(SpecModel):
     """A checkpoint taking part in a merge, by encoder name or by source, with its weight."""
 
     source: str = Field(min_length=1, max_length=URI_MAX,
-                        description="Local HF folder or pkg:// source of a same-shape checkpoint.")
+                        description="An encoder name of this spec, a local HF folder, or a pkg://, hf:// or pvc:// "
+                                    "source of a same-shape checkpoint.")
     weight: float = Field(1.0, ge=0.0, description="Relative weight (linear, task arithmetic, TIES, DARE).")
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        return _model_source(value)
 
 
 class MergeSpec(SpecModel):
-    """Parameter-space merge of same-architecture checkpoints into one encoder, before fine-tuning."""
+    """Parameter-space merge of same-architecture checkpoints into one encoder, before fine-tuning.
 
+    The fields every method shares. Each method is its own subclass (`LinearMerge`, `TiesMerge`, ...), generated
+    from its parameter definitions in `fusionrec.choices.MERGE_METHODS`, so a method accepts exactly its own
+    parameters with their bounds; `spec.merge` is the union of them, told apart by `method`.
+    `MergeSpec.model_validate(data)` returns the subclass `data["method"]` names.
+    """
+
+    info: ClassVar[MergeMethodInfo]
     method: MergeMethod
     name: str = Field("merged", pattern=_DNS_LABEL, max_length=NAME_MAX,
                       description="Encoder name of the merged model.")
-    base: str | None = Field(None, max_length=URI_MAX,
-                             description="Base checkpoint for task vectors (task arithmetic, TIES, DARE).")
     models: list[MergeModelRef] = Field(min_length=1, max_length=16)
-    density: float | None = Field(None, gt=0.0, le=1.0, description="TIES/DARE: fraction of each delta kept.")
-    lambda_: float | None = Field(None, alias="lambda", gt=0.0, description="Scale of the merged task vector.")
-    rescale: bool = Field(True, description="DARE: rescale kept deltas by 1/density.")
-    t: float | None = Field(None, ge=0.0, le=1.0, description="SLERP: interpolation factor (0 = first model).")
-    t_filters: dict[str, float] | None = Field(
-        None, max_length=64, description="SLERP: per-tensor t, {tensor-name regex or substring: t}; first match wins, else t.")
-    seed: int = Field(0, ge=0, description="DARE: seed of the random drop mask.")
 
-    @field_validator("t_filters")
     @classmethod
-    def _t_filters(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for pattern, t in (value or {}).items():
-            if not 1 <= len(pattern) <= T_FILTER_KEY_MAX:
-                raise ValueError(f"merge.tFilters: a key is a regex or substring of 1 to {T_FILTER_KEY_MAX} "
-                                 f"characters, got {len(pattern)}")
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"merge.tFilters: {pattern!r} is not a valid regular expression: {exc}")
-            if not 0.0 <= t <= 1.0:
-                raise ValueError(f"merge.tFilters[{pattern!r}] must be in [0, 1], got {t}")
-        return value
+    def model_validate(cls, obj: Any, **kwargs: Any) -> MergeSpec:
+        if cls is MergeSpec:
+            return MERGE_SPEC.validate_python(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
 
-    @model_validator(mode="after")
-    def _method_parameters(self) -> MergeSpec:
-        if self.t_filters and self.method != "slerp":
-            raise ValueError("merge.tFilters applies to slerp only")
-        needs_base = {"task_arithmetic", "ties", "dare_linear", "dare_ties"}
-        if self.method in needs_base and not self.base:
-            raise ValueError(f"merge.base is required for method {self.method!r}: task vectors are taken against it")
-        if self.method in {"ties", "dare_linear", "dare_ties"} and self.density is None:
-            raise ValueError(f"merge.density is required for method {self.method!r} (e.g. 0.2)")
-        if self.method == "slerp":
-            if len(self.models) != 2:
-                raise ValueError("merge.models: slerp interpolates exactly two models")
-            if self.t is None:
-                raise ValueError("merge.t is required for slerp (0 returns the first model, 1 the second)")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _non_nullable_null_is_absent(cls, data: Any) -> Any:
+        """A null reads as absent, for every key: the CRD holds every method's parameters in one object, whose
+        properties are not nullable, so the API server drops a null there (`density: null` on a linear merge)."""
+        if isinstance(data, dict) and None in data.values():
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+    @property
+    def base_source(self) -> str | None:
+        """The base checkpoint (task-vector methods), else None."""
+        return getattr(self, "base", None)
+
+    def parameters(self) -> dict[str, Any]:
+        """The method's parameters the user set, by their spec names (the method fills the defaults)."""
+        values = {p.name: getattr(self, param_attribute(p.name)) for p in self.info.params}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+def param_attribute(name: str) -> str:
+    """The Python attribute of a method parameter (`lambda` -> `lambda_`, `tFilters` -> `t_filters`)."""
+    attribute = to_snake(name)
+    return f"{attribute}_" if keyword.iskeyword(attribute) else attribute
+
+
+def _t_filters(cls: type[MergeSpec], value: dict[str, float] | None) -> dict[str, float] | None:
+    if value is not None:
+        try:
+            compile_t_filters(value)  # the regex and range checks SLERP runs
+        except ValueError as exc:
+            raise ValueError(f"merge.tFilters: {exc}") from None
+    return value
+
+
+def _param_field(pdef: ParamDef) -> tuple[Any, Any]:
+    """The pydantic (annotation, Field) of one method parameter, from its definition."""
+    size: dict[str, Any] = {}
+    if pdef.kind is dict:  # SLERP's tFilters, the one mapping parameter
+        annotation: Any = dict[str, float]  # checked by _t_filters
+        size = {"max_length": T_FILTERS_MAX}
+    else:
+        bounded = any(b is not None for b in (pdef.ge, pdef.gt, pdef.le))
+        annotation = Annotated[pdef.kind, Field(ge=pdef.ge, gt=pdef.gt, le=pdef.le)] if bounded else pdef.kind
+    if pdef.required:
+        return annotation, Field(alias=pdef.name, description=pdef.description, **size)
+    # Left out, the method applies its default (ParamDef.default): the field stays None, and is not nullable, so
+    # the CRD fills no default the other methods would then refuse.
+    default = "" if pdef.default is None else f" (default {str(pdef.default).lower()})"
+    return annotation, Field(None, alias=pdef.name, description=f"{pdef.description}{default}", **size)
+
+
+def _model_count(self: MergeSpec) -> MergeSpec:
+    wanted = self.info.models
+    if wanted is not None and len(self.models) != wanted:
+        raise ValueError(f"merge.models: {self.method} takes exactly {wanted} models, got {len(self.models)}")
+    return self
+
+
+def _merge_class(info: MergeMethodInfo) -> type[MergeSpec]:
+    fields: dict[str, Any] = {"method": (Literal[info.name], Field(description=info.description))}
+    if info.needs_base:
+        fields["base"] = (Annotated[str, AfterValidator(_model_source)], Field(
+            min_length=1, max_length=URI_MAX,
+            description="Base checkpoint the task vectors are taken against: an encoder name or a model source."))
+    for pdef in info.params:
+        fields[param_attribute(pdef.name)] = _param_field(pdef)
+    validators: dict[str, Any] = {}
+    if info.models is not None:
+        validators["_model_count"] = model_validator(mode="after")(_model_count)
+    if any(p.kind is dict for p in info.params):
+        validators["_t_filters"] = field_validator("t_filters")(classmethod(_t_filters))
+    title = "".join(part.title() for part in info.name.split("_"))
+    cls = create_model(f"{title}Merge", __base__=MergeSpec, __module__=__name__, __validators__=validators,
+                       __doc__=f"merge.method {info.name}: {info.description}.", **fields)
+    cls.info = info
+    return cls
+
+
+MERGE_CLASSES: dict[str, type[MergeSpec]] = {name: _merge_class(info) for name, info in MERGE_METHODS.items()}
+
+
+def _merge_tag(value: Any) -> str | None:
+    method = value.get("method") if isinstance(value, dict) else getattr(value, "method", None)
+    return f"method={method}" if isinstance(method, str) and method in MERGE_CLASSES else None
+
+
+# The tag of each member is "method=<name>": pydantic puts it in error locations, and
+# `fusionrec.errors.format_validation_error` leaves it out of the field path (spec.merge.density).
+if TYPE_CHECKING:  # the members are generated, so a type checker sees their base
+    AnyMerge = MergeSpec
+else:
+    AnyMerge = Annotated[
+        Union[tuple(Annotated[cls, Tag(f"method={name}")] for name, cls in MERGE_CLASSES.items())],  # noqa: UP007
+        Discriminator(_merge_tag, custom_error_type="merge_method",
+                      custom_error_message=f"merge.method must be one of {', '.join(MERGE_CLASSES)}"),
+    ]
+MERGE_SPEC: TypeAdapter[MergeSpec] = TypeAdapter(AnyMerge)
 
 
 class FusionSpec(SpecModel):
@@ -183,6 +293,11 @@ class TaskSpec(SpecModel):
     )
     use_item_ids: bool = Field(True, description="Add a learned item-ID embedding to the item tower (hybrid).")
     history_length: int = Field(50, ge=1, le=1024, description="Most recent items that describe a user.")
+    sequence_layers: int = Field(2, ge=1, le=12, description="userTower sequence: transformer blocks of the "
+                                 "SASRec tower (the benchmark's CTR rows use 1: each row carries a history).")
+    sequence_heads: int = Field(1, ge=1, le=16, description="userTower sequence: attention heads per block; "
+                                "fusion.dim must be divisible by it.")
+    head_hidden: int = Field(128, ge=8, le=16384, description="Hidden width of the head's MLP.")
     negatives: Literal["in_batch", "sampled", "full"] = Field("full", description="Softmax negatives.")
     num_negatives: int = Field(256, ge=1, le=100_000)
     user_features: list[Annotated[str, Field(min_length=1, max_length=COLUMN_MAX)]] = Field(
@@ -290,7 +405,9 @@ class TrainingSpec(SpecModel):
                                                          "of the weights (e.g. 0.999); 0 = the live weights.")
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     seed: int = Field(2020, ge=0)
-    schedule: str | None = Field(None, max_length=128, description="Cron expression for periodic retraining on a cluster.")
+    schedule: str | None = Field(None, max_length=SCHEDULE_MAX,
+                                 description="Cron expression (minute hour day-of-month month day-of-week, UTC) for "
+                                 "periodic retraining on a cluster, e.g. '0 3 * * *'.")
     max_failures: int = Field(2, ge=0, le=100, description="Worker failures tolerated; resumes from checkpoint.")
     storage_path: str | None = Field(None, max_length=URI_MAX,
                                      description="Checkpoint storage (local folder or s3:// URI).")
@@ -298,16 +415,34 @@ class TrainingSpec(SpecModel):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
-            raise ValueError("training.schedule must be a 5-field cron expression, e.g. '0 3 * * *'")
+        if value is not None:
+            try:
+                CronSchedule.parse(value)
+            except ValueError as exc:
+                raise ValueError(f"training.schedule is not a cron expression: {exc}; e.g. '0 3 * * *' "
+                                 "(minute hour day-of-month month day-of-week)") from None
         return value
 
 
+Backend = Literal["onnxruntime", "tensorrt", "torch"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+assert set(get_args(Backend)) == set(BACKEND_PRECISIONS) and get_args(Precision) == PRECISIONS
+
+
 class CompileSpec(SpecModel):
-    backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    backend: Backend = Field("onnxruntime", description="onnxruntime: fp32 or int8; tensorrt and torch: fp32, fp16 "
+                             "or bf16 (fusionrec.choices.BACKEND_PRECISIONS).")
+    precision: Precision = "fp32"
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads per replica; 0 = all cores.")
     opset: int = Field(17, ge=13, le=23)
+
+    @model_validator(mode="after")
+    def _backend_compiles_precision(self) -> CompileSpec:
+        problem = precision_problem(self.backend, self.precision)
+        if problem:
+            message, fix = problem
+            raise ValueError(f"compile.precision: {message}; {fix}")
+        return self
 
 
 class ResourcesSpec(SpecModel):
@@ -385,7 +520,7 @@ class RolloutSpec(SpecModel):
     @field_validator("steps")
     @classmethod
     def _steps_rise_to_100(cls, steps: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(steps, steps[1:])):
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
             raise ValueError(f"rollout.steps must strictly increase, got {steps}")
         if steps[-1] != 100:
             raise ValueError(f"rollout.steps must end at 100 so the candidate takes all traffic, got {steps}")
@@ -427,7 +562,7 @@ class FusionRecommenderSpec(SpecModel):
         description="Version of the model; a new one is trained and rolled out. Lowercase letters, digits, '-' and "
         "'.', dot-separated parts each starting and ending with a letter or digit (e.g. v3, 2024.06.1).")
     encoders: list[EncoderSpec] = Field(min_length=1, max_length=16)
-    merge: MergeSpec | None = None
+    merge: AnyMerge | None = None
     fusion: FusionSpec = Field(default_factory=FusionSpec)
     task: TaskSpec = Field(default_factory=TaskSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -447,6 +582,14 @@ class FusionRecommenderSpec(SpecModel):
         if duplicates:
             raise ValueError(f"encoder names must be unique; repeated: {', '.join(duplicates)}")
         return encoders
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> FusionRecommenderSpec:
+        heads = self.task.sequence_heads
+        if self.task.user_tower == "sequence" and self.fusion.dim % heads:
+            raise ValueError(f"task.sequenceHeads={heads} must divide fusion.dim={self.fusion.dim} (each head "
+                             "reads dim/heads of the vector); change either")
+        return self
 
 
 class ObjectMeta(SpecModel):
@@ -487,17 +630,44 @@ ManifestLoader.add_implicit_resolver(
 )
 
 
+def manifest_from_dict(document: Any, source: str = "manifest") -> Manifest:
+    """Validate a parsed manifest document, raising one UserError that lists every bad field."""
+    if not isinstance(document, dict):
+        raise UserError(f"{source} must be a mapping with apiVersion, kind, metadata and spec")
+    try:
+        # Strict: no "4" for 4 or "true" for true. The API server converts nothing, and whatever one of the two
+        # accepts the other must accept too.
+        return Manifest.model_validate(document, strict=True)
+    except ValidationError as exc:
+        problems = format_validation_error(exc)
+        lines = "\n".join(f"  {field}: {msg}" for field, msg in problems)
+        raise UserError(f"{source} is invalid:\n{lines}", field=problems[0][0] if problems else None) from None
+
+
+def upgrade_artifact_spec(document: Any) -> Any:
+    """An artifact's spec.yaml as this version reads it. Specs written before `spec.merge` was one model per
+    method dumped every method's parameter in it (`density: null`, `rescale: true`, `seed: 0` on a linear merge):
+    those the method does not take are dropped. (A manifest gets no such leniency.)"""
+    merge = document.get("merge") if isinstance(document, dict) else None
+    if not isinstance(merge, dict) or merge.get("method") not in MERGE_CLASSES:
+        return document
+    cls = MERGE_CLASSES[merge["method"]]
+    own = {f.alias or n for n, f in cls.model_fields.items()}
+    legacy = {"base": None, "density": None, "lambda": None, "t": None, "tFilters": None, "rescale": True, "seed": 0}
+    kept = {k: v for k, v in merge.items() if k in own or k not in legacy or v != legacy[k]}
+    return {**document, "merge": kept}
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest; raises UserError (exit 2) naming the file and the field."""
-    from fusionrec.errors import UserError, manifest_from_dict
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"manifest {path} does not exist", fix="pass the path of a FusionRecommender YAML file")
+        raise UserError(f"manifest {path} does not exist",
+                        fix="pass the path of a FusionRecommender YAML file") from None
     try:
         document = yaml.load(text, Loader=ManifestLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
-        raise UserError(f"manifest {path} is not valid YAML: {exc}")
+        raise UserError(f"manifest {path} is not valid YAML: {exc}") from None
     return manifest_from_dict(document, source=str(path))

@@ -14,10 +14,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
 
 import kopf
+
+from fusionrec.errors import UserError
 from fusionrec.operator import consts, rollout
 from fusionrec.operator.builders import (
     ServedVersion,
@@ -34,6 +36,7 @@ from fusionrec.operator.kube import KubeApi, KubeApiError, owner_uids
 from fusionrec.operator.metrics import OperatorMetrics
 from fusionrec.operator.observe import JobState, observe_rayjob, observe_rayservice
 from fusionrec.operator.prometheus import MetricsSource, PrometheusError
+from fusionrec.operator.rollout import Outcome, RolloutState, Verdict
 from fusionrec.operator.status import (
     AnalysisMetrics,
     ConditionStatus,
@@ -46,9 +49,7 @@ from fusionrec.operator.status import (
     remove_condition,
     set_condition,
 )
-
-from fusionrec.errors import UserError, manifest_from_dict
-from fusionrec.spec import Manifest
+from fusionrec.spec import Manifest, manifest_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class InvalidSpec(Exception):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def parse_manifest(body: dict[str, Any]) -> Manifest:
@@ -97,7 +98,7 @@ def _age_order(obj: dict[str, Any]) -> tuple[str, int]:
 
 def retrain_version(base: str, moment: datetime) -> str:
     """A scheduled retrain's version: `<spec.version>-r<UTC yyyymmddhhmm>`, within the spec's 40 characters."""
-    return f"{base[:26].rstrip('-.')}-r{moment.astimezone(timezone.utc):%Y%m%d%H%M}"
+    return f"{base[:26].rstrip('-.')}-r{moment.astimezone(UTC):%Y%m%d%H%M}"
 
 
 @dataclass
@@ -153,7 +154,8 @@ class _Reconcile:
         self.events(type_, reason, message)
 
     def adopt(self, child: dict[str, Any]) -> dict[str, Any]:
-        kopf.adopt(child, owner=self.body)
+        # kopf types `owner` as its Body view, but reads it as a mapping only; ours is the plain dict of the object.
+        kopf.adopt(child, owner=self.body)  # type: ignore[arg-type]
         return child
 
     async def run(self) -> None:
@@ -223,8 +225,8 @@ class _Reconcile:
                 remove_condition(self.status, ConditionType.MONITORING)
             return
         await self.c.kube.ensure(consts.SERVICES, self.adopt(service))
-        if self.c.recently_missing(consts.SERVICE_MONITORS.plural) and self.status.condition_is(ConditionType.MONITORING,
-                                                                                          "False"):
+        asked_recently = self.c.recently_missing(consts.SERVICE_MONITORS.plural)
+        if asked_recently and self.status.condition_is(ConditionType.MONITORING, "False"):
             return  # asked a moment ago; the condition already says so
         try:
             await self.c.kube.ensure(consts.SERVICE_MONITORS, self.adopt(monitor))
@@ -332,7 +334,8 @@ class _Reconcile:
 
     # --- rollout -------------------------------------------------------------------------------------------
 
-    def state(self) -> rollout.RolloutState:
+    # Annotations here name RolloutState, Verdict and Outcome directly: in this class `rollout` is the method below.
+    def state(self) -> RolloutState:
         st = self.status
         return rollout.RolloutState(current=st.current_version, candidate=st.candidate_version, step=st.rollout_step,
                                     weight=st.canary_weight, step_started_at=parse_time(st.step_started_at),
@@ -346,7 +349,7 @@ class _Reconcile:
         new_state, outcome = rollout.decide(state, spec, verdict, self.now)
         self.apply(new_state, outcome, verdict)
 
-    async def analyse(self, state: rollout.RolloutState) -> rollout.Verdict:
+    async def analyse(self, state: RolloutState) -> Verdict:
         analysis = self.manifest.spec.rollout.analysis
         if not self.status.condition_is(ConditionType.READY, "True"):
             return rollout.Verdict(None, "the RayService is not Ready, so the candidate's metrics would mislead")
@@ -371,7 +374,7 @@ class _Reconcile:
             window_seconds=analysis.window_seconds, verdict=verdict.label, analyzed_at=format_time(self.now))
         return verdict
 
-    def apply(self, state: rollout.RolloutState, outcome: rollout.Outcome, verdict: rollout.Verdict | None) -> None:
+    def apply(self, state: RolloutState, outcome: Outcome, verdict: Verdict | None) -> None:
         st = self.status
         candidate = st.candidate_version
         st.current_version, st.candidate_version = state.current, state.candidate

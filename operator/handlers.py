@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import kopf
+
 from fusionrec.operator import consts
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.controller import Controller, InvalidSpec
@@ -63,12 +64,12 @@ class Runtime:
 
 
 @kopf.on.login()
-def login(settings: kopf.OperatorSettings, logger: logging.Logger, **kwargs: Any) -> kopf.ConnectionInfo:
+def login(settings: kopf.OperatorSettings, logger: kopf.Logger, **kwargs: Any) -> kopf.ConnectionInfo:
     return resolve_connection(CONFIG, settings=settings, logger=logger, **kwargs)
 
 
 @kopf.on.startup()
-async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     # kopf posts an Event for every handler log line at INFO; the operator posts its own, meaningful ones.
     settings.posting.level = logging.WARNING
     settings.persistence.finalizer = f"{consts.GROUP}/finalizer"
@@ -107,7 +108,8 @@ async def _reconcile(runtime: Runtime, ref: dict[str, Any], trigger: str) -> Non
     lock = runtime.locks.setdefault((namespace, name), asyncio.Lock())
 
     def post(type_: str, reason: str, message: str) -> None:
-        kopf.event(ref, type=type_, reason=reason, message=message)
+        # kopf types `objs` as its Body view, but reads them as mappings only; `ref` is a plain dict (_reference).
+        kopf.event(ref, type=type_, reason=reason, message=message)  # type: ignore[arg-type]
 
     started, result = time.monotonic(), "ok"
     try:
@@ -146,6 +148,8 @@ async def on_any_event(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, *
     runtime: Runtime = memo.runtime
     if runtime.loop_task is None:
         runtime.loop_task = asyncio.create_task(_periodic(runtime), name="fusionrec-periodic-reconcile")
+    # A FusionRecommender is namespaced (the CRD's scope), so the API server always sets its namespace.
+    assert body.metadata.namespace is not None
     key = (body.metadata.namespace, body.metadata.name)
     if event.get("type") == "DELETED":
         runtime.known.pop(key, None)

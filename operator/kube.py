@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 from collections.abc import Callable
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import httpx
 import kopf
 import yaml
-from fusionrec.operator.config import OperatorConfig
-from fusionrec.operator.consts import Resource
 
 from fusionrec.errors import UserError
+from fusionrec.operator.config import OperatorConfig
+from fusionrec.operator.consts import Resource
 
 MERGE_PATCH = "application/merge-patch+json"
 

@@ -12,6 +12,7 @@ import math
 from typing import Protocol
 
 import httpx
+
 from fusionrec.operator.rollout import Measurement
 
 

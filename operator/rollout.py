@@ -130,4 +130,5 @@ def served_weights(state: RolloutState) -> list[tuple[str, int]]:
         return []
     if not state.in_progress:
         return [(state.current, 100)]
+    assert state.candidate is not None  # in_progress means a candidate (and a step)
     return [(state.current, 100 - state.weight), (state.candidate, state.weight)]

@@ -11,6 +11,10 @@ Two things the API server checks that JSON Schema does not say:
 - A `default` is validated as it is written, against its node's schema and CEL rules, when the CRD is
   created: the server does not fill the defaults nested inside a default first. So the default of a
   nested model is the model's complete dump (every field's own default), never `{}`.
+- No `oneOf` of differently shaped objects: a tagged union of models (pydantic's discriminated union, such as
+  `spec.merge`, one model per merge method) is flattened into one object holding every member's properties
+  (a property shared by members must be the same in each), whose CEL rules say, member by member (guarded by
+  the tag), which properties it requires and which it does not take, plus each member's own rules.
 - A null never passes `enum`, even where the node is `nullable` and null is listed (kube-openapi compares
   only non-null values with the enum), and CEL rules skip null values. So a nullable string enum is written
   as a `pattern` that matches exactly its values (a null passes `pattern`), with `maxLength` for CEL costs.
@@ -19,6 +23,7 @@ Two things the API server checks that JSON Schema does not say:
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, get_args
@@ -127,6 +132,8 @@ class _Converter:
             target = self.model(self.defs[name], cls) if cls else self.node(self.defs[name], where)
             siblings = self.keywords({k: v for k, v in node.items() if k != "$ref"}, where)
             return {**target, **siblings}
+        if "oneOf" in node:
+            return self.union(node, where)
         if "anyOf" in node:
             options = [o for o in node["anyOf"] if o != {"type": "null"}]
             if len(options) != 1:
@@ -142,6 +149,50 @@ class _Converter:
             out["type"] = _enum_type(out["enum"], where)
         if "type" not in out:
             raise ValueError(f"{where}: every node of a structural schema needs a type; got {sorted(out)}")
+        return out
+
+    def union(self, node: dict[str, Any], where: str) -> dict[str, Any]:
+        """A tagged union of models as one structural object (see the module's docstring)."""
+        members: list[tuple[type[BaseModel], dict[str, Any]]] = []
+        for option in node["oneOf"]:
+            name = option.get("$ref", "").rsplit("/", 1)[-1]
+            cls = self.classes.get(name)
+            if cls is None or set(option) != {"$ref"}:
+                raise ValueError(f"{where}: only a union of models has a structural form, got {option}")
+            members.append((cls, self.model(self.defs[name], cls)))
+        tag = _tag_property(members, where)
+        values = [m["properties"][tag]["enum"][0] for _, m in members]
+        properties: dict[str, Any] = {tag: {**members[0][1]["properties"][tag], "enum": values}}
+        properties[tag].pop("description", None)
+        for _, member in members:
+            for prop, schema in member["properties"].items():
+                if prop == tag:
+                    continue
+                if prop in properties and properties[prop] != schema:
+                    raise ValueError(f"{where}.{prop}: the members of the union define it differently; a "
+                                     f"structural schema has one definition per property")
+                properties[prop] = schema
+        required = set.intersection(*(set(m.get("required", [])) for _, m in members))
+        rules: list[dict[str, Any]] = []
+        for (_, member), value in zip(members, values, strict=True):
+            guard = f"self.{tag} != '{value}' || "
+            for prop in properties:
+                if prop in member.get("required", []) and prop not in required:
+                    rules.append({"rule": f"{guard}has(self.{prop})", "message": f"{prop} is required for {tag} "
+                                  f"{value}", "fieldPath": f".{prop}", "reason": "FieldValueRequired"})
+                elif prop not in member["properties"]:
+                    rules.append({"rule": f"{guard}!has(self.{prop})",
+                                  "message": f"{prop} does not apply to {tag} {value}", "fieldPath": f".{prop}"})
+            for rule in member.get("x-kubernetes-validations", []):
+                rules.append({**rule, "rule": f"{guard}({rule['rule']})"})
+        common = next(c for c in members[0][0].__mro__ if all(issubclass(m, c) for m, _ in members))
+        summary = inspect.cleandoc(common.__doc__ or "").split("\n\n")[0]  # the docstring's first paragraph
+        out: dict[str, Any] = {"type": "object", "description": " ".join(summary.split())}
+        if required:
+            out["required"] = [p for p in properties if p in required]
+        out["properties"] = properties
+        if rules:
+            out["x-kubernetes-validations"] = rules
         return out
 
     def keywords(self, node: dict[str, Any], where: str) -> dict[str, Any]:
@@ -168,6 +219,15 @@ class _Converter:
             else:
                 raise ValueError(f"{where}: JSON Schema keyword {key!r} has no structural equivalent here")
         return out
+
+
+def _tag_property(members: list[tuple[type[BaseModel], dict[str, Any]]], where: str) -> str:
+    """The property that tells the members apart: one constant value per member, all different."""
+    for prop in members[0][1]["properties"]:
+        values = [m["properties"].get(prop, {}).get("enum") for _, m in members]
+        if all(v is not None and len(v) == 1 for v in values) and len({v[0] for v in values}) == len(values):
+            return prop
+    raise ValueError(f"{where}: a union of models needs a property with one constant value per member")
 
 
 def _factory_default(factory: Callable[..., Any]) -> Any:

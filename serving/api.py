@@ -165,10 +165,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
+        first: dict[str, Any] = dict(errors[0]) if errors else {"loc": ("body",), "msg": "invalid request",
+                                                                 "type": "value_error"}
         if first["type"] == "json_invalid":
-            return _json_error(400, f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": "),
-                               None)
+            reason = first.get("ctx", {}).get("error", "")
+            return _json_error(400, f"request body is not valid JSON: {reason}".rstrip(": "), None)
         message = str(first["msg"]).removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown field"

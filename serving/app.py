@@ -44,7 +44,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     require_token_source(serving.auth)  # refused here, before any replica starts, rather than in the ingress
     threads = max(1, int(cpus_of(serving.resources.cpu)))
     models = {
-        v.version: ModelServer.options(
+        v.version: ModelServer.options(  # type: ignore[attr-defined]  # ray types @serve.deployment as returning the class, not the Deployment it is
             name=model_deployment_name(v.version),
             autoscaling_config=autoscaling_config(serving, parsed.autoscaling),
             max_ongoing_requests=max_ongoing_requests(serving),
@@ -56,8 +56,8 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     ingress_scaling = {"min_replicas": 1, "max_replicas": max(1, serving.max_replicas),
                        "target_ongoing_requests": INGRESS_TARGET_ONGOING,
                        **parsed.autoscaling.model_dump(exclude_none=True)}
-    hub = MetricsHub.options(name=METRICS_HUB_NAME).bind()
-    return Ingress.options(
+    hub = MetricsHub.options(name=METRICS_HUB_NAME).bind()  # type: ignore[attr-defined]  # as above
+    return Ingress.options(  # type: ignore[attr-defined]  # as above
         name=INGRESS_NAME,
         max_ongoing_requests=INGRESS_MAX_ONGOING,
         autoscaling_config=ingress_scaling,

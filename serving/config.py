@@ -1,9 +1,14 @@
 """The typed arguments of the Serve application, and the Serve options derived from them.
 
-The operator writes `args: {name, versions: [{version, artifact, weight}], serving}` into serveConfigV2
-(`fusionrec.operator.builders.serving.serving_args`); `fusionrec serve` builds the same document. It is parsed
-once here, at the edge, so a bad document fails the Serve build with a message naming the field instead of
-a replica crashing later.
+`AppArgs` is the one contract between whoever deploys the application and the application itself: the
+operator (`fusionrec.operator.builders.serving.serving_args`), `fusionrec serve` (`cli.serve_cmd.local_args`)
+and `fusionrec run` (`runner.local_serve.app_args`) each build an `AppArgs`, and `AppArgs.document()` is the
+one way it is written into serveConfigV2's `args: {name, versions: [{version, artifact, weight}], serving}`.
+The application parses that document back here (`parse_args`), at the edge, so a bad document fails the Serve
+build with a message naming the field instead of a replica crashing later.
+
+This module imports neither Ray nor torch (pydantic and the spec only): the operator, which runs in a small
+image, imports it and nothing else of fusionrec.serving (pyproject's import-linter contracts say so).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from fusionrec.errors import UserError, format_validation_error
+from fusionrec.serving.routing import check_weights as check_weights  # the one weight check, re-exported
 from fusionrec.spec import ServingSpec
 
 INGRESS_NAME = "Router"
@@ -65,19 +71,20 @@ class AppArgs(_Args):
     @field_validator("versions")
     @classmethod
     def _weights(cls, versions: list[VersionArgs]) -> list[VersionArgs]:
-        names = [v.version for v in versions]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"versions repeat: {repeated}")
-        weights = [v.weight for v in versions]
-        if sum(weights) != 100:
-            raise ValueError(f"version weights must sum to 100, got {dict(zip(names, weights))} "
-                             f"(sum {sum(weights)})")
+        check_weights((v.version, v.weight) for v in versions)
         return versions
 
     @property
     def weights(self) -> dict[str, int]:
         return {v.version: v.weight for v in self.versions}
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document serveConfigV2's `args` holds (camelCase, as `parse_args` reads it back); the
+        autoscaling tuning only when one is set, so a config without it stays as short as it always was."""
+        out = self.model_dump(by_alias=True, mode="json")
+        if not self.autoscaling.model_dump(exclude_none=True):
+            del out["autoscaling"]
+        return out
 
 
 def parse_args(args: AppArgs | dict[str, Any]) -> AppArgs:

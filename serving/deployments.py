@@ -17,6 +17,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 
 from fusionrec.errors import UserError
+from fusionrec.ray_compat import late_asgi_ingress
 from fusionrec.serving.api import create_api
 from fusionrec.serving.auth import TokenAuth
 from fusionrec.serving.config import model_deployment_name
@@ -58,8 +59,8 @@ class ModelServer:
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Batch settings (`user_config`): changed in place, no restart."""
-        self._embed_batch.set_max_batch_size(int(config["max_batch_size"]))
-        self._embed_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        self._embed_batch.set_max_batch_size(int(config["max_batch_size"]))  # type: ignore[attr-defined]  # added by @serve.batch; ray types the method as the plain function
+        self._embed_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _embed_batch(self, keys: list[HistoryKey]) -> list[Embedded]:
@@ -125,7 +126,7 @@ class MetricsHub:
 
 
 @serve.deployment
-@serve.ingress()
+@late_asgi_ingress
 class Ingress:
     """The HTTP entry point: auth, limits, the canary split, per-version metrics.
 
@@ -158,7 +159,8 @@ class Ingress:
         if config and config.get("weights"):
             self.router.set_weights({str(v): int(w) for v, w in config["weights"].items()})
 
-    async def __serve_build_asgi_app__(self) -> Any:
+    async def build_asgi_app(self) -> Any:
+        """The replica's FastAPI app, built once after `__init__` (`fusionrec.ray_compat.late_asgi_ingress`)."""
         self._pusher = asyncio.get_running_loop().create_task(self._push_forever())
         self._watcher = asyncio.get_running_loop().create_task(self._watch_deploys())
         return create_api(self.router, self.auth, self.serving.limits, metrics_text=self._metrics_text)
@@ -171,7 +173,7 @@ class Ingress:
             await asyncio.sleep(METRICS_PUSH_S)
             try:  # bounded: a version that is loading (or gone) must not hold this replica's counters back
                 await asyncio.wait_for(self.router.refresh_info(), METRICS_PUSH_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             except Exception as exc:  # noqa: BLE001
                 log.warning("describing the model versions failed: %s", exc)

@@ -12,8 +12,6 @@ from typing import Any
 
 from starlette.types import Send
 
-from fusionrec.errors import UserError
-
 
 class ApiError(Exception):
     """A client error with its HTTP status and the request field it concerns (None when not one field)."""
@@ -30,10 +28,6 @@ class ApiError(Exception):
 
     def as_json(self) -> dict[str, Any]:
         return {"error": self.message, "field": self.field}
-
-    @classmethod
-    def from_user_error(cls, exc: UserError, status: int = 422) -> ApiError:
-        return cls(status, exc.message, exc.field)
 
 
 def not_found(message: str, field: str) -> ApiError:

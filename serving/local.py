@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fusionrec.errors import UserError
-from fusionrec.serving.config import INGRESS_NAME
+from fusionrec.ray_compat import deploy_apps, local_node_options, reload_auth_settings
+from fusionrec.serving.config import INGRESS_NAME, AppArgs, parse_args
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def start_local_serve(workdir: str | Path, *, host: str = "127.0.0.1", port: int = 0, num_cpus: float | None = None,
+def start_local_serve(workdir: str | Path, *, host: str = "127.0.0.1", port: int = 0, num_cpus: int | None = None,
                       object_store_bytes: int = DEFAULT_OBJECT_STORE_BYTES, ray_auth: bool = True,
                       env: dict[str, str] | None = None) -> LocalServe:
     """Start a single-node Ray and Serve's HTTP proxy on `host:port` (0 = a free port).
@@ -76,30 +77,15 @@ def start_local_serve(workdir: str | Path, *, host: str = "127.0.0.1", port: int
         settings["RAY_AUTH_MODE"] = "disabled"
         log.warning("Ray token auth is disabled for this local cluster (loopback only)")
     os.environ.update(settings)  # workers inherit the driver's environment when the node starts
-    _reload_ray_auth_settings()
+    reload_auth_settings()
     import ray
     from ray import serve
 
     port = port or free_port(host)
     ray.init(num_cpus=num_cpus, object_store_memory=object_store_bytes, include_dashboard=False,
-             _temp_dir=str(temp_dir), _node_ip_address="127.0.0.1", configure_logging=False,
-             log_to_driver=False)
+             configure_logging=False, log_to_driver=False, **local_node_options(temp_dir))
     serve.start(http_options={"host": host, "port": port})
     return LocalServe(host=host, port=port, temp_dir=temp_dir)
-
-
-def _reload_ray_auth_settings() -> None:
-    """Ray reads its auth mode and token once per process; when it was imported before the environment was
-    set (a test module importing ray first), make it read them again, as `ray.init` itself does when it turns
-    auth on."""
-    import sys
-
-    if "ray._raylet" not in sys.modules:
-        return  # first import will read the environment
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def stop_local_serve() -> None:
@@ -114,23 +100,23 @@ def stop_local_serve() -> None:
             ray.shutdown()
 
 
-def serve_config(args: Mapping[str, Any], weights: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """The serveConfigV2 document the operator writes, for `args`; `weights` (optional) goes to the ingress's
-    `user_config` only, which Serve applies with `reconfigure`, without rebuilding the application."""
+def serve_config(args: AppArgs | Mapping[str, Any], weights: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The serveConfigV2 document the operator writes, for `args` (checked here, before Ray sees them, and
+    written by `AppArgs.document()`); `weights` (optional) goes to the ingress's `user_config` only, which
+    Serve applies with `reconfigure`, without rebuilding the application."""
+    parsed = parse_args(args if isinstance(args, AppArgs) else dict(args))
     application: dict[str, Any] = {"name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH,
-                                   "args": dict(args)}
+                                   "args": parsed.document()}
     if weights is not None:
         application["deployments"] = [{"name": INGRESS_NAME, "user_config": {"weights": dict(weights)}}]
     return {"applications": [application]}
 
 
-def deploy(args: Mapping[str, Any], *, weights: Mapping[str, int] | None = None, wait_s: float = 300.0) -> None:
+def deploy(args: AppArgs | Mapping[str, Any], *, weights: Mapping[str, int] | None = None,
+           wait_s: float = 300.0) -> None:
     """Apply `serve_config(args, weights)` the way KubeRay does (a declarative config through the controller)
     and wait until the application runs; raises UserError with Serve's message when it fails to deploy."""
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(serve_config(args, weights)))
+    deploy_apps(serve_config(args, weights))
     wait_until_running(wait_s)
 
 
@@ -144,6 +130,9 @@ def wait_until_running(wait_s: float = 300.0) -> None:
     while time.monotonic() < deadline:
         application = serve.status().applications.get(APP_NAME)
         status = application.status if application is not None else None
+        if application is None:
+            time.sleep(0.5)
+            continue
         if status == "DEPLOY_FAILED":
             raise UserError(f"the serving application failed to deploy: {application.message}"
                             + "".join(f"\n  {name}: {_last_line(d.message)}" for name, d in

@@ -223,7 +223,7 @@ class Router:
         async def probe(version: str) -> bool:
             try:
                 answer = await asyncio.wait_for(self.clients[version].call("ready", {}), READY_TIMEOUT_S)
-            except (BackendUnavailable, asyncio.TimeoutError):
+            except (TimeoutError, BackendUnavailable):
                 return False
             self.breakers[version].reset()  # a replica answers again: stop failing fast at once
             if version not in self._info:

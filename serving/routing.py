@@ -10,9 +10,31 @@ order the versions are listed. When the last-listed version (the candidate) grow
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 BUCKETS = 100
+
+
+def check_weights(weights: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """The one check of a traffic split, wherever it is written (the app's args, the operator's live split, the
+    router's `reconfigure`): at least one version, none twice, integer percents >= 0 summing to 100.
+
+    Returns {version: weight} in the given order; raises ValueError naming what is wrong.
+    """
+    pairs = list(weights)
+    if not pairs:
+        raise ValueError("a traffic split needs at least one version")
+    names = [version for version, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"versions repeat: {repeated}")
+    split = dict(pairs)
+    bad = {v: w for v, w in pairs if not isinstance(w, int) or isinstance(w, bool) or w < 0}
+    if bad:
+        raise ValueError(f"weights must be non-negative integers, got {bad}")
+    if sum(split.values()) != BUCKETS:
+        raise ValueError(f"version weights must sum to {BUCKETS}, got {split} (sum {sum(split.values())})")
+    return split
 
 
 def request_key(user_id: str | None, history: Sequence[str] | None) -> str:
@@ -37,14 +59,7 @@ class TrafficSplit:
     """
 
     def __init__(self, weights: Mapping[str, int]) -> None:
-        if not weights:
-            raise ValueError("a traffic split needs at least one version")
-        bad = {v: w for v, w in weights.items() if not isinstance(w, int) or isinstance(w, bool) or w < 0}
-        if bad:
-            raise ValueError(f"weights must be non-negative integers, got {bad}")
-        if sum(weights.values()) != BUCKETS:
-            raise ValueError(f"weights must sum to {BUCKETS}, got {dict(weights)} (sum {sum(weights.values())})")
-        self.weights = dict(weights)
+        self.weights = check_weights(weights.items())
         self._owner: list[str] = []  # bucket -> version
         for version, weight in self.weights.items():
             self._owner += [version] * weight

@@ -4,6 +4,11 @@ The Serve model deployment wraps this class (batching, caching, metrics) and the
 directly, so the offline answer and the served answer come from the same code path below the HTTP layer.
 Items are never encoded per request: the catalogue's vectors come from the artifact's verified
 `item_index.npy`, and only the user tower runs, once per batch of distinct histories.
+
+The model is read from disk once per replica (`VersionScorer.load`). When the artifact is compiled, the torch
+model is kept only as long as the load needs it (checking the item index): an ONNX Runtime or TensorRT tower
+then holds its own graph, the torch backend runs on the loaded model's own modules, and the scorer keeps the
+pointwise head alone (a few small layers) for ctr/rating scores.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from fusionrec.artifact import Artifact
 from fusionrec.errors import UserError
 from fusionrec.model.fused import FusedRecommender
+from fusionrec.model.heads.pointwise import PointwiseHead
 from fusionrec.serving.errors import not_found
 from fusionrec.serving.schemas import SCORE_KINDS
 from fusionrec.serving.topk import InnerProductIndex, Ranked, top_k
@@ -37,29 +43,36 @@ class VersionScorer:
     """A loaded artifact, ready to answer.
 
     Args:
-        model: the fused model, in eval mode.
+        model: the fused model, in eval mode; kept as `model` while torch runs the user tower (`compiled` None).
         artifact: its verified artifact (spec, metrics, item index).
         items: items.parquet (item_id, title), in catalogue order.
         users: users.parquet (user_id, history of item ids, oldest first), in user-index order.
         use_faiss: see `InnerProductIndex`.
-        compiled: the artifact's compiled user tower (`fusionrec.compile.load_compiled`), run instead of torch.
+        compiled: the artifact's compiled user tower (`fusionrec.compile.load_compiled`), run instead of torch
+            (see `serve_compiled`).
+    Attributes:
+        model: the whole torch model while it runs the user tower, None once a compiled tower does.
+        head: the model's scoring head (pointwise tasks score user x item pairs through it).
     """
 
     def __init__(self, model: FusedRecommender, artifact: Artifact, items: pd.DataFrame, users: pd.DataFrame, *,
                  use_faiss: bool | None = None, compiled: Any | None = None) -> None:
-        self.model = model.eval()
-        self.compiled = compiled
+        model.eval()
+        self.model: FusedRecommender | None = model
+        self.head = model.head
+        self.compiled: Any | None = None
         self.artifact = artifact
         self.version = artifact.version
         self.task = model.config.task
         self.history_length = model.config.history_length
+        self.user_tower = model.config.user_tower
         self.item_ids = items["item_id"].astype(str).to_numpy()
         self.titles = items["title"].astype(str).to_numpy() if "title" in items else self.item_ids
         self._item_position = {item: i for i, item in enumerate(self.item_ids)}
         self._user_position = {str(user): u for u, user in enumerate(users["user_id"])}
         self._histories = [self.positions_of([str(i) for i in h], "users.parquet") for h in users["history"]]
         catalogue = artifact.load_item_index().astype(np.float32)  # [N, D]
-        self._check_index(catalogue)
+        self._check_index(model, catalogue)
         self.index = InnerProductIndex(catalogue, use_faiss)
         self._catalogue_t = torch.from_numpy(self.index.catalogue)
         counts = Counter(int(i) for h in self._histories for i in set(h.tolist()))
@@ -67,19 +80,36 @@ class VersionScorer:
         for item, count in counts.items():
             popularity[item] = count / max(len(self._histories), 1)  # share of users with the item
         self.popularity = popularity
+        if compiled is not None:
+            self.serve_compiled(compiled)
+
+    def serve_compiled(self, compiled: Any) -> None:
+        """Run the user tower on `compiled` from now on and let go of the torch model: the scorer keeps its
+        head only. A compiled tower computes the history's vector alone, so a model with a per-user part (ID
+        embedding, user features) cannot hand its tower over (`_compiled_user_tower` keeps torch for it)."""
+        if self.model is not None and self.model.knows_users:
+            raise ValueError(f"{self.version}: the model adds a per-user vector; its compiled user graph takes user "
+                             "indices and cannot replace the history-only tower")
+        self.compiled = compiled
+        self.model = None
 
     @classmethod
     def load(cls, path: str | Path, *, embeddings: Path | None = None, use_faiss: bool | None = None,
              use_compiled: bool = True) -> VersionScorer:
-        """Load and verify an artifact (manifest checked, pickles refused) and rebuild its model; when the
-        artifact was compiled (`fusionrec compile`), its user tower runs on the compiled backend."""
+        """Load and verify an artifact (manifest checked, pickles refused) and rebuild its model, once; when the
+        artifact was compiled (`fusionrec compile`), its user tower runs on the compiled backend and the torch
+        model is dropped once the item index has been checked against it (the torch backend keeps, inside its
+        graph, the modules the tower runs)."""
         from fusionrec.model.saved import USERS_NAME, load_model
 
         model, artifact = load_model(path, embeddings=embeddings)
         items = pd.read_parquet(artifact.items_path)
         users = pd.read_parquet(artifact.path / USERS_NAME)
-        compiled = _compiled_user_tower(artifact) if use_compiled else None
-        scorer = cls(model, artifact, items, users, use_faiss=use_faiss, compiled=compiled)
+        scorer = cls(model, artifact, items, users, use_faiss=use_faiss)  # the index checked on the whole model
+        compiled = _compiled_user_tower(artifact, model) if use_compiled else None
+        del model  # from here on only the scorer's references keep it (none once a compiled tower serves)
+        if compiled is not None:
+            scorer.serve_compiled(compiled)
         scorer.warm_up()
         return scorer
 
@@ -97,11 +127,11 @@ class VersionScorer:
         log.info("%s: CUDA graphs captured for batches %s (%d graphs)", self.version, sizes, runner.captured)
         return sizes
 
-    def _check_index(self, catalogue: np.ndarray) -> None:
+    def _check_index(self, model: FusedRecommender, catalogue: np.ndarray) -> None:
         """The precomputed index must be the model's own catalogue: an index from other weights would rank
         with vectors the user tower never learned to match."""
         with torch.inference_mode():
-            own = self.model.catalogue().float().cpu().numpy()
+            own = model.catalogue().float().cpu().numpy()
         if catalogue.shape != own.shape or len(catalogue) != len(self.item_ids):
             raise UserError(f"artifact {self.artifact.path}: item_index.npy has shape {catalogue.shape}, the model's "
                             f"catalogue {own.shape}, items.parquet {len(self.item_ids)} rows", field="item_index.npy")
@@ -140,7 +170,7 @@ class VersionScorer:
 
     # --- the model ---------------------------------------------------------------------------------------
 
-    def user_vectors(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+    def user_vectors(self, histories: Sequence[Sequence[int] | np.ndarray]) -> np.ndarray:
         """B histories (positions, oldest first, non-empty) -> [B, D] user-tower outputs, in one model call.
 
         Per-user ID embeddings (pointwise tasks) are not included: they are added in `score`/`recommend`, so
@@ -149,6 +179,7 @@ class VersionScorer:
         arrays = [np.asarray(h, dtype=np.int64) for h in histories]
         if self.compiled is not None:
             return self.compiled.run(self.compiled.inputs.user_inputs(arrays, self.index.catalogue))
+        assert self.model is not None  # dropped only when a compiled tower serves
         with torch.inference_mode():
             return _user_tower(self.model, arrays).float().cpu().numpy()
 
@@ -179,12 +210,16 @@ class VersionScorer:
     def _scores(self, vector: np.ndarray, user: int | None, items: np.ndarray) -> np.ndarray:
         if self.task == "ranking":
             return self.index.catalogue[items] @ vector  # [I, D] @ [D] -> [I]
+        head = self.head
+        assert isinstance(head, PointwiseHead)  # every task but ranking scores pairs through one
         with torch.inference_mode():
             user_vector = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32))  # [D]
-            offset = self.model.user_offset(torch.tensor([user])) if user is not None else None
+            offset = None
+            if user is not None and self.model is not None:  # None: a compiled tower serves (no per-user part)
+                offset = self.model.user_offset(torch.tensor([user]))
             if offset is not None:
                 user_vector = user_vector + offset[0]
-            out = [_pointwise(self.model, user_vector, self._catalogue_t[torch.from_numpy(items[s:s + _PAIR_CHUNK])],
+            out = [_pointwise(head, user_vector, self._catalogue_t[torch.from_numpy(items[s:s + _PAIR_CHUNK])],
                               user) for s in range(0, len(items), _PAIR_CHUNK)]
         return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
 
@@ -201,7 +236,7 @@ class VersionScorer:
                          for e in spec.encoders],
             "fusion": {"method": spec.fusion.method, "dim": spec.fusion.dim,
                        "weights": metrics.get("fusion_weights")},
-            "user_tower": self.model.config.user_tower,
+            "user_tower": self.user_tower,
             "user_tower_backend": (f"{self.compiled.backend} {self.compiled.precision}" if self.compiled is not None
                                    else "torch"),
             "items": self.n_items,
@@ -211,20 +246,20 @@ class VersionScorer:
         }
 
 
-def _compiled_user_tower(artifact: Artifact) -> Any | None:
+def _compiled_user_tower(artifact: Artifact, model: FusedRecommender) -> Any | None:
     """The compiled user graph when the artifact has one that computes what `user_vectors` promises (the
-    history alone: a graph that also takes a user index folds the ID embedding in, so torch runs instead)."""
-    from fusionrec.compile.compiler import COMPILE_RECORD
-    from fusionrec.compile.runtime import load_compiled, read_record
+    history alone: a graph that also takes a user index folds the ID embedding in, so torch runs instead).
+    The torch backend builds its graph on `model`'s own modules rather than loading the weights again."""
+    from fusionrec.compile.runtime import COMPILE_RECORD, load_compiled, read_record
 
     if artifact.file(COMPILE_RECORD) is None:
         return None
-    # compile.threads 0 means "all cores"; a replica owns only the CPUs Ray gave it, which torch already knows.
-    threads = int(read_record(artifact).get("threads") or 0) or torch.get_num_threads()
-    runtime = load_compiled(artifact, "user", threads=threads)
-    if "user_index" in runtime.input_names:
+    if model.knows_users:  # checked before loading: the torch backend would prune and cast `model` in place
         log.info("%s: the compiled user graph includes user IDs; serving its torch user tower", artifact.version)
         return None
+    # compile.threads 0 means "all cores"; a replica owns only the CPUs Ray gave it, which torch already knows.
+    threads = int(read_record(artifact).get("threads") or 0) or torch.get_num_threads()
+    runtime = load_compiled(artifact, "user", threads=threads, model=model)
     log.info("%s: user tower on %s %s", artifact.version, runtime.backend, runtime.precision)
     return runtime
 
@@ -237,9 +272,8 @@ def _user_tower(model: FusedRecommender, histories: list[np.ndarray]) -> torch.T
     return model.user_vectors(histories)
 
 
-def _pointwise(model: FusedRecommender, user: torch.Tensor, items: torch.Tensor, user_index: int | None) -> np.ndarray:
+def _pointwise(head: PointwiseHead, user: torch.Tensor, items: torch.Tensor, user_index: int | None) -> np.ndarray:
     """A pointwise head's output for one user [D] against items [I, D]; an unknown user gets no user bias."""
-    head = model.head
     users = user.unsqueeze(0).expand(len(items), -1)  # [D] -> [I, D]
     index = torch.full((len(items),), 0 if user_index is None else user_index, dtype=torch.long)
     raw = head.score(users, items, index)  # [I]

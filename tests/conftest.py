@@ -13,6 +13,21 @@ os.environ["FUSIONREC_CONFIG_DIR"] = tempfile.mkdtemp(prefix="fusionrec-config-"
 
 import pytest  # noqa: E402  (the environment above must be set before anything imports transformers)
 
+# Two tiers: `make test-fast` runs `-m "not slow"` (under 5 minutes on a quiet 2-core machine), `make test` runs
+# both. Slow is whatever trains a real model or to a quality bar (`integration`), starts Ray (`ray`) or needs the
+# control plane (`e2e`), plus unit tests marked `slow` by hand for taking more than a few seconds. Those are
+# budgeted in epochs; their timeout only catches a hang, so it is generous where a loaded machine is slow.
+SLOW_TIER_MARKERS = ("integration", "ray", "e2e")
+SLOW_TIER_HANG_TIMEOUT_S = 2400
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(name) for name in SLOW_TIER_MARKERS):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIER_HANG_TIMEOUT_S))
+
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):

@@ -1,14 +1,7 @@
 """The wheel must contain every package: three of them live outside fusionrec/ and are listed by hand."""
 
-import sys
+import tomllib
 from pathlib import Path
-
-import pytest
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPED = {"fusionrec": "fusionrec", "fusionrec.train": "train", "fusionrec.serving": "serving",

@@ -17,6 +17,7 @@ address) is checked first, so bad input fails in seconds with a `UserError`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -24,13 +25,31 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from fusionrec.artifact import load_artifact
+from fusionrec.data import load_dataset
 from fusionrec.errors import UserError
+from fusionrec.metrics import parse_metric
+from fusionrec.model.fused import FusedRecommender
+from fusionrec.model.saved import embedding_cache_dir
+from fusionrec.model.sources import resolve_source
+from fusionrec.protocol import make_split, seed_everything
 from fusionrec.spec import FusionRecommenderSpec, Manifest, TrainingSpec, load_manifest
+from fusionrec.train.checkpoint import LATEST
+from fusionrec.train.job import train_and_evaluate
+from fusionrec.train.local_ray import check_reachable, ray_session, requested_address
+from fusionrec.train.loop import EpochReport, FitHooks, fit, selection_metric
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +57,10 @@ TRAINING_FOLDER = "_training"  # under the output root; not a version (no MANIFE
 NEEDS = {"ranking": "ranks", "ctr": "labels", "rating": "ratings"}
 
 
-@dataclass(frozen=True)
-class FailureDrill:
-    """A chaos drill: rank `rank` raises at its second step of epoch `epoch` (>= 2), once: the first time it
-    fires it creates `marker`, whose existence keeps it from firing again after the restart."""
-
-    rank: int
-    epoch: int
-    marker: str
+# Called on each worker before each batch it trains on, with (rank, epoch, samples it has taken this epoch): the
+# seam for chaos drills (a test kills one rank once) and per-batch probes, so none of them lives in this module.
+# It travels to the workers pickled by value with the rest of the trainer's config.
+BatchHook = Callable[[int, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -102,7 +117,6 @@ def check_gpus(training: TrainingSpec, *, remote: bool) -> None:
     needed = math.ceil(training.workers * training.gpus_per_worker)
     if needed == 0 or remote:
         return
-    import torch
 
     available = torch.cuda.device_count()
     if available < needed:
@@ -114,7 +128,6 @@ def check_gpus(training: TrainingSpec, *, remote: bool) -> None:
 def preflight(manifest: Manifest | str | Path, output_root: str | Path, *, address: str | None = None,
               overwrite: bool = False) -> RunPlan:
     """Every check that needs no cluster: spec, output folder, existing version, storage, GPUs, address."""
-    from fusionrec.train.local_ray import check_reachable, requested_address
 
     document = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     spec = document.spec
@@ -139,12 +152,9 @@ def check_inputs(spec: FusionRecommenderSpec, *, remote: bool) -> None:
     """Read the data (a bad row is a DataError now, not on every worker after Ray started) and, for a local
     run, resolve every encoder's source once, so workers do not race to unpack the same packaged model.
     On a cluster the sources are left to the workers: a pvc:// claim may be mounted only there."""
-    from fusionrec.data import load_dataset
-    from fusionrec.protocol import make_split
 
     make_split(load_dataset(spec.data), spec.task.type)
     if not remote:
-        from fusionrec.model.sources import resolve_source
 
         for encoder in spec.encoders:
             resolve_source(encoder.source)
@@ -155,8 +165,6 @@ def check_inputs(spec: FusionRecommenderSpec, *, remote: bool) -> None:
 
 def selection(spec: FusionRecommenderSpec) -> tuple[str, str]:
     """(reported metric key, "max" | "min") by which the best checkpoint is kept."""
-    from fusionrec.metrics import parse_metric
-    from fusionrec.train.loop import selection_metric
 
     metric = selection_metric(spec.training, NEEDS[spec.task.type])
     return f"valid_{metric}", "max" if parse_metric(metric)[0].higher_is_better else "min"
@@ -164,8 +172,6 @@ def selection(spec: FusionRecommenderSpec) -> tuple[str, str]:
 
 def build_trainer(plan: RunPlan, worker_config: dict[str, Any]) -> Any:
     """TorchTrainer from the spec: one worker per DDP rank, GPUs when asked, best + latest checkpoints kept."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     training = plan.spec.training
     use_gpu = training.gpus_per_worker > 0
@@ -206,29 +212,23 @@ def _worker_failure(exc: BaseException) -> UserError | None:
 
 def train_distributed(manifest: Manifest | str | Path, output_root: str | Path, *, address: str | None = None,
                       overwrite: bool = False, embeddings: Path | None = None, dashboard: bool = False,
-                      verify_sync: bool = False, failure_drill: FailureDrill | None = None) -> DistributedResult:
+                      verify_sync: bool = False, before_batch: BatchHook | None = None) -> DistributedResult:
     """Fine-tune the manifest's model under Ray Train and write `<output_root>/<spec.version>/`.
 
     Args:
         address: a Ray cluster (host:port, ray://..., auto); None uses `RAY_ADDRESS`, else a local Ray.
         embeddings: frozen encoders' embedding cache (default: `fusionrec.model.saved.embedding_cache_dir`).
         verify_sync: every epoch, compare a digest of each rank's weights (reported as `ranks_in_sync`).
-        failure_drill: make one worker fail once, to exercise the restart path.
+        before_batch: run on every worker before each of its batches (see `BatchHook`).
     """
-    from ray.train import TrainingFailedError
 
-    from fusionrec.artifact import load_artifact
-    from fusionrec.model.saved import embedding_cache_dir
-    from fusionrec.train.job import train_and_evaluate
-    from fusionrec.train.checkpoint import LATEST
-    from fusionrec.train.local_ray import ray_session, requested_address
 
     plan = preflight(manifest, output_root, address=address, overwrite=overwrite)
     check_inputs(plan.spec, remote=requested_address(address) is not None)
     training = plan.spec.training
     cache = Path(embeddings or embedding_cache_dir()).expanduser().resolve()
     config = {"spec": plan.spec.model_dump(mode="json", by_alias=True), "embeddings": str(cache),
-              "verify_sync": verify_sync, "drill": asdict(failure_drill) if failure_drill else None}
+              "verify_sync": verify_sync, "before_batch": before_batch}
     local_cpus = max(os.cpu_count() or 1, math.ceil(training.workers * training.cpus_per_worker))
     with ray_session(address, plan.run_dir, num_cpus=local_cpus, dashboard=dashboard) as connection:
         _cluster_fits(training, connection.resources)
@@ -265,8 +265,8 @@ class _Shard:
     torch's DistributedSampler pads), so every rank takes the same number of steps: a rank with one step
     fewer would leave the others waiting in DDP's all-reduce for ever. Counts samples and training time."""
 
-    def __init__(self, rank: int, world: int, drill: dict[str, Any] | None) -> None:
-        self.rank, self.world, self.drill = rank, world, drill
+    def __init__(self, rank: int, world: int, before_batch: BatchHook | None = None) -> None:
+        self.rank, self.world, self.before_batch = rank, world, before_batch
         self.samples, self.seconds = 0, 0.0
 
     def __call__(self, batches: Iterable[Any], epoch: int) -> Iterator[Any]:
@@ -286,20 +286,13 @@ class _Shard:
         self.seconds = time.perf_counter() - started
 
     def _counted(self, batch: Any, epoch: int) -> Any:
-        self._maybe_fail(epoch)
+        if self.before_batch is not None:
+            self.before_batch(self.rank, epoch, self.samples)
         self.samples += len(next(iter(batch.values())))
         return batch
 
-    def _maybe_fail(self, epoch: int) -> None:
-        drill = self.drill
-        if (drill and drill["rank"] == self.rank and drill["epoch"] == epoch and self.samples > 0
-                and not os.path.exists(drill["marker"])):
-            Path(drill["marker"]).write_text(f"rank {self.rank} failed at epoch {epoch}\n")
-            raise RuntimeError(f"failure drill: rank {self.rank} fails at epoch {epoch}")
-
 
 def _weights_digest(model: Any) -> str:
-    import hashlib
 
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -310,7 +303,6 @@ def _weights_digest(model: Any) -> str:
 
 def _restore(checkpoint: Any, root: Path) -> int:
     """Download Ray's checkpoint into the loop's `<root>/latest`; returns the epoch it was taken after."""
-    from fusionrec.train.checkpoint import LATEST
 
     if checkpoint is None:
         return 0
@@ -321,15 +313,7 @@ def _restore(checkpoint: Any, root: Path) -> int:
 
 def train_worker(config: dict[str, Any]) -> None:
     """One rank: build, restore, fit with DDP and sharded batches, report every epoch."""
-    import ray.train
-    import ray.train.torch
-    import torch
-    import torch.distributed as dist
 
-    from fusionrec.data import load_dataset
-    from fusionrec.model.fused import FusedRecommender
-    from fusionrec.protocol import make_split
-    from fusionrec.train.loop import EpochReport, FitHooks, fit, seed_everything
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -346,7 +330,7 @@ def train_worker(config: dict[str, Any]) -> None:
     resumed_after = _restore(ray.train.get_checkpoint(), root)
     if rank == 0 and resumed_after:
         print(f"resuming from the checkpoint of epoch {resumed_after}", flush=True)
-    shard = _Shard(rank, world, config["drill"])
+    shard = _Shard(rank, world, config.get("before_batch"))
     metric, _ = selection(spec)
 
     def reduce(values: list[float]) -> list[float]:

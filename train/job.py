@@ -8,15 +8,16 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from fusionrec.data import load_dataset
 from fusionrec.model.fused import FusedRecommender
 from fusionrec.model.saved import embedding_cache_dir, write_model_artifact
 from fusionrec.model.weights_summary import summarise_weights
-from fusionrec.protocol import PROTOCOL, evaluate_model, make_split, seed_everything, user_histories
+from fusionrec.protocol import PROTOCOL, make_split, user_histories
 from fusionrec.spec import FusionRecommenderSpec, Manifest, load_manifest
-from fusionrec.train.loop import FitHooks, fit
+from fusionrec.train.evaluate import fit_and_evaluate
+from fusionrec.train.loop import FitHooks
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 def train_and_evaluate(manifest: Manifest | FusionRecommenderSpec | str | Path, output_root: str | Path, *,
                        overwrite: bool = False, device: str | None = None, hooks: FitHooks | None = None,
                        checkpoint_dir: str | Path | None = None, resume: bool = False,
-                       embeddings: Path | None = None, **model_overrides: Any) -> Path:
+                       embeddings: Path | None = None) -> Path:
     """Train the manifest's model and write `<output_root>/<spec.version>/`; returns that folder.
 
     Args:
@@ -33,17 +34,18 @@ def train_and_evaluate(manifest: Manifest | FusionRecommenderSpec | str | Path, 
         overwrite: replace an existing version.
         device, hooks, checkpoint_dir, resume: passed to `fusionrec.train.loop.fit`.
         embeddings: frozen encoders' embedding cache (default `embedding_cache_dir()`).
-        model_overrides: `FusedConfig` fields that the spec does not expose (architecture experiments).
+
+    The model is the spec's (its sizes are task.sequenceLayers, sequenceHeads and headHidden); nothing else
+    shapes it.
     """
     spec = _spec_of(manifest)
-    seed_everything(spec.training.seed)  # before building: the seed fixes the initial weights too
     dataset = load_dataset(spec.data)
     split = make_split(dataset, spec.task.type)
-    model = FusedRecommender.from_spec(spec, dataset, split, embedding_cache_dir=embeddings or embedding_cache_dir(),
-                                       **model_overrides)
-    result = fit(model, split, spec.training, device=device, hooks=hooks, checkpoint_dir=checkpoint_dir,
-                 resume=resume)
-    test = evaluate_model(model, split, "test")
+    cache = embeddings or embedding_cache_dir()
+    done = fit_and_evaluate(lambda: FusedRecommender.from_spec(spec, dataset, split, embedding_cache_dir=cache),
+                            split, spec.training, device=device, hooks=hooks, checkpoint_dir=checkpoint_dir,
+                            resume=resume)
+    model, result, test = cast(FusedRecommender, done.model), done.fit, done.test
     histories = user_histories(split, split.vocab.n_users)
     metrics = {
         "task": spec.task.type, "protocol": PROTOCOL[spec.task.type], "seed": spec.training.seed,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusionrec.errors import UserError
+from fusionrec.ray_compat import local_node_options
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,8 @@ def start_local(run_dir: str | Path, *, num_cpus: int | None = None, num_gpus: i
     env = local_environment(temp_dir)
     with _environment(env):
         ray.init(num_cpus=cpus, num_gpus=num_gpus, object_store_memory=object_store_bytes(object_store_memory),
-                 include_dashboard=dashboard, _temp_dir=str(temp_dir), _node_ip_address="127.0.0.1",
-                 configure_logging=False, log_to_driver=True)
+                 include_dashboard=dashboard, configure_logging=False, log_to_driver=True,
+                 **local_node_options(temp_dir))
     # Ray's processes (and so the workers) inherited the scoped variables; this process keeps the token,
     # since every client it opens to the cluster (Ray Train's included) must present the token.
     if "RAY_AUTH_TOKEN" in env:

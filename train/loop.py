@@ -1,5 +1,6 @@
 """The one training loop: every model that follows the `fusionrec.baselines.base` contract (the fused
-recommender and the baselines alike) is fitted here.
+recommender and the baselines alike) is fitted here. `fusionrec.train.evaluate` seeds, builds, fits and tests a
+model by the protocol around it; the baselines' settings are `TrainingSpec`s too (`fusionrec.baselines.registry`).
 
 AdamW with two learning rates (pretrained LM layers at `encoderLearningRate`, everything else at
 `learningRate`), no weight decay on biases and norms, warm-up then linear/cosine decay, gradient clipping and
@@ -23,14 +24,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from fusionrec.baselines.base import FitResult
+from fusionrec.baselines.base import Ranks, Scores
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
 from fusionrec.errors import UserError
 from fusionrec.metrics import evaluate_pointwise, evaluate_ranking, parse_metric
@@ -44,6 +45,16 @@ from fusionrec.train.schedules import WarmupDecay, warmup_steps
 log = logging.getLogger(__name__)
 
 Batch = dict[str, Tensor]
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the best validation metrics, when they happened, and the per-epoch history."""
+
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict[str, Any]]
+    seconds: float
 
 
 @dataclass
@@ -79,7 +90,7 @@ class LossModule(nn.Module):
         self.model = model
 
     def forward(self, batch: Batch) -> Tensor:
-        return self.model.calculate_loss(batch)
+        return cast(Ranks | Scores, self.model).calculate_loss(batch)
 
 
 @dataclass
@@ -120,7 +131,7 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-def _ranking_task(model: nn.Module, split: LeaveOneOutSplit, training: TrainingSpec, device: torch.device,
+def _ranking_task(model: Ranks, split: LeaveOneOutSplit, training: TrainingSpec, device: torch.device,
                   ks: Sequence[int]) -> _Task:
     metric = selection_metric(training, "ranks")
     k = int(metric.split("@")[1])
@@ -133,7 +144,7 @@ def _ranking_task(model: nn.Module, split: LeaveOneOutSplit, training: TrainingS
                  parse_metric(metric)[0].higher_is_better)
 
 
-def _pointwise_task(model: nn.Module, split: RandomSplit, training: TrainingSpec, device: torch.device) -> _Task:
+def _pointwise_task(model: Scores, split: RandomSplit, training: TrainingSpec, device: torch.device) -> _Task:
     needs = getattr(model, "evaluates", "labels")
     metric = selection_metric(training, needs)
     train_rows, valid_rows = model.encode_rows(split, "train"), model.encode_rows(split, "valid")
@@ -172,7 +183,7 @@ def parameter_groups(model: nn.Module, training: TrainingSpec) -> list[dict[str,
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    legacy = np.random.get_state()
+    legacy = cast(tuple[Any, ...], np.random.get_state())  # the legacy tuple form (legacy=True, the default)
     return {"python": random.getstate(), "torch": torch.get_rng_state(), "batches": rng.bit_generator.state,
             "numpy": (legacy[0], torch.from_numpy(legacy[1].astype(np.int64)), *map(float, legacy[2:])),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -223,14 +234,16 @@ def fit(model: nn.Module, split: LeaveOneOutSplit | RandomSplit, training: Train
     seed_everything(training.seed)
     model.to(device)
     if isinstance(split, LeaveOneOutSplit):
-        task = _ranking_task(model, split, training, device, ks)
+        task = _ranking_task(cast(Ranks, model), split, training, device, ks)
     elif isinstance(split, RandomSplit):
-        task = _pointwise_task(model, split, training, device)
+        task = _pointwise_task(cast(Scores, model), split, training, device)
     else:
         raise ValueError(f"split must be a LeaveOneOutSplit or a RandomSplit, got {type(split).__name__}")
     started = time.perf_counter()
     if not getattr(model, "trainable", True):  # fitted by counting, e.g. popularity
-        model.fit_without_gradients(split)
+        if not isinstance(split, LeaveOneOutSplit):
+            raise ValueError(f"{type(model).__name__} is fitted by counting and ranks; it needs a leave-one-out split")
+        cast(Ranks, model).fit_without_gradients(split)
         model.eval()
         valid = task.validate()
         seconds = time.perf_counter() - started
@@ -296,7 +309,8 @@ def fit(model: nn.Module, split: LeaveOneOutSplit | RandomSplit, training: Train
             batch = _to_device(batch, device)
             # Gradients are all-reduced (DDP) only on the micro-batch that ends an accumulation.
             last_micro = pending + 1 == training.grad_accumulation or index + 1 >= n_batches
-            sync = contextlib.nullcontext() if last_micro or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
+            no_sync = getattr(wrapped, "no_sync", None)  # DistributedDataParallel's, when the hooks wrapped it in one
+            sync = contextlib.nullcontext() if last_micro or no_sync is None else no_sync()
             with sync:
                 with autocast:
                     loss = wrapped(batch)

@@ -3,7 +3,7 @@ here, on the machine that runs this script, nothing is copied in.
 
 1. Train the manifest's fused model (MiniLM-L6 + SmolLM2-135M, frozen, attention fusion) with
    `fusionrec.train.job.train_and_evaluate`, and the same spec with each encoder alone.
-2. Fit the popularity, BPR and SASRec baselines (`fusionrec.evaluation.run_baseline`) on the same
+2. Fit the popularity, BPR and SASRec baselines (`fusionrec.train.evaluate.run_baseline`) on the same
    leave-one-out split, with the same seed.
 3. Time `VersionEngine.recommend` in process (no HTTP): each request names a different user, so each one
    runs the user tower (no cache hit) and a top-10 over the catalogue.
@@ -33,13 +33,13 @@ import torch
 from fusionrec.artifact import add_files, load_artifact
 from fusionrec.data import load_dataset
 from fusionrec.data.splits import leave_one_out
-from fusionrec.evaluation import run_baseline
 from fusionrec.model.saved import USERS_NAME
-from fusionrec.train.job import train_and_evaluate
 from fusionrec.report import write_report
 from fusionrec.serving.engine import VersionEngine
 from fusionrec.serving.scorer import VersionScorer
 from fusionrec.spec import FusionRecommenderSpec, load_manifest
+from fusionrec.train.evaluate import run_baseline
+from fusionrec.train.job import train_and_evaluate
 
 log = logging.getLogger("example-report")
 BASELINES = ("pop", "bpr", "sasrec")

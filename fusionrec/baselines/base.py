@@ -1,6 +1,6 @@
 """The contract every in-project model follows, after RecBole's abstract recommender: a model says how to
-make its training batches, how to compute its loss, and how to score; the shared fitting loops
-(`fusionrec.baselines.fit`) and the protocol's evaluators (`fusionrec.metrics`) do the rest, so a new model
+make its training batches, how to compute its loss, and how to score; the one training loop
+(`fusionrec.train.loop.fit`) and the protocol's evaluators (`fusionrec.metrics`) do the rest, so a new model
 is one file plus a registry line.
 """
 
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -18,18 +17,27 @@ from torch import nn
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
 
 
-@dataclass
-class FitConfig:
-    """Optimisation settings shared by the baselines; each model's own defaults live in its config class."""
+class Ranks(Protocol):
+    """What the loop needs of a ranking model (the fused model has it without subclassing `RankingModel`)."""
 
-    epochs: int = 100
-    batch_size: int = 2048
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 10  # epochs without a better validation metric before stopping
-    eval_every: int = 1
-    seed: int = 2020
-    device: str = "cpu"
+    def training_batches(self, split: LeaveOneOutSplit, batch_size: int,
+                         rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]: ...
+
+    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def full_sort_predict(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor: ...
+
+    def fit_without_gradients(self, split: LeaveOneOutSplit) -> None: ...
+
+
+class Scores(Protocol):
+    """What the loop needs of a pointwise (CTR, rating) model."""
+
+    def encode_rows(self, split: RandomSplit, stage: str) -> dict[str, torch.Tensor]: ...
+
+    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
 
 class RankingModel(nn.Module, ABC):
@@ -83,12 +91,3 @@ class PointwiseModel(nn.Module, ABC):
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B] probabilities (CTR) or ratings."""
 
-
-@dataclass
-class FitResult:
-    """What a fit loop returns: the best validation metric, when it happened, and the per-epoch history."""
-
-    best_epoch: int
-    best_valid: dict[str, float]
-    history: list[dict[str, Any]]
-    seconds: float

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusionrec.baselines.base import RankingModel
-from fusionrec.data.schema import Dataset, ITEM_IDX, USER_IDX
+from fusionrec.data.schema import ITEM_IDX, USER_IDX, Dataset
 from fusionrec.data.splits import LeaveOneOutSplit
 
 

@@ -81,19 +81,19 @@ class FeatureTable:
         user_columns = [self._token_field("user_id", pd.Series(vocab.user_ids))]
         for candidates in config.user_fields:
             name = _pick(users, candidates)
-            if name is not None:
+            if users is not None and name is not None:
                 user_columns.append(self._token_field(f"user.{name}", users[name]))
         item_columns = [self._token_field("item_id", pd.Series(vocab.item_ids))]
         for candidates in config.item_fields:
             name = _pick(items, candidates)
-            if name is not None:
+            if items is not None and name is not None:
                 item_columns.append(self._token_field(f"item.{name}", items[name]))
         self.user_tokens = torch.as_tensor(np.stack(user_columns, axis=1))  # [n_users, n_user_fields]
         self.item_tokens = torch.as_tensor(np.stack(item_columns, axis=1))  # [n_items, n_item_fields]
         self.item_multi: list[torch.Tensor] = []
         for candidates in config.item_multi_fields:
             name = _pick(items, candidates)
-            if name is not None:
+            if items is not None and name is not None:
                 self.item_multi.append(self._multi_field(f"item.{name}", items[name]))
         log.info("CTR features: %s (%d feature values)", ", ".join(self.fields), self.n_features - 1)
 
@@ -134,6 +134,9 @@ class FeatureTable:
 
 class FieldEmbedding(nn.Module):
     """(user, item) -> one vector per field, [B, n_fields, dim]; multi-valued fields average their values."""
+
+    user_tokens: torch.Tensor  # buffers: [n_users, n_user_fields], [n_items, n_item_fields]
+    item_tokens: torch.Tensor
 
     def __init__(self, table: FeatureTable, dim: int) -> None:
         super().__init__()

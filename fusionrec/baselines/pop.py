@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fusionrec.baselines.base import RankingModel
-from fusionrec.data.schema import Dataset, ITEM_IDX
+from fusionrec.data.schema import ITEM_IDX, Dataset
 from fusionrec.data.splits import LeaveOneOutSplit
 
 
@@ -20,6 +20,7 @@ class Popularity(RankingModel):
     name = "pop"
     paper = ""
     trainable = False
+    counts: torch.Tensor  # buffer [n_items]
 
     def __init__(self, n_items: int) -> None:
         super().__init__()

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-def _parse_mapping(pairs: tuple[str, ...]):
+    from fusionrec.spec import ColumnMapping
+
+Model = TypeVar("Model", bound="BaseModel")
+
+
+def _parse_mapping(pairs: tuple[str, ...]) -> ColumnMapping:
     """`--map user_id=customer --map rating= --map title=Book-Title` -> ColumnMapping.
 
     The contract's fields (user_id, item_id, timestamp, rating, label) map onto the file's columns (an empty
@@ -38,7 +46,7 @@ def _parse_mapping(pairs: tuple[str, ...]):
     return _validated(ColumnMapping, "--map", **values, rename=renames)
 
 
-def _validated(model: type, shown: str, **values: object):
+def _validated(model: type[Model], shown: str, **values: object) -> Model:
     """Build a spec model from CLI values, turning pydantic's error into a UserError naming the option."""
     from pydantic import ValidationError
 

@@ -1,6 +1,8 @@
-"""`fusionrec evaluate`: the protocol's table (design.md section 4)."""
+"""`fusionrec evaluate`: the protocol's table (design.md section 4), fitted by `fusionrec.train.evaluate`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -43,8 +45,9 @@ def evaluate(baselines: bool, only: str | None, seeds: str, dataset: str, data_p
     """
     from fusionrec.baselines.registry import BASELINES, get_baseline
     from fusionrec.data import load_dataset
-    from fusionrec.evaluation import evaluate_baselines, write_json
+    from fusionrec.files import atomic_write_json
     from fusionrec.spec import DataSpec
+    from fusionrec.train.evaluate import evaluate_baselines
 
     if not baselines:
         raise UserError("nothing to evaluate: pass --baselines", field="--baselines",
@@ -57,5 +60,5 @@ def evaluate(baselines: bool, only: str | None, seeds: str, dataset: str, data_p
     results = evaluate_baselines(data, names, seed_list, quick=quick)
     click.echo(results.render())
     if json_path:
-        write_json(json_path, results.to_json())
+        atomic_write_json(Path(json_path), results.to_json())
         click.echo(f"wrote {json_path}")

@@ -89,7 +89,7 @@ def list_models(cache_dir: Path | None, as_json: bool) -> None:
 
     root = cache_dir or model_home()
     entries = sorted(p for p in root.iterdir() if (p / "config.json").is_file()) if root.is_dir() else []
-    rows = []
+    rows: list[dict[str, Any]] = []
     for folder in entries:
         origin = folder / ORIGIN_FILE
         rows.append({"name": folder.name, "folder": str(folder),

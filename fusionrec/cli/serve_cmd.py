@@ -15,11 +15,14 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fusionrec.errors import UserError
+
+if TYPE_CHECKING:
+    from fusionrec.serving.config import AppArgs
 
 
 @click.command()
@@ -52,7 +55,7 @@ def serve(path: Path, host: str, port: int, token_file: str | None, token_env: s
     args = local_args(artifact, token_file=token_file, token_env=token_env, replicas=replicas, host=host,
                       no_auth=no_auth)
     workdir = Path(tempfile.mkdtemp(prefix="fusionrec-serve-"))
-    cpus = max(os.cpu_count() or 1, (replicas or args["serving"]["maxReplicas"]) + 1)
+    cpus = max(os.cpu_count() or 1, (replicas or args.serving.max_replicas) + 1)
     local = start_local_serve(workdir, host=host, port=port, num_cpus=cpus)
     stop = False
 
@@ -64,8 +67,8 @@ def serve(path: Path, host: str, port: int, token_file: str | None, token_env: s
     try:
         click.echo(f"loading {artifact} ...", err=True)
         deploy(args)
-        auth = args["serving"]["auth"]
-        click.echo(banner(local.url, artifact, auth=not auth.get("disabled"), token_file=auth.get("tokenFile")))
+        auth = args.serving.auth
+        click.echo(banner(local.url, artifact, auth=not auth.disabled, token_file=auth.token_file))
         while not stop:
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -102,12 +105,12 @@ def resolve_artifact(path: Path) -> Path:
 
 
 def local_args(artifact: Path, *, token_file: str | None = None, token_env: str | None = None,
-               replicas: int | None = None, host: str = "127.0.0.1", no_auth: bool = False) -> dict[str, Any]:
+               replicas: int | None = None, host: str = "127.0.0.1", no_auth: bool = False) -> AppArgs:
     """The application's args for one local artifact, from the spec it was trained with; auth as
     `fusionrec.serving.local_auth.local_auth` decides (UserError for no auth on a non-loopback host)."""
     from fusionrec.artifact import load_artifact
+    from fusionrec.serving.config import AppArgs, VersionArgs
     from fusionrec.serving.local_auth import local_auth
-
     from fusionrec.spec import ServingSpec
 
     loaded = load_artifact(artifact, verify=False)  # the replicas verify every file when they load it
@@ -127,9 +130,8 @@ def local_args(artifact: Path, *, token_file: str | None = None, token_env: str 
                    "instead (or pass --token-file)", err=True)
     serving.auth = local_auth(auth, host=host, no_auth=no_auth, token_file=token_file, token_env=token_env,
                               say=lambda line: click.echo(line, err=True))
-    return {"name": loaded.spec.version, "versions": [{"version": loaded.version,
-                                                       "artifact": str(Path(artifact).resolve()), "weight": 100}],
-            "serving": serving.model_dump(by_alias=True, mode="json")}
+    return AppArgs(name=loaded.spec.version, serving=serving,
+                   versions=[VersionArgs(version=loaded.version, artifact=str(Path(artifact).resolve()), weight=100)])
 
 
 def banner(url: str, artifact: Path, *, auth: bool, token_file: str | None = None) -> str:

@@ -27,14 +27,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from fusionrec import __version__
-from fusionrec.artifact import add_files, load_artifact
+from fusionrec.artifact import Artifact, add_files, load_artifact
 from fusionrec.compile import onnxruntime_backend as ort_backend
 from fusionrec.compile import tensorrt_backend as trt_backend
 from fusionrec.compile.capture_check import capture_blockers
 from fusionrec.compile.export import export_onnx
-from fusionrec.compile.graphs import GRAPHS, build_graph
+from fusionrec.compile.graphs import GRAPHS, GraphSignature, build_graph
 from fusionrec.compile.inputs import TowerInputs, select
 from fusionrec.compile.parity import (
     ParityCheck,
@@ -55,6 +56,7 @@ from fusionrec.compile.smoothing import SMOOTH_ALPHA, ChannelStats, smooth_file
 from fusionrec.compile.torch_backend import TorchRuntime
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
 from fusionrec.errors import UserError
+from fusionrec.model.fused import FusedRecommender
 from fusionrec.progress import progress
 
 log = logging.getLogger(__name__)
@@ -106,8 +108,9 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
     quality: dict[str, Any] = {}
     torch_ranking: Ranking | None = None  # the gate's reference pass (metrics and per-user ranks)
     if prune_layers:
-        check_depth(list(model.items.encoders), prune_layers)  # fail before minutes of evaluation
+        check_depth(model.text_encoders(), prune_layers)  # fail before minutes of evaluation
     if needs_ranking:  # before pruning: the model's cached item embeddings are its unpruned encoders'
+        assert isinstance(split, LeaveOneOutSplit)  # int8 (checked above) or a ranking model's split
         measured = model_ranking_metrics(model, split)
         quality["unpruned_ndcg@10" if prune_layers else "torch_ndcg@10"] = measured["ndcg@10"]
         torch_ranking = None if prune_layers else measured
@@ -120,6 +123,7 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
     reference = {kind: TorchRuntime(copy.deepcopy(graphs[kind][0]), graphs[kind][1], "fp32", "cpu", "eager")
                  for kind in GRAPHS}
     if precision == "int8" and torch_ranking is None:  # pruned: only the pruned graphs compute the pruned model
+        assert isinstance(split, LeaveOneOutSplit)  # int8: checked above
         torch_ranking = graph_ranking_metrics(model, reference["user"], reference["item"], inputs, split)
         quality["torch_ndcg@10"] = torch_ranking["ndcg@10"]
     if torch_ranking is not None:
@@ -154,6 +158,8 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
             elif precision != "int8":
                 runtimes[kind] = ort_backend.OnnxRuntime(onnx_path, threads)
         if precision == "int8":
+            # int8 needs ranking: split was checked above, and torch_ranking measured (unpruned or pruned)
+            assert isinstance(split, LeaveOneOutSplit) and torch_ranking is not None
             chosen, int8 = _int8_ladder(model, {kind: files[FILES[kind]] for kind in GRAPHS},
                                         {kind: select(examples[kind], graphs[kind][1]) for kind in GRAPHS},
                                         inputs, split, torch_ranking, tolerance, threads, folder, report)
@@ -170,8 +176,9 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
             checks.append(check)
         if precision == "int8":
             checks.append(chosen.check)
-            quality["compiled_ndcg@10"] = chosen.check.detail["compiled_ndcg@10"]
+            quality["compiled_ndcg@10"] = chosen.detail["compiled_ndcg@10"]
         elif needs_ranking:
+            assert isinstance(split, LeaveOneOutSplit)  # a pruned ranking model's split (int8 took the branch above)
             quality["compiled_ndcg@10"] = graph_ranking_metrics(model, runtimes["user"], runtimes["item"], inputs,
                                                                 split)["ndcg@10"]
         if prune_layers and needs_ranking:
@@ -200,21 +207,27 @@ class Int8Attempt:
     check: ParityCheck
     fp32_matmuls: dict[str, int]  # weight MatMuls left in fp32, per graph (read back from the files)
 
+    @property
+    def detail(self) -> dict[str, Any]:
+        """The ranking gate's NDCGs (and drop interval)."""
+        assert self.check.detail is not None  # a ranking_check always records them
+        return self.check.detail
+
     def as_json(self) -> dict[str, Any]:
         record = {"outlier_ratio": self.ratio, "smooth_alpha": self.alpha, "fp32_matmuls": self.fp32_matmuls,
-                  "torch_ndcg@10": self.check.detail["torch_ndcg@10"],
-                  "compiled_ndcg@10": self.check.detail["compiled_ndcg@10"],
+                  "torch_ndcg@10": self.detail["torch_ndcg@10"],
+                  "compiled_ndcg@10": self.detail["compiled_ndcg@10"],
                   "relative_drop": self.check.value, "passed": self.check.passed}
-        if "drop_95_interval" in self.check.detail:
-            record["drop_95_interval"] = self.check.detail["drop_95_interval"]
+        if "drop_95_interval" in self.detail:
+            record["drop_95_interval"] = self.detail["drop_95_interval"]
         return record
 
     def line(self) -> str:
         kept = ", ".join(f"{kind} {n}" for kind, n in self.fp32_matmuls.items())
-        interval = self.check.detail.get("drop_95_interval")
+        interval = self.detail.get("drop_95_interval")
         spread = "" if interval is None else f"95% over users {interval[0]:+.1%} to {interval[1]:+.1%}; "
         return (f"int8 at outlier ratio {_rung_name(self.ratio, self.alpha)} (MatMuls kept fp32: {kept}): NDCG@10 "
-                f"torch {self.check.detail['torch_ndcg@10']:.4f} -> int8 {self.check.detail['compiled_ndcg@10']:.4f}"
+                f"torch {self.detail['torch_ndcg@10']:.4f} -> int8 {self.detail['compiled_ndcg@10']:.4f}"
                 f", drop {self.check.value:+.2%} ({spread}limit {self.check.tolerance:.2%}) "
                 f"{'ok' if self.check.passed else 'FAILED'}")
 
@@ -230,7 +243,7 @@ def int8_rungs() -> list[tuple[float, float | None]]:
         [(ratio, None) for ratio in ort_backend.OUTLIER_LADDER]
 
 
-def _int8_ladder(model, exported: dict[str, Path], examples: dict[str, dict[str, np.ndarray]],
+def _int8_ladder(model: FusedRecommender, exported: dict[str, Path], examples: dict[str, dict[str, np.ndarray]],
                  inputs: TowerInputs, split: LeaveOneOutSplit, torch_ranking: Ranking, tolerance: float | None,
                  threads: int, folder: Path, report: Callable[[str], None]) -> tuple[Int8Attempt, dict[str, Any]]:
     """Quantise both graphs at each rung of `int8_rungs` in turn (smoothed, then as exported; each keeps
@@ -299,14 +312,14 @@ def _int8_source(exported: dict[str, Path], channels: dict[str, dict[str, Channe
     return paths, ratios
 
 
-def _load_split(artifact) -> LeaveOneOutSplit | RandomSplit:
+def _load_split(artifact: Artifact) -> LeaveOneOutSplit | RandomSplit:
     from fusionrec.data import load_dataset
     from fusionrec.protocol import make_split
 
     return make_split(load_dataset(artifact.spec.data), artifact.spec.task.type)
 
 
-def _examples(model, inputs: TowerInputs, artifact) -> dict[str, dict[str, np.ndarray]]:
+def _examples(model: FusedRecommender, inputs: TowerInputs, artifact: Artifact) -> dict[str, dict[str, np.ndarray]]:
     """Example rows for export and the output gate: the first catalogue items, and real users' histories
     (from users.parquet) so the tokens and padding look like serving's."""
     n = model.n_items
@@ -329,8 +342,9 @@ def _write(path: Path, value: dict) -> Path:
     return path
 
 
-def _record(model, graphs, backend, precision, threads, opset, prune_layers, checks, quality,
-            seconds: float, blockers: dict[str, list[str]]) -> dict[str, Any]:
+def _record(model: FusedRecommender, graphs: dict[str, tuple[nn.Module, GraphSignature]], backend: str,
+            precision: str, threads: int, opset: int, prune_layers: int, checks: list[ParityCheck],
+            quality: dict[str, Any], seconds: float, blockers: dict[str, list[str]]) -> dict[str, Any]:
     import onnx
     import onnxruntime
 
@@ -347,7 +361,7 @@ def _record(model, graphs, backend, precision, threads, opset, prune_layers, che
     return {
         "backend": backend, "precision": precision, "opset": opset, "threads": threads,
         "prune_layers": prune_layers, "graphs": graph_info,
-        "encoders": {e.spec.name: {"max_length": e.max_length} for e in model.items.encoders},
+        "encoders": {e.spec.name: {"max_length": e.max_length} for e in model.text_encoders()},
         "history_length": model.config.history_length, "user_tower": model.config.user_tower,
         "parity": [c.as_json() for c in checks], "quality": quality, "seconds": round(seconds, 2),
         "versions": {"fusionrec": __version__, "torch": torch.__version__, "onnx": onnx.__version__,

@@ -123,7 +123,7 @@ class CudaGraphRunner:
         self.capture = capture
         self.fallback_reason: str | None = None
         self._graphs: dict[tuple, _Captured] = {}
-        self._pool = None
+        self._pool: torch.cuda._POOL_HANDLE | None = None  # torch's (privately named) graph_pool_handle type
         self._lock = threading.Lock()  # one replay at a time: buckets share a memory pool and static buffers
 
     @property

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from fusionrec.model.fused import FusedRecommender
-from fusionrec.model.towers import UNKNOWN_FEEDBACK, SequenceUserTower
+from fusionrec.model.towers import UNKNOWN_FEEDBACK, SequenceUserTower, TextUserTower
 
 GRAPHS = ("user", "item")
 OUTPUT_NAME = "vectors"
@@ -53,14 +53,16 @@ class TextTowerGraph(nn.Module):
         super().__init__()
         self.items = model.items
         self.kind = kind
-        self.adapter = model.user_tower.adapter if kind == "user" else None
+        tower = model.user_tower  # a text tower whenever kind is "user": build_graph sends sequence towers elsewhere
+        self.adapter = tower.adapter if kind == "user" and isinstance(tower, TextUserTower) else None
         self.id_embedding = model.items.id_embedding if kind == "item" else None
         self.user_offset = model.user_offset if kind == "user" and model.knows_users else None
 
     def forward(self, *tensors: Tensor) -> Tensor:
         n = len(self.items.encoders)
         projected = []
-        for m, encoder in enumerate(self.items.encoders):
+        for m in range(n):
+            encoder = self.items._encoder(m)
             ids, mask = tensors[2 * m], tensors[2 * m + 1]  # (B, T_m) each
             projected.append(self.items._project(m, encoder.pool_tokens(ids, mask)))  # (B, D)
         fused = self.items.fusion(torch.stack(projected, dim=1))  # (B, M, D) -> (B, D)
@@ -107,7 +109,7 @@ def build_graph(model: FusedRecommender, kind: str) -> tuple[nn.Module, GraphSig
     else:
         module = TextTowerGraph(model, kind)
         inputs, dtypes, axes = [], {}, {}
-        names = tuple(e.spec.name for e in model.items.encoders)
+        names = tuple(e.spec.name for e in model.text_encoders())
         for name in names:
             for tensor in token_names(name):
                 inputs.append(tensor)
@@ -130,6 +132,6 @@ def build_graph(model: FusedRecommender, kind: str) -> tuple[nn.Module, GraphSig
 def axis_limits(model: FusedRecommender) -> dict[str, int]:
     """The longest value of each length axis (tokens per encoder, items per history): what an engine's
     shape profile or a CUDA graph bucket may grow to, and no further (position tables end there)."""
-    limits = {f"tokens_{e.spec.name}": e.max_length for e in model.items.encoders}
+    limits = {f"tokens_{e.spec.name}": e.max_length for e in model.text_encoders()}
     limits["history"] = model.config.history_length
     return limits

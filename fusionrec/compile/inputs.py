@@ -81,7 +81,7 @@ class TowerInputs:
         """
         recent = [np.asarray(h, dtype=np.int64)[-self.history_length:] for h in histories]
         if self._texter is not None:
-            out = self.tokens(self._texter.texts(self.item_texts, recent))
+            out = self.tokens(self._texter.texts(self.item_texts, [r.tolist() for r in recent]))
         else:
             if item_vectors is None:
                 raise ValueError("the sequence user tower needs item_vectors [N, D] (item_index.npy)")

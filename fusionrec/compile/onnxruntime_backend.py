@@ -24,16 +24,22 @@ import logging
 import math
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fusionrec.choices import BACKEND_PRECISIONS
 from fusionrec.compile.export import check_onnx_file
 from fusionrec.compile.smoothing import ChannelStats, smooth_file
 from fusionrec.errors import UserError
 
+if TYPE_CHECKING:
+    import onnxruntime
+    from onnx import ModelProto, NodeProto
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = BACKEND_PRECISIONS["onnxruntime"]  # the one table: fusionrec.choices
 QUANTIZED_OP = "MatMul"  # the only dense op ORT's dynamic (IntegerOps) quantiser rewrites
 # A product whose activation (or a weight column) has max|x| / rms(x) above this keeps fp32. One uint8 step is
 # about 2 max / 255, so its rounding noise (step / sqrt(12)) is about ratio / 440 of the RMS: 100 means ~23%
@@ -117,14 +123,14 @@ def outlier_ratios(path: Path, example: dict[str, np.ndarray] | None = None, *,
     return {name: max(channels[name].ratio(), weight_ratio) for name, weight_ratio in weight_ratios.items()}
 
 
-def quantizable(model) -> list:
+def quantizable(model: ModelProto) -> list[NodeProto]:
     """The nodes of an onnx.ModelProto that int8 rewrites per channel: MatMuls with a constant 2-D weight and a
     computed activation (per-channel quantisation of a 1-D weight fails in ORT's quantiser), and the Gemms
     (torch's Linear on 2-D inputs: the projections, the adapter) that the quantiser first turns into such
     MatMuls, named `<gemm>_MatMul` (only alpha = beta = 1 without transA; `replace_gemm_with_matmul`)."""
     shapes = {t.name: len(t.dims) for t in model.graph.initializer}
 
-    def rewritten(node) -> bool:
+    def rewritten(node: NodeProto) -> bool:
         if node.op_type == QUANTIZED_OP:
             return True
         attributes = _attributes(node)
@@ -135,7 +141,7 @@ def quantizable(model) -> list:
             if len(n.input) >= 2 and shapes.get(n.input[1]) == 2 and n.input[0] not in shapes and rewritten(n)]
 
 
-def _attributes(node) -> dict:
+def _attributes(node: NodeProto) -> dict:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -237,7 +243,7 @@ def int8_coverage(path: Path) -> tuple[int, int]:
     return quantised, kept
 
 
-def session_options(threads: int):
+def session_options(threads: int) -> onnxruntime.SessionOptions:
     """One replica's options: `threads` intra-op threads (0 = ORT's default, all cores), one inter-op thread
     (the graph is a chain), every graph optimisation on."""
     import onnxruntime as ort

@@ -9,16 +9,22 @@ validation NDCG@10 of the pruned graph against the unpruned model and records bo
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from fusionrec.errors import UserError
+from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.fused import FusedRecommender
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
 
-def layer_stack(backbone: nn.Module) -> nn.ModuleList:
+def layer_stack(backbone: PreTrainedModel) -> nn.ModuleList:
     """The transformer blocks: the first ModuleList as long as the config's num_hidden_layers."""
     config = backbone.config.get_text_config()
     count = getattr(config, "num_hidden_layers", None)
@@ -29,7 +35,7 @@ def layer_stack(backbone: nn.Module) -> nn.ModuleList:
                     field="prune_layers", fix="use --prune-layers 0 for this encoder")
 
 
-def check_depth(encoders: list, n: int) -> None:
+def check_depth(encoders: Sequence[TextEncoder], n: int) -> None:
     """Every encoder must keep at least one layer; checked for all before any is touched."""
     for encoder in encoders:
         depth = len(layer_stack(encoder.backbone))
@@ -45,14 +51,14 @@ def drop_top_layers(model: FusedRecommender, n: int, encoders: list[str] | None 
     """
     if n < 0:
         raise UserError(f"prune_layers must be >= 0, got {n}", field="prune_layers")
-    names = [e.spec.name for e in model.items.encoders]
+    names = [e.spec.name for e in model.text_encoders()]
     chosen = names if encoders is None else encoders
     unknown = sorted(set(chosen) - set(names))
     if unknown:
         raise UserError(f"cannot prune unknown encoders {unknown}; the model has {names}", field="prune_encoders")
-    targets = [e for e in model.items.encoders if e.spec.name in chosen and n > 0]
+    targets = [e for e in model.text_encoders() if e.spec.name in chosen and n > 0]
     check_depth(targets, n)
-    report = {}
+    report: dict[str, list[int]] = {}
     for encoder in targets:
         layers = layer_stack(encoder.backbone)
         before = len(layers)

@@ -1,14 +1,18 @@
 """Which backends exist and which precisions each one compiles: checked before any model is loaded, so a
-typo fails in a second with the choices listed, not after minutes of export."""
+typo fails in a second with the choices listed, not after minutes of export.
+
+The backend x precision table itself is `fusionrec.choices.BACKEND_PRECISIONS` (torch-free): the spec and
+the CRD refuse a pair no backend compiles when the manifest is read, from the same table."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusionrec.compile import onnxruntime_backend, tensorrt_backend, torch_backend
+from fusionrec.choices import BACKEND_PRECISIONS, PRECISIONS, precision_problem
+from fusionrec.compile import tensorrt_backend
 from fusionrec.errors import UserError
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+__all__ = ["BACKENDS", "PRECISIONS", "Backend", "check_choice"]
 
 
 @dataclass(frozen=True)
@@ -20,12 +24,12 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {
-    "onnxruntime": Backend("onnxruntime", onnxruntime_backend.PRECISIONS, "encoder.onnx, item_encoder.onnx",
+    "onnxruntime": Backend("onnxruntime", BACKEND_PRECISIONS["onnxruntime"], "encoder.onnx, item_encoder.onnx",
                            "CPU (or CUDA with onnxruntime-gpu); int8 = dynamic quantisation"),
-    "tensorrt": Backend("tensorrt", tensorrt_backend.PRECISIONS,
+    "tensorrt": Backend("tensorrt", BACKEND_PRECISIONS["tensorrt"],
                         "encoder.plan (+ .json sidecar), encoder.onnx as the fallback",
                         f"NVIDIA GPU; {tensorrt_backend.INSTALL_HINT}"),
-    "torch": Backend("torch", torch_backend.PRECISIONS, "compile.json only (compiled at load)",
+    "torch": Backend("torch", BACKEND_PRECISIONS["torch"], "compile.json only (compiled at load)",
                      "torch.compile / CUDA graphs on GPU; eager on CPU unless a compile mode is given"),
 }
 
@@ -37,9 +41,8 @@ def check_choice(backend: str, precision: str) -> Backend:
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}",
                         field="compile.precision")
-    entry = BACKENDS[backend]
-    if precision not in entry.precisions:
-        others = sorted(name for name, b in BACKENDS.items() if precision in b.precisions)
-        raise UserError(f"backend {backend} does not compile {precision}; it supports {list(entry.precisions)}",
-                        field="compile.precision", fix=f"for {precision} use backend {' or '.join(others)}")
-    return entry
+    problem = precision_problem(backend, precision)
+    if problem:
+        message, fix = problem
+        raise UserError(message, field="compile.precision", fix=fix)
+    return BACKENDS[backend]

@@ -31,11 +31,11 @@ class Runtime:
 
     Attributes:
         backend: what actually runs (onnxruntime after a TensorRT fallback).
-        precision, graph: from compile.json.
+        precision, graph: from compile.json (precision None if the record lacks it).
         inputs: builds `run` inputs from texts, item indices or histories.
     """
 
-    def __init__(self, engine: Any, backend: str, precision: str, graph: str, inputs: TowerInputs,
+    def __init__(self, engine: Any, backend: str, precision: str | None, graph: str, inputs: TowerInputs,
                  record: dict[str, Any]) -> None:
         self.engine = engine
         self.backend = backend
@@ -65,7 +65,7 @@ def read_record(artifact: Artifact) -> dict[str, Any]:
 
 
 def load_compiled(artifact: str | Path | Artifact, graph: str = "user", *, threads: int | None = None,
-                  strict: bool = False, compile_mode: str | None = None) -> Runtime:
+                  strict: bool = False, compile_mode: str | None = None, model: Any | None = None) -> Runtime:
     """Open the compiled `graph` ("user" or "item") of a verified artifact.
 
     Args:
@@ -73,6 +73,10 @@ def load_compiled(artifact: str | Path | Artifact, graph: str = "user", *, threa
         strict: raise instead of falling back when a TensorRT engine does not fit this machine.
         compile_mode: torch backend only: "cudagraphs", "eager", a torch.compile mode, or None for the device
             default (CUDA graphs on a GPU, eager on CPU).
+        model: the artifact's `FusedRecommender`, already loaded (`fusionrec.model.saved.load_model`). The torch
+            backend then runs the graph on its modules (pruned and cast in place, so the caller must not run
+            the model's own towers afterwards) and takes its tokenizers, instead of loading the weights a second
+            time; other backends ignore it.
     """
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
@@ -84,16 +88,20 @@ def load_compiled(artifact: str | Path | Artifact, graph: str = "user", *, threa
     if entry is None:
         raise UserError(f"{COMPILE_RECORD} has no {graph!r} graph", field=f"{COMPILE_RECORD}.graphs")
     threads = record.get("threads", 0) if threads is None else threads
-    inputs = _tower_inputs(artifact, record)
     if backend == "torch":
-        return Runtime(_torch_engine(artifact, record, graph, compile_mode), "torch", precision, graph, inputs,
-                       record)
+        if model is None:
+            from fusionrec.model.saved import load_model
+
+            model, _ = load_model(artifact.path)
+        inputs = TowerInputs.from_model(model)
+        return Runtime(_torch_engine(model, record, graph, compile_mode), "torch", precision, graph, inputs, record)
+    inputs = _tower_inputs(artifact, record)
     if backend == "tensorrt":
         from fusionrec.compile.tensorrt_backend import TensorRTRuntime
 
         try:
-            engine = TensorRTRuntime(_needed(artifact, entry["plan"]), _needed(artifact, entry["plan"] + ".json"))
-            return Runtime(engine, "tensorrt", precision, graph, inputs, record)
+            trt_engine = TensorRTRuntime(_needed(artifact, entry["plan"]), _needed(artifact, entry["plan"] + ".json"))
+            return Runtime(trt_engine, "tensorrt", precision, graph, inputs, record)
         except UserError as exc:
             if strict:
                 raise
@@ -123,15 +131,13 @@ def _tower_inputs(artifact: Artifact, record: dict[str, Any]) -> TowerInputs:
     return TowerInputs(tokenizers, texts, int(record["history_length"]), record.get("user_tower") == "text")
 
 
-def _torch_engine(artifact: Artifact, record: dict[str, Any], graph: str, compile_mode: str | None) -> Any:
+def _torch_engine(model: Any, record: dict[str, Any], graph: str, compile_mode: str | None) -> Any:
     import torch
 
     from fusionrec.compile.graphs import build_graph
     from fusionrec.compile.pruning import drop_top_layers
     from fusionrec.compile.torch_backend import TorchRuntime
-    from fusionrec.model.saved import load_model
 
-    model, _ = load_model(artifact.path)
     if record.get("prune_layers"):
         drop_top_layers(model, int(record["prune_layers"]))
     module, signature = build_graph(model, graph)

@@ -8,10 +8,11 @@ part of that range from the activation to the weight, where it costs less, and l
 X W = (X diag(1/s)) (diag(s) W). With s_k = max|X_k|^alpha / max_n|W_kn|^(1 - alpha) both sides end up with the
 same per-channel peak at alpha 0.5.
 
-Only activations with outliers are smoothed (`SMOOTH_MIN_RATIO`). Each gets one inserted Mul by a constant 1/s, shared by every product that reads it (the
-q/k/v projections of one layer read one normed input, so one s serves them all, computed from the largest
-of their weight rows). The scales are rounded to powers of two, so X / s and s W are exact in floating point
-and the smoothed fp32 graph computes exactly what the original does (up to the order ORT sums in).
+Only activations with outliers are smoothed (`SMOOTH_MIN_RATIO`). Each gets one inserted Mul by a constant 1/s,
+shared by every product that reads it (the q/k/v projections of one layer read one normed input, so one s serves
+them all, computed from the largest of their weight rows). The scales are rounded to powers of two, so X / s and
+s W are exact in floating point and the smoothed fp32 graph computes exactly what the original does (up to the
+order ORT sums in).
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, NodeProto
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +93,7 @@ def smoothing_scales(peak: np.ndarray, weight_peak: np.ndarray, alpha: float = S
     return np.exp2(exponent).astype(np.float32)
 
 
-def smooth(model, channels: dict[str, ChannelStats], alpha: float = SMOOTH_ALPHA,
+def smooth(model: ModelProto, channels: dict[str, ChannelStats], alpha: float = SMOOTH_ALPHA,
            min_ratio: float = SMOOTH_MIN_RATIO) -> dict[str, ChannelStats]:
     """Smooth the MatMul/Gemm nodes named in `channels` of an onnx.ModelProto in place; returns the statistics
     of every named node's activation in the smoothed graph (all other activations are unchanged, since every
@@ -162,7 +167,7 @@ def smooth(model, channels: dict[str, ChannelStats], alpha: float = SMOOTH_ALPHA
             node.input[0] = output
             smoothed[node.name] = stats.divided(scales)
     if inserted:
-        order = []
+        order: list[NodeProto] = []
         for index, node in enumerate(graph.node):
             order.extend(inserted.get(index, ()))
             order.append(node)
@@ -189,12 +194,12 @@ def smooth_file(source: Path, dest: Path, channels: dict[str, ChannelStats], alp
     return smoothed
 
 
-def _as_k_by_n(weight: np.ndarray, node) -> np.ndarray:
+def _as_k_by_n(weight: np.ndarray, node: NodeProto) -> np.ndarray:
     """The weight as (K, N), K the axis contracted with the activation's channels."""
     return weight.T if node.op_type == "Gemm" and _attribute(node, "transB", 0) else weight  # (N, K) -> (K, N)
 
 
-def _attribute(node, name: str, default):
+def _attribute(node: NodeProto, name: str, default: Any) -> Any:
     from onnx import helper
 
     for attribute in node.attribute:

@@ -13,16 +13,18 @@ import json
 import logging
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from fusionrec.choices import BACKEND_PRECISIONS
 from fusionrec.compile.graphs import OUTPUT_NAME, GraphSignature
 from fusionrec.errors import UserError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = BACKEND_PRECISIONS["tensorrt"]  # the one table: fusionrec.choices
 INSTALL_HINT = "pip install tensorrt-cu12  (on a machine with an NVIDIA GPU and CUDA 12)"
 
 
@@ -50,7 +52,7 @@ def check_engine_compatible(sidecar: dict[str, Any], tensorrt_version: str, gpu_
                              fix="recompile on this machine with --backend tensorrt")
 
 
-def import_tensorrt():
+def import_tensorrt() -> ModuleType:
     try:
         import tensorrt
     except ImportError:
@@ -72,10 +74,12 @@ def profile_shapes(signature: GraphSignature, example: dict[str, np.ndarray], *,
                    max_lengths: dict[str, int], opt_length: int) -> dict[str, tuple[tuple[int, ...], ...]]:
     """(min, opt, max) shape per input: batch 1..max_batch, each length axis 1..its `max_lengths[symbol]`
     (an encoder's max tokens, the history length); fixed axes (the vector dim) as in the example."""
-    shapes = {}
+    shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
     for name in signature.inputs:
         axes = signature.dynamic_axes.get(name, {})
-        low, mid, high = [], [], []
+        low: list[int] = []
+        mid: list[int] = []
+        high: list[int] = []
         for axis, size in enumerate(example[name].shape):
             symbol = axes.get(axis)
             if symbol is None:

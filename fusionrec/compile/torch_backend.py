@@ -11,17 +11,20 @@ batches need); on CPU compiling takes minutes for an LM and gains little, so it 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fusionrec.choices import BACKEND_PRECISIONS
 from fusionrec.compile.cuda_graphs import Buckets, CudaGraphRunner
 from fusionrec.compile.graphs import GraphSignature
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = BACKEND_PRECISIONS["torch"]  # the one table: fusionrec.choices
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CUDA_GRAPHS = "cudagraphs"
 
@@ -60,6 +63,7 @@ class TorchRuntime:
         mode = default_compile_mode(self.device) if compile_mode is None else compile_mode
         self.compile_mode = None if mode == "eager" else mode
         self.cuda_graphs: CudaGraphRunner | None = None
+        self.module: Callable[..., Any]  # the runner, a torch.compile'd module, or the module itself
         if mode == CUDA_GRAPHS:
             if self.device.type != "cuda":
                 raise ValueError(f"compile mode {CUDA_GRAPHS!r} needs a CUDA device, got {self.device}; "

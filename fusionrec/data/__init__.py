@@ -48,8 +48,8 @@ def load_dataset(spec: DataSpec) -> Dataset:
     """
     if spec.interactions:
         base = Path(spec.path) if spec.path else Path()  # relative file names are taken inside spec.path
-        interactions, items, users = (str(base / f) if f else None for f in (spec.interactions, spec.items, spec.users))
-        dataset = read_files(interactions, items, users, format=spec.format,
+        items, users = (str(base / f) if f else None for f in (spec.items, spec.users))
+        dataset = read_files(str(base / spec.interactions), items, users, format=spec.format,
                              delimiter=spec.delimiter, encoding=spec.encoding, columns=spec.columns,
                              name=Path(spec.interactions).stem or "custom", escapechar=spec.escapechar)
     elif spec.dataset == "ml-100k":

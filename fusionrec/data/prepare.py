@@ -211,9 +211,3 @@ def load_prepared(name: str, root: str | Path | None = None) -> Dataset:
         users=pd.read_parquet(users_file) if users_file.is_file() else None,
     )
 
-
-def load_card(name: str, root: str | Path | None = None) -> DataCard | None:
-    path = prepared_dir(name, root) / CARD_FILE
-    if not path.is_file():
-        return None
-    return DataCard(**json.loads(path.read_text(encoding="utf-8")))

@@ -7,8 +7,7 @@ sampled softmax a few hundred per batch; both use `NegativeSampler.sample`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -27,33 +26,6 @@ def histories_from_frame(frame: pd.DataFrame, n_users: int) -> list[np.ndarray]:
     for user, items in ordered.groupby(USER_IDX, sort=False)[ITEM_IDX]:
         sequences[int(user)] = items.to_numpy(dtype=np.int64)
     return sequences
-
-
-def recent_histories(sequences: Sequence[np.ndarray], max_len: int, *, newest_first: bool = True,
-                     pad_value: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """The last `max_len` items of each chronological sequence, as a padded matrix.
-
-    Args:
-        sequences: per user, item indices oldest first (e.g. `LeaveOneOutSplit.history("test")`).
-        max_len: how many of the most recent items to keep.
-        newest_first: order of the kept items; True puts the most recent item in column 0.
-        pad_value: fills the row after a short history.
-
-    Returns:
-        histories: [n_users, max_len] int64, left-aligned, padded with `pad_value`.
-        lengths: [n_users] int64, the number of real items per row.
-    """
-    if max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
-    histories = np.full((len(sequences), max_len), pad_value, dtype=np.int64)
-    lengths = np.zeros(len(sequences), dtype=np.int64)
-    for row, sequence in enumerate(sequences):
-        recent = np.asarray(sequence, dtype=np.int64)[-max_len:]
-        if newest_first:
-            recent = recent[::-1]
-        histories[row, : len(recent)] = recent
-        lengths[row] = len(recent)
-    return histories, lengths
 
 
 class NegativeSampler:
@@ -99,7 +71,7 @@ class NegativeSampler:
             self._blocked = np.diff(matrix.indptr) >= self.n_items
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, n_users: int, n_items: int, **kwargs) -> NegativeSampler:
+    def from_frame(cls, frame: pd.DataFrame, n_users: int, n_items: int, **kwargs: Any) -> NegativeSampler:
         """A sampler whose positives are the (user_idx, item_idx) pairs of `frame`, e.g. a split's train."""
         users = frame[USER_IDX].to_numpy(dtype=np.int64)
         items = frame[ITEM_IDX].to_numpy(dtype=np.int64)

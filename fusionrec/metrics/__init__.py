@@ -1,6 +1,7 @@
 """Evaluation, kept apart from the models: full-ranking HR/NDCG/MRR@K and pointwise AUC/LogLoss/RMSE/MAE."""
 
 from fusionrec.metrics.evaluator import (
+    RANKING_CUTOFFS,
     evaluate_pointwise,
     evaluate_ranking,
     metrics_from_ranks,
@@ -11,6 +12,6 @@ from fusionrec.metrics.ranking import hit_rate, ndcg, reciprocal_rank, target_ra
 from fusionrec.metrics.registry import METRICS, Metric, parse_metric
 
 __all__ = [
-    "METRICS", "Metric", "auc", "evaluate_pointwise", "evaluate_ranking", "hit_rate", "logloss", "mae",
-    "metrics_from_ranks", "ndcg", "parse_metric", "rank_targets", "reciprocal_rank", "rmse", "target_ranks",
+    "METRICS", "Metric", "RANKING_CUTOFFS", "auc", "evaluate_pointwise", "evaluate_ranking", "hit_rate", "logloss",
+    "mae", "metrics_from_ranks", "ndcg", "parse_metric", "rank_targets", "reciprocal_rank", "rmse", "target_ranks",
 ]

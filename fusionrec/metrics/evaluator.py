@@ -18,6 +18,7 @@ ScoreFn = Callable[[torch.Tensor, list[np.ndarray]], torch.Tensor]
 PredictFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 RANK_METRICS = ("hr", "ndcg", "mrr")
+RANKING_CUTOFFS = (5, 10, 20)  # the protocol's cutoffs K (`fusionrec.protocol` publishes them)
 
 
 def rank_targets(score_fn: ScoreFn, split: LeaveOneOutSplit, stage: str,
@@ -50,7 +51,7 @@ def rank_targets(score_fn: ScoreFn, split: LeaveOneOutSplit, stage: str,
     return users, ranks
 
 
-def metrics_from_ranks(ranks: np.ndarray | torch.Tensor, ks: Iterable[int] = (5, 10, 20),
+def metrics_from_ranks(ranks: np.ndarray | torch.Tensor, ks: Iterable[int] = RANKING_CUTOFFS,
                        metrics: Sequence[str] = RANK_METRICS) -> dict[str, float]:
     """Mean of each rank metric at each cutoff, keyed `"ndcg@10"`; all from the same ranks."""
     rank_tensor = torch.as_tensor(ranks)
@@ -66,7 +67,7 @@ def metrics_from_ranks(ranks: np.ndarray | torch.Tensor, ks: Iterable[int] = (5,
     return out
 
 
-def evaluate_ranking(score_fn: ScoreFn, split: LeaveOneOutSplit, stage: str, ks: Iterable[int] = (5, 10, 20),
+def evaluate_ranking(score_fn: ScoreFn, split: LeaveOneOutSplit, stage: str, ks: Iterable[int] = RANKING_CUTOFFS,
                      batch_size: int = 1024, metrics: Sequence[str] = RANK_METRICS) -> dict[str, float]:
     """HR/NDCG/MRR@K of `score_fn` at `stage` ("valid" or "test"), seen items excluded.
 

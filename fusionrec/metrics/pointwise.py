@@ -1,72 +1,70 @@
 """Metrics over one prediction per interaction: AUC and LogLoss for CTR, RMSE and MAE for ratings.
 
-AUC is computed from ranks (the Mann-Whitney statistic), with tied scores given their average rank; that is
-the same number as the trapezoidal ROC area, so it matches scikit-learn's `roc_auc_score` on ties.
+The arithmetic is scikit-learn's (`roc_auc_score`, `log_loss`, `mean_squared_error`, `mean_absolute_error`);
+this module only checks the inputs (no NaN, equal lengths, both classes, probabilities in [0, 1]) with messages
+that name the problem, and fixes the LogLoss clipping at `LOGLOSS_EPS`, so a number does not move with
+scikit-learn's own default epsilon.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, roc_auc_score
 
 LOGLOSS_EPS = 1e-7  # predictions are clipped into [eps, 1 - eps]; one confident mistake must not be infinite
 
 
-def _as_vector(values: Any, name: str) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
-    tensor = tensor.detach().to("cpu", torch.float64).flatten()
-    if tensor.numel() == 0:
+def _as_vector(values: Any, name: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float64).numpy()
+    array = np.asarray(values, dtype=np.float64).ravel()
+    if array.size == 0:
         raise ValueError(f"{name} is empty")
-    if torch.isnan(tensor).any():
-        raise ValueError(f"{name} contains {int(torch.isnan(tensor).sum())} NaN values")
-    return tensor
+    if np.isnan(array).any():
+        raise ValueError(f"{name} contains {int(np.isnan(array).sum())} NaN values")
+    return array
 
 
-def _pair(predictions: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair(predictions: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
     pred = _as_vector(predictions, "predictions")
     true = _as_vector(targets, "targets")
     if pred.shape != true.shape:
-        raise ValueError(f"predictions and targets differ in length: {pred.numel()} vs {true.numel()}")
+        raise ValueError(f"predictions and targets differ in length: {pred.size} vs {true.size}")
     return pred, true
 
 
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """[N] 1-based ranks of `values` in ascending order; tied values share the mean of their ranks."""
-    unique, inverse, counts = torch.unique(values, sorted=True, return_inverse=True, return_counts=True)
-    last_rank = torch.cumsum(counts, dim=0).double()  # [n_unique] rank of each group's last member
-    mean_rank = last_rank - (counts.double() - 1.0) / 2.0
-    return mean_rank[inverse]
+def _labels(truth: np.ndarray) -> np.ndarray:
+    """0/1 labels (anything above 0.5 is a positive), checked to hold both classes."""
+    positive = truth > 0.5
+    n_pos = int(positive.sum())
+    if n_pos == 0 or n_pos == truth.size:
+        raise ValueError(f"AUC needs both classes, got {n_pos} positives and {truth.size - n_pos} negatives")
+    return positive.astype(np.int64)
 
 
 def auc(predictions: Any, labels: Any) -> float:
-    """Area under the ROC curve of scores against 0/1 labels."""
+    """Area under the ROC curve of scores against 0/1 labels (tied scores count half)."""
     scores, truth = _pair(predictions, labels)
-    positive = truth > 0.5
-    n_pos = int(positive.sum())
-    n_neg = truth.numel() - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUC needs both classes, got {n_pos} positives and {n_neg} negatives")
-    ranks = average_ranks(scores)
-    u_statistic = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u_statistic / (n_pos * n_neg))
+    return float(roc_auc_score(_labels(truth), scores))
 
 
 def logloss(predictions: Any, labels: Any) -> float:
-    """Mean binary cross-entropy of probabilities against 0/1 labels."""
+    """Mean binary cross-entropy of probabilities against 0/1 labels, probabilities clipped at `LOGLOSS_EPS`."""
     prob, truth = _pair(predictions, labels)
     if (prob < 0).any() or (prob > 1).any():
-        raise ValueError(f"logloss needs probabilities in [0, 1], got range [{float(prob.min())}, {float(prob.max())}]")
-    prob = prob.clamp(LOGLOSS_EPS, 1.0 - LOGLOSS_EPS)
-    return float(-(truth * torch.log(prob) + (1.0 - truth) * torch.log1p(-prob)).mean())
+        raise ValueError(f"logloss needs probabilities in [0, 1], got range [{prob.min()}, {prob.max()}]")
+    return float(log_loss(truth, np.clip(prob, LOGLOSS_EPS, 1.0 - LOGLOSS_EPS), labels=[0, 1]))
 
 
 def rmse(predictions: Any, ratings: Any) -> float:
     pred, true = _pair(predictions, ratings)
-    return float(torch.sqrt(((pred - true) ** 2).mean()))
+    return math.sqrt(mean_squared_error(true, pred))
 
 
 def mae(predictions: Any, ratings: Any) -> float:
     pred, true = _pair(predictions, ratings)
-    return float((pred - true).abs().mean())
+    return float(mean_absolute_error(true, pred))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from fusionrec.metrics import pointwise, ranking
 
@@ -21,7 +21,7 @@ class Metric:
     needs: Literal["ranks", "labels", "ratings"]
     higher_is_better: bool
     # ranks metrics: (ranks [U], k) -> per-user values [U]; the others: (predictions, targets) -> float
-    fn: Callable[..., object]
+    fn: Callable[..., Any]
 
 
 METRICS: dict[str, Metric] = {
@@ -41,7 +41,7 @@ def parse_metric(text: str) -> tuple[Metric, int | None]:
     """`"ndcg@10"` -> (the NDCG metric, 10); `"auc"` -> (the AUC metric, None). Cutoffs go with rank metrics only."""
     match = _NAME.match(text.strip().lower())
     metric = METRICS.get(match["name"]) if match else None
-    if metric is None:
+    if match is None or metric is None:
         known = ", ".join(f"{m.name}@K" if m.needs == "ranks" else m.name for m in METRICS.values())
         raise ValueError(f"unknown metric {text!r}; known: {known}")
     k = int(match["k"]) if match["k"] else None

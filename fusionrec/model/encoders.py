@@ -14,6 +14,7 @@ import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from fusionrec.model.pooling import get_pooling
 from fusionrec.model.sources import resolve_source
 from fusionrec.progress import progress
 from fusionrec.spec import EncoderSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,9 @@ class TextEncoder(nn.Module):
             # A decoder's KV cache serves generation; reading each text once, it would only copy every layer's
             # keys and values and hold them to the end of the forward (~0.75 GB at batch 256 for SmolLM2).
             self.backbone.config.use_cache = False
-        if len(self.tokenizer) > self.backbone.get_input_embeddings().num_embeddings:  # a pad token was added
+        # transformers types the input embeddings as any nn.Module; they are an nn.Embedding (or a subclass)
+        embeddings = cast(nn.Embedding, self.backbone.get_input_embeddings())
+        if len(self.tokenizer) > embeddings.num_embeddings:  # a pad token was added
             self.backbone.resize_token_embeddings(len(self.tokenizer))
         self.hidden_size = _hidden_size(self.backbone.config, spec)
         self.max_length = _max_length(self.tokenizer, spec)
@@ -143,10 +149,6 @@ class TextEncoder(nn.Module):
         return self.projection(self.pool_tokens(input_ids, attention_mask))
 
     # --- catalogues ---------------------------------------------------------------------------------------
-
-    def encode_texts(self, texts: list[str], batch_size: int = 64) -> Tensor:
-        """(N,) texts -> (N, dim) projected embeddings; the projection keeps its gradient."""
-        return self.projection(self.pooled_texts(texts, batch_size))
 
     def pooled_texts(self, texts: list[str], batch_size: int = 64) -> Tensor:
         """(N,) texts -> (N, H) pooled embeddings, computed without gradients in eval mode.
@@ -249,7 +251,7 @@ class TextEncoder(nn.Module):
 # --- loading helpers ------------------------------------------------------------------------------------------
 
 
-def _load_tokenizer(folder: Path, spec: EncoderSpec):
+def _load_tokenizer(folder: Path, spec: EncoderSpec) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
@@ -270,7 +272,7 @@ def _load_tokenizer(folder: Path, spec: EncoderSpec):
     return tokenizer
 
 
-def _load_backbone(folder: Path, spec: EncoderSpec, dtype: torch.dtype) -> nn.Module:
+def _load_backbone(folder: Path, spec: EncoderSpec, dtype: torch.dtype) -> PreTrainedModel:
     from transformers import AutoModel
 
     try:
@@ -285,7 +287,7 @@ def _load_backbone(folder: Path, spec: EncoderSpec, dtype: torch.dtype) -> nn.Mo
     return backbone
 
 
-def _hidden_size(config, spec: EncoderSpec) -> int:
+def _hidden_size(config: PreTrainedConfig, spec: EncoderSpec) -> int:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     size = getattr(text_config, "hidden_size", None)
     if not isinstance(size, int):
@@ -293,7 +295,7 @@ def _hidden_size(config, spec: EncoderSpec) -> int:
     return size
 
 
-def _max_length(tokenizer, spec: EncoderSpec) -> int:
+def _max_length(tokenizer: PreTrainedTokenizerBase, spec: EncoderSpec) -> int:
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < spec.max_length:
         log.warning("encoder %s: max_length %d exceeds the model's %d; using %d",
@@ -302,12 +304,12 @@ def _max_length(tokenizer, spec: EncoderSpec) -> int:
     return spec.max_length
 
 
-def _is_decoder(config) -> bool:
+def _is_decoder(config: PreTrainedConfig) -> bool:
     architectures = getattr(config, "architectures", None) or []
     return bool(getattr(config, "is_decoder", False)) or any(a.endswith("ForCausalLM") for a in architectures)
 
 
-def _layer_list(backbone: nn.Module) -> nn.ModuleList:
+def _layer_list(backbone: PreTrainedModel) -> nn.ModuleList:
     """The stack of transformer blocks: the first ModuleList as long as config.num_hidden_layers."""
     count = getattr(backbone.config.get_text_config(), "num_hidden_layers", None)
     for module in backbone.modules():

@@ -3,7 +3,8 @@
 It follows the same contract as the in-project baselines (`fusionrec.baselines.base`): `training_batches` /
 `calculate_loss` / `full_sort_predict` for ranking, `encode_rows` / `calculate_loss` / `predict` for CTR and
 rating, so `fusionrec.metrics.evaluate_ranking` and `evaluate_pointwise` measure it with the same code as
-every baseline, and one training loop fits them all.
+every baseline, and one training loop fits them all. The data adapters behind `training_batches` and
+`encode_rows` (windows, rows with their histories, the catalogue's texts) live in `fusionrec.model.fused_data`.
 """
 
 from __future__ import annotations
@@ -18,32 +19,28 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fusionrec.data.schema import ITEM, ITEM_IDX, LABEL, RATING, USER_IDX, Dataset
+from fusionrec.data.schema import RATING, Dataset
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
-from fusionrec.errors import DataError, UserError
+from fusionrec.errors import UserError
 from fusionrec.model.encoders import TextEncoder
-from fusionrec.model.fusion import build_fusion
+from fusionrec.model.fused_data import Batch, item_texts_in_order, pointwise_rows, ranking_batches
+from fusionrec.model.fusion import FusionWeights, build_fusion
 from fusionrec.model.heads import RankingHead, RatingHead, build_head
-from fusionrec.model.towers import (
-    UNKNOWN_FEEDBACK,
-    ItemTower,
-    SequenceUserTower,
-    TextUserTower,
-    histories_before,
-    left_pad,
-)
+from fusionrec.model.towers import UNKNOWN_FEEDBACK, ItemTower, SequenceUserTower, TextUserTower, left_pad
 from fusionrec.model.user_features import UserFeatures, encode_user_features
 from fusionrec.spec import FusionRecommenderSpec, FusionSpec
 
 log = logging.getLogger(__name__)
 FEEDBACK_DROPOUT = 0.15  # share of history labels hidden per training step
 
-Batch = dict[str, Tensor]
+__all__ = ["Batch", "FusedConfig", "FusedRecommender", "item_texts_in_order"]
 
 
 @dataclass
 class FusedConfig:
-    """Settings of the fused model; `from_spec` fills them from the spec, the rest are architecture defaults."""
+    """Settings of the fused model, all filled by `build` from the spec (task.sequenceLayers, sequenceHeads and
+    headHidden for the sizes) and, for the user features' id space, from the data; the defaults equal the
+    spec's. Written to an artifact's metrics["model"] for information, never read back to build."""
 
     task: Literal["ranking", "ctr", "rating"] = "ranking"
     user_tower: Literal["sequence", "text"] = "sequence"
@@ -58,7 +55,7 @@ class FusedConfig:
     head_hidden: int = 128
     text_windows_per_user: int = 4  # text tower: training targets per user (its last N training items)
     # Pointwise only: users-table columns embedded into the user vector (task.userFeatures) and the size of
-    # their shared id space; set from the data by from_spec, read back from an artifact's metrics.
+    # their shared id space; set from the data by from_spec, from the weights' table by load_model.
     user_features: tuple[str, ...] = ()
     user_feature_values: int = 0
     cross_layers: int = 0  # pointwise only: explicit cross layers in the head (task.crossLayers)
@@ -90,8 +87,8 @@ class FusedRecommender(nn.Module):
         self.n_users = n_users
         self.pad = self.n_items  # padding slot of every history tensor
         if config.user_tower == "sequence":
-            self.user_tower: nn.Module = SequenceUserTower(dim, config.history_length, config.dropout,
-                                                           config.n_layers, config.n_heads)
+            self.user_tower: SequenceUserTower | TextUserTower = SequenceUserTower(
+                dim, config.history_length, config.dropout, config.n_layers, config.n_heads)
         else:
             self.user_tower = TextUserTower(dim, config.history_length)
         pointwise = config.task != "ranking"
@@ -117,16 +114,14 @@ class FusedRecommender(nn.Module):
     @classmethod
     def from_spec(cls, spec: FusionRecommenderSpec, dataset: Dataset, split: LeaveOneOutSplit | RandomSplit, *,
                   model_cache_dir: Path | None = None, embedding_cache_dir: Path | None = None,
-                  encoders: Sequence[TextEncoder] | None = None, **overrides: Any) -> FusedRecommender:
+                  encoders: Sequence[TextEncoder] | None = None) -> FusedRecommender:
         """Build the model a spec describes for a dataset and its split (item texts in vocabulary order,
-        the user vocabulary, the training rating scale). `overrides` replace `FusedConfig` fields."""
+        the user vocabulary, the user features' id space, the training rating scale)."""
         features = tuple(spec.task.user_features)
         tokens, n_values = encode_user_features(dataset.users, split.vocab.user_ids, features)
-        if features:
-            overrides = {"user_features": features, "user_feature_values": n_values, **overrides}
         model = cls.build(spec, item_texts_in_order(dataset, split.vocab.item_ids), split.vocab.n_users,
                           model_cache_dir=model_cache_dir, embedding_cache_dir=embedding_cache_dir,
-                          encoders=encoders, **overrides)
+                          encoders=encoders, user_feature_values=n_values if features else 0)
         if model.user_features is not None:
             model.user_features.set_tokens(tokens)
         if isinstance(model.head, RatingHead):
@@ -140,11 +135,14 @@ class FusedRecommender(nn.Module):
     @classmethod
     def build(cls, spec: FusionRecommenderSpec, item_texts: Sequence[str], n_users: int, *,
               model_cache_dir: Path | None = None, embedding_cache_dir: Path | None = None,
-              encoders: Sequence[TextEncoder] | None = None, **overrides: Any) -> FusedRecommender:
-        """Build from a spec and an explicit catalogue (how an artifact is reloaded without its data).
+              encoders: Sequence[TextEncoder] | None = None, user_feature_values: int = 0) -> FusedRecommender:
+        """Build from a spec and an explicit catalogue (how an artifact is reloaded without its data). The
+        architecture is the spec's, and only the spec's: there is no other way in.
 
         `encoders` reuses already loaded encoders of the same specs (a benchmark that trains many models on
         one catalogue loads each LM once); their projections are re-initialised by the item tower.
+        `user_feature_values` is the size of the user features' id space (task.userFeatures), which the data
+        decides: `from_spec` counts it, `load_model` reads it off the trained table.
         """
         if encoders is None:
             encoders = [TextEncoder(e, spec.fusion.dim, model_cache_dir=model_cache_dir,
@@ -162,17 +160,18 @@ class FusedRecommender(nn.Module):
             else:
                 negatives = "sampled"
                 log.info("an encoder is fine-tuned: softmax over sampled negatives (task.negatives not set)")
+        if task.user_features and user_feature_values < 2:
+            raise ValueError(f"spec.task.userFeatures {task.user_features} need the size of their id space "
+                             f"(user_feature_values, got {user_feature_values}): build through from_spec, which "
+                             "encodes them")
         config = FusedConfig(task=task.type, user_tower=task.user_tower, use_item_ids=task.use_item_ids,
                              history_length=task.history_length, negatives=negatives,
                              num_negatives=task.num_negatives, dropout=spec.training.dropout,
-                             feature_dropout=spec.fusion.dropout, cross_layers=task.cross_layers)
-        for key, value in overrides.items():
-            if not hasattr(config, key):
-                raise ValueError(f"unknown FusedConfig field {key!r}; fields: {sorted(vars(config))}")
-            setattr(config, key, tuple(value) if key == "user_features" else value)  # JSON gives a list
-        if tuple(task.user_features) != config.user_features:
-            raise ValueError(f"spec.task.userFeatures {task.user_features} differ from the model's "
-                             f"{list(config.user_features)}: build through from_spec, which encodes them")
+                             feature_dropout=spec.fusion.dropout, n_layers=task.sequence_layers,
+                             n_heads=task.sequence_heads, head_hidden=task.head_hidden,
+                             user_features=tuple(task.user_features),
+                             user_feature_values=user_feature_values if task.user_features else 0,
+                             cross_layers=task.cross_layers)
         return cls(encoders, spec.fusion, item_texts, n_users, config)
 
     # --- the shared plumbing -----------------------------------------------------------------------------
@@ -192,11 +191,15 @@ class FusedRecommender(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.items.encoders[0].projection.weight.device
+        return self.items._encoder(0).projection.weight.device
+
+    def text_encoders(self) -> list[TextEncoder]:
+        """The item tower's encoders, in fusion order, typed (its nn.ModuleList yields plain Modules)."""
+        return [self.items._encoder(m) for m in range(len(self.items.encoders))]
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """Trainable LM weights: the training loop gives them `training.encoderLearningRate`."""
-        return [p for encoder in self.items.encoders for p in encoder.backbone.parameters() if p.requires_grad]
+        return [p for encoder in self.text_encoders() for p in encoder.backbone.parameters() if p.requires_grad]
 
     def catalogue(self) -> Tensor:
         """[N, D] every item's vector; cached while the model is in eval mode without gradients."""
@@ -258,31 +261,14 @@ class FusedRecommender(nn.Module):
         """
         if self.config.task != "ranking":
             raise ValueError(f"training_batches is the ranking contract; this model's task is {self.config.task}")
-        length = self.config.history_length
-        windows: list[tuple[np.ndarray, np.ndarray]] = []
-        for seq in split.train_sequences:
-            if self.config.user_tower == "sequence":
-                for end in range(len(seq) - 1, 0, -length):  # disjoint windows, newest first
-                    start = max(0, end - length)
-                    windows.append((seq[start:end], seq[start + 1:end + 1]))
-            else:
-                for t in range(len(seq) - 1, max(0, len(seq) - 1 - self.config.text_windows_per_user), -1):
-                    windows.append((seq[max(0, t - length):t], seq[t:t + 1]))
-        head = self.head
-        order = rng.permutation(len(windows))
-        for begin in range(0, len(order), batch_size):
-            chosen = [windows[i] for i in order[begin:begin + batch_size]]
-            batch = {"items": left_pad([w[0] for w in chosen], self.pad),  # [B, L]
-                     "targets": left_pad([w[1] for w in chosen], self.pad)}  # [B, L] or [B, 1]
-            if isinstance(head, RankingHead):
-                negatives = head.sample_negatives(rng, self.n_items)
-                if negatives is not None:
-                    batch["negatives"] = negatives  # [K]
-            yield batch
+        targets = None if self.config.user_tower == "sequence" else self.config.text_windows_per_user
+        return ranking_batches(split, batch_size, rng, history_length=self.config.history_length,
+                               targets_per_user=targets, pad=self.pad, head=self.head, n_items=self.n_items)
 
     def calculate_loss(self, batch: Batch) -> Tensor:
         if self.config.task != "ranking":
             return self._pointwise_loss(batch)
+        assert isinstance(self.head, RankingHead)  # build_head gives task "ranking" a RankingHead
         history, targets = batch["items"], batch["targets"]
         sequence = isinstance(self.user_tower, SequenceUserTower)
         real = targets != self.pad  # [B, L]
@@ -291,7 +277,7 @@ class FusedRecommender(nn.Module):
         needed = None if candidates is None else (torch.cat([history.flatten(), candidates]) if sequence
                                                   else candidates)
         table, lookup = self._item_table(needed)
-        if sequence:
+        if isinstance(self.user_tower, SequenceUserTower):  # `sequence`, narrowed for the checker
             states = self.user_tower.states(table[lookup[history]], history != self.pad)  # [B, L, D]
             queries = states[real]  # [Q, D]
         else:
@@ -338,17 +324,7 @@ class FusedRecommender(nn.Module):
         the user liked each of them (their label), which the sequence tower reads with the items."""
         if self.config.task == "ranking":
             raise ValueError("encode_rows is the CTR/rating contract; this model ranks (use training_batches)")
-        part = split.part(stage)
-        history, feedback = histories_before(split.train, part, self.config.history_length, self.pad,
-                                             feedback=LABEL if LABEL in split.train else None)
-        rows = {"user": torch.tensor(part[USER_IDX].to_numpy(dtype=np.int64)),
-                "item": torch.tensor(part[ITEM_IDX].to_numpy(dtype=np.int64)),
-                "history": history, "history_feedback": feedback}
-        if LABEL in part:
-            rows["label"] = torch.tensor(part[LABEL].to_numpy(dtype=np.float32))
-        if RATING in part:
-            rows["rating"] = torch.tensor(part[RATING].to_numpy(dtype=np.float32))
-        return rows
+        return pointwise_rows(split, stage, history_length=self.config.history_length, pad=self.pad)
 
     def _pair_vectors(self, batch: Batch) -> tuple[Tensor, Tensor]:
         history, item = batch["history"], batch["item"]
@@ -424,26 +400,8 @@ class FusedRecommender(nn.Module):
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def _repeat(weights: dict[str, Any], n: int) -> Tensor:
+def _repeat(weights: FusionWeights, n: int) -> Tensor:
     """A per-model report -> [n, M], the same row for everyone."""
     row = torch.tensor([weights["per_model"][name] for name in weights["models"]])
     return row.unsqueeze(0).expand(n, -1).clone()
 
-
-def item_texts_in_order(dataset: Dataset, item_ids: np.ndarray) -> list[str]:
-    """The `text` of every vocabulary item, in index order; items without text fall back to their id
-    (counted in the log), so an item nobody described can still be ranked."""
-    if "text" not in dataset.items:
-        raise DataError("items have no text column; render one with data.itemTextTemplate",
-                        file=dataset.name, field="text")
-    texts = dict(zip(dataset.items[ITEM].astype(str), dataset.items["text"]))
-    out, missing = [], 0
-    for item_id in item_ids:
-        text = texts.get(str(item_id))
-        if not isinstance(text, str) or not text.strip():
-            missing += 1
-            text = str(item_id)
-        out.append(text)
-    if missing:
-        log.warning("%d of %d items have no text; their id stands in for it", missing, len(item_ids))
-    return out

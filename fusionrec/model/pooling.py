@@ -7,7 +7,7 @@ padding a batch happened to need (right or left padding both work).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

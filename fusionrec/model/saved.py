@@ -12,8 +12,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fusionrec.artifact import (ITEM_INDEX_NAME, ITEMS_NAME, WEIGHTS_NAME, Artifact, load_artifact, save_tensors,
-                                write_artifact)
+from fusionrec.artifact import (
+    ITEM_INDEX_NAME,
+    ITEMS_NAME,
+    WEIGHTS_NAME,
+    Artifact,
+    load_artifact,
+    save_tensors,
+    write_artifact,
+)
 from fusionrec.data.schema import Dataset
 from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
 from fusionrec.errors import UserError
@@ -21,6 +28,7 @@ from fusionrec.model.fused import FusedRecommender
 from fusionrec.spec import FusionRecommenderSpec
 
 USERS_NAME = "users.parquet"
+USER_FEATURE_TABLE = "user_features.embedding.weight"  # FusedRecommender.user_features.embedding
 
 
 def embedding_cache_dir() -> Path:
@@ -50,7 +58,7 @@ def write_model_artifact(output_root: str | Path, spec: FusionRecommenderSpec, m
         ITEMS_NAME: lambda dest: items.to_parquet(dest, index=False),
         USERS_NAME: lambda dest: users.to_parquet(dest, index=False),
     }
-    for encoder in model.items.encoders:
+    for encoder in model.text_encoders():
         files[f"tokenizers/{encoder.spec.name}"] = lambda dest, tok=encoder.tokenizer: tok.save_pretrained(dest)
     return write_artifact(output_root, spec.version, files, spec=spec, metrics=metrics, overwrite=overwrite)
 
@@ -62,17 +70,22 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def load_model(path: str | Path, *, embeddings: Path | None = None) -> tuple[FusedRecommender, Artifact]:
-    """Rebuild a fused model from a verified artifact (its encoders' architectures come from their sources,
-    every weight from model.safetensors), in eval mode."""
+    """Rebuild a fused model from a verified artifact, in eval mode: the architecture from its spec.yaml alone
+    (the encoders' from their sources), every weight from model.safetensors. metrics["model"] is a record of
+    the architecture for readers, not an input. Artifacts written before the model's sizes were spec fields
+    (task.sequenceLayers, sequenceHeads, headHidden) load as they were built: their specs lack the fields, whose
+    defaults are the sizes every manifest got then."""
     artifact = load_artifact(path)
     if artifact.items_path is None or artifact.file(USERS_NAME) is None:
         raise UserError(f"artifact {artifact.path} lacks {ITEMS_NAME} or {USERS_NAME}: not a fused-model artifact")
     items = pd.read_parquet(artifact.items_path)
     users = pd.read_parquet(artifact.path / USERS_NAME)
-    # The architecture as trained, including FusedConfig overrides the spec does not carry.
-    config = artifact.metrics.get("model", {})
+    state = artifact.load_state_dict()
+    # The user features' id space is the data's, not the spec's: the trained table's rows.
+    feature_table = state.get(USER_FEATURE_TABLE)
     model = FusedRecommender.build(artifact.spec, items["text"].tolist(), len(users),
-                                   embedding_cache_dir=embeddings or embedding_cache_dir(), **config)
-    model.load_state_dict(artifact.load_state_dict())
+                                   embedding_cache_dir=embeddings or embedding_cache_dir(),
+                                   user_feature_values=int(feature_table.shape[0]) if feature_table is not None else 0)
+    model.load_state_dict(state)
     model.eval()
     return model, artifact

@@ -7,7 +7,9 @@ A source is one of
 - `hf://org/name[@revision]`: the Hugging Face Hub, for users who have one;
 - `pvc://<claim>/<path>`: a PersistentVolumeClaim mounted at `$FUSIONREC_PVC_ROOT/<claim>` (default
   `/mnt/models/<claim>`), the convention the operator uses when it mounts model claims into pods.
-Everything after resolution is offline: transformers only ever sees a local folder.
+Everything after resolution is offline: transformers only ever sees a local folder. The schemes are
+`fusionrec.choices.MODEL_SOURCE_SCHEMES`, which the spec and the CRD check too: `s3://`, `gs://` and any other
+scheme are refused when the manifest is read, with the fix.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import json
 import logging
 import os
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from fusionrec.choices import MODEL_SOURCE_FIX, model_source_problem
 from fusionrec.errors import UserError
 from fusionrec.files import atomic_directory, sha256_file
 from fusionrec.model.packaged import ORIGIN_FILE, find_package_dir, materialise
@@ -42,6 +45,9 @@ def resolve_source(source: str, cache_dir: Path | None = None) -> Path:
     Raises:
         UserError: naming the source and the fix, for an unknown scheme or a missing model.
     """
+    problem = model_source_problem(source)
+    if problem:
+        raise UserError(f"source {source!r}: {problem}", field="source", fix=MODEL_SOURCE_FIX)
     scheme, _, rest = source.partition("://") if "://" in source else ("", "", source)
     if scheme == "":
         return _local(Path(source).expanduser(), source, cache_dir)
@@ -53,17 +59,8 @@ def resolve_source(source: str, cache_dir: Path | None = None) -> Path:
         return _hub(rest, source, cache_dir)
     if scheme == "pvc":
         return _pvc(rest, source, cache_dir)
-    if scheme in {"s3", "gs"}:
-        raise UserError(
-            f"source {source!r}: {scheme}:// holds data, not models; fusionrec loads models from local folders",
-            field="source",
-            fix="copy the model folder to a PVC (pvc://<claim>/<path>) or run `fusionrec models pull` on it",
-        )
-    raise UserError(
-        f"source {source!r}: unknown scheme {scheme + '://'!r}",
-        field="source",
-        fix="use a local folder, pkg://<package>[/subdir], hf://org/name or pvc://<claim>/<path>",
-    )
+    # A "scheme://" that model_source_problem does not take for one (upper case, a digit first): a local path.
+    return _local(Path(source).expanduser(), source, cache_dir)
 
 
 def _local(path: Path, source: str, cache_dir: Path | None) -> Path:
@@ -157,7 +154,7 @@ def write_manifest(folder: Path, *, source: str | None = None) -> dict[str, Any]
     manifest = {
         "format": MANIFEST_FORMAT,
         "source": source,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": files,
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -95,15 +96,19 @@ class ItemTower(nn.Module):
 
     # --- per-encoder features ----------------------------------------------------------------------------
 
+    def _encoder(self, m: int) -> TextEncoder:
+        # nn.ModuleList's items are typed as Module; self.encoders holds the TextEncoders given to __init__.
+        return cast(TextEncoder, self.encoders[m])
+
     def _project(self, m: int, pooled: Tensor) -> Tensor:
         """[B, H] pooled LM states -> [B, D]: standardised with the catalogue statistics, then projected."""
-        encoder = self.encoders[m]
+        encoder = self._encoder(m)
         standard = (pooled.float() - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")  # [B, H]
         return self.drop(encoder.projection(standard.to(encoder.projection.weight.dtype)))
 
     def _pooled_items(self, m: int, items: Tensor | None) -> Tensor:
         """[B] item indices (None = the whole catalogue) -> [B, H] pooled states of encoder m."""
-        encoder = self.encoders[m]
+        encoder = self._encoder(m)
         if encoder.frozen:
             pooled = getattr(self, f"pooled_{m}")
             return pooled if items is None else pooled[items]
@@ -120,7 +125,7 @@ class ItemTower(nn.Module):
 
     def _pooled_texts(self, m: int, texts: list[str]) -> Tensor:
         """[B] free texts (user histories) -> [B, H]; a frozen encoder looks each text up in an LRU cache."""
-        encoder = self.encoders[m]
+        encoder = self._encoder(m)
         if not encoder.frozen:
             return encoder.pool_tokens(**encoder.tokenize(texts))
         cache = self._text_cache[m]
@@ -135,7 +140,7 @@ class ItemTower(nn.Module):
             rows.append(cache[text])
         while len(cache) > TEXT_CACHE_ENTRIES:
             cache.popitem(last=False)
-        return torch.stack(rows).to(self.encoders[m].device)
+        return torch.stack(rows).to(encoder.device)
 
     # --- fused vectors -----------------------------------------------------------------------------------
 

@@ -69,6 +69,8 @@ class UserFeatures(nn.Module):
         dim: the tower dimension D.
     """
 
+    tokens: Tensor  # buffer [n_users, n_fields]
+
     def __init__(self, n_users: int, n_fields: int, n_values: int, dim: int) -> None:
         super().__init__()
         if n_fields < 1 or n_values < 2:

@@ -153,11 +153,12 @@ def _section_weights(inputs: ReportInputs, images: dict[str, Path | None], notes
 def _section_comparison(inputs: ReportInputs, images: dict[str, Path | None], notes: dict[str, str]) -> str:
     parts = ["<h2>3. Fused vs single encoders vs baselines</h2>"]
     comparison = comparison_or_self(inputs)
-    if inputs.comparison is not None:
-        seed = f", seed {comparison.seed}" if comparison.seed is not None else ""
-        parts.append(f"<p>From <code>{COMPARISON_NAME}</code>: split {escape(comparison.split)}{seed}.</p>")
-        if comparison.source:
-            parts.append(f'<p class="note">Source: {escape(comparison.source)}</p>')
+    if inputs.comparison is not None:  # then `comparison` is this one
+        given = inputs.comparison
+        seed = f", seed {given.seed}" if given.seed is not None else ""
+        parts.append(f"<p>From <code>{COMPARISON_NAME}</code>: split {escape(given.split)}{seed}.</p>")
+        if given.source:
+            parts.append(f'<p class="note">Source: {escape(given.source)}</p>')
     parts += [_note(notes, "comparison"), _image(images, "comparison", "test metrics of every compared model")]
     if comparison is not None:
         metrics = ordered_metrics((m for row in comparison.rows for m in row.test), inputs.main_metrics)

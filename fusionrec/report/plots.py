@@ -96,16 +96,18 @@ def plot_fusion_weights(weights: FusionWeights, path: Path) -> Path:
     bar_ax.set_ylim(0, max([v for v in values if np.isfinite(v)] + [0.0]) * 1.2 or 1.0)
 
     spread = [weights.per_user.get(m) for m in models]
-    if all(s is not None and len(s.quantiles) == 5 for s in spread):
-        stats = [{"label": m, "med": s.quantiles["p50"], "q1": s.quantiles["p25"], "q3": s.quantiles["p75"],
-                  "whislo": s.quantiles["p5"], "whishi": s.quantiles["p95"], "mean": s.mean, "fliers": []}
-                 for m, s in zip(models, spread)]
+    quantiled = [s for s in spread if s is not None and len(s.quantiles) == 5]
+    if len(quantiled) == len(spread):
+        stats: list[dict[str, Any]] = [
+            {"label": m, "med": s.quantiles["p50"], "q1": s.quantiles["p25"], "q3": s.quantiles["p75"],
+             "whislo": s.quantiles["p5"], "whishi": s.quantiles["p95"], "mean": s.mean, "fliers": []}
+            for m, s in zip(models, quantiled)]
         drawn = box_ax.bxp(stats, showmeans=True, patch_artist=True)
         for box, colour in zip(drawn["boxes"], colours):
             box.set(facecolor=colour, alpha=0.6)
         box_ax.set(title=f"per user: p5, p25, median, p75, p95 ({weights.users} users)", ylabel="weight")
     elif any(s is not None for s in spread):  # older artifacts: mean ± std with the min-max range
-        for n, (m, s) in enumerate(zip(models, spread)):
+        for n, s in enumerate(spread):
             if s is not None:
                 box_ax.errorbar([n], [s.mean], yerr=[[s.mean - s.min], [s.max - s.mean]], fmt="none",
                                 ecolor="#999999", capsize=6)

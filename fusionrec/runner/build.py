@@ -18,8 +18,8 @@ from fusionrec.artifact import SPEC_NAME, write_artifact
 from fusionrec.errors import UserError
 from fusionrec.runner.cache import STATE_DIR, Record, step_key
 from fusionrec.runner.inputs import (
-    data_fingerprint,
     data_files,
+    data_fingerprint,
     source_fingerprint,
     trained_parts,
     with_merged_encoder,
@@ -63,6 +63,8 @@ def prepare(ctx: RunContext) -> str:
         if files is None:
             prepare_ml100k()
             files = data_files(data)
+            if files is None:
+                raise RuntimeError(f"dataset {data.dataset} is still not prepared after preparing it")
         dataset, split = ctx.data()
         detail = f"{dataset.name}: {split.vocab.n_users} users, {split.vocab.n_items} items, " \
                  f"{len(dataset.interactions)} interactions"
@@ -87,15 +89,16 @@ def merge(ctx: RunContext) -> tuple[Path, str] | None:
     if spec.merge is None:
         return None
     by_name = {e.name: e.source for e in spec.encoders}
-    referenced = [r for r in [spec.merge.base, *(m.source for m in spec.merge.models)] if r]
+    referenced = [r for r in [spec.merge.base_source, *(m.source for m in spec.merge.models)] if r]
     inputs = {r: source_fingerprint(by_name.get(r, r), ctx.hasher) for r in referenced}
     key = step_key("merge", spec.merge.model_dump(mode="json", by_alias=True), inputs)
     folder = ctx.root / STATE_DIR / "merged" / key[:16]
+    merge_spec = spec.merge  # not None (checked above), for the closure
 
     def work() -> Done:
-        report = run_merge(spec.merge, folder, encoders=by_name, overwrite=True)
+        report = run_merge(merge_spec, folder, encoders=by_name, overwrite=True)
         return Done({"folder": str(folder), "hash": ctx.hasher.folder(folder)},
-                    f"{report.pretty_name} of {len(spec.merge.models)} models -> {folder}")
+                    f"{report.pretty_name} of {len(merge_spec.models)} models -> {folder}")
 
     def verify(record: Record) -> bool:
         return folder.is_dir() and ctx.hasher.folder(folder) == record.output["hash"]
@@ -109,7 +112,7 @@ def train(ctx: RunContext, data_key: str, merged: tuple[Path, str] | None) -> Tr
     from fusionrec.train.distributed import train_distributed
 
     spec = with_merged_encoder(ctx.spec, merged[0]) if merged else ctx.spec
-    sources = {e.name: (merged[1] if merged and e.name == ctx.spec.merge.name else
+    sources = {e.name: (merged[1] if merged and ctx.spec.merge and e.name == ctx.spec.merge.name else
                         source_fingerprint(e.source, ctx.hasher)) for e in spec.encoders}
     key = step_key("train", trained_parts(spec, sources), {"data": data_key})
     target = ctx.target
@@ -184,7 +187,7 @@ def _reuse_other_version(ctx: RunContext, key: str, spec: FusionRecommenderSpec,
 def _copy_version(source: Path, target: Path, files: dict[str, str], spec: FusionRecommenderSpec) -> None:
     """A new version whose training equals an existing one's: its files, hard-linked where possible, under
     the new version's name and spec (written atomically like any artifact)."""
-    def linker(src: Path):
+    def linker(src: Path) -> Callable[[Path], None]:
         def write(dest: Path) -> None:
             try:
                 os.link(src, dest)

@@ -2,8 +2,9 @@
 split and seed (design.md section 4), written to the artifact as comparison.json.
 
 Single-encoder models are the run's own spec with one encoder (same fusion dim, task, data and training),
-fitted in this process by the same loop the Ray Train workers run; baselines go through
-`fusionrec.evaluation.run_baseline`. Each is its own cached step, so adding a baseline fits only that one.
+fitted in this process by the same loop the Ray Train workers run; they and the baselines are fitted and tested
+by `fusionrec.train.evaluate` and tabulated by `fusionrec.protocol` (split names, columns, `quality_table`). Each
+is its own cached step, so adding a baseline fits only that one.
 
 comparison.json (read by `fusionrec report`):
     {"task", "split", "protocol", "seed", "rows": [{"model", "group": fused|single|baseline,
@@ -13,11 +14,12 @@ comparison.json (read by `fusionrec report`):
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from fusionrec.metrics import parse_metric
+from fusionrec.protocol import SPLIT_NAMES, TABLE
 from fusionrec.runner.build import Trained
 from fusionrec.runner.cache import Record, step_key
 from fusionrec.runner.inputs import baselines_of, single_encoder_spec, trained_parts
@@ -25,11 +27,6 @@ from fusionrec.runner.steps import Done, RunContext, has_files, run_step
 from fusionrec.spec import FusionRecommenderSpec
 
 COMPARISON_NAME = "comparison.json"
-SPLIT_NAMES = {"ranking": "leave-one-out (chronological)", "ctr": "random 80/10/10 (seed 2020)",
-               "rating": "random 80/10/10 (seed 2020)"}
-# Columns of the printed table: (validation metric, test metrics) per task.
-TABLE = {"ranking": ("ndcg@10", ("hr@10", "ndcg@10", "mrr@10")), "ctr": ("auc", ("auc", "logloss")),
-         "rating": ("rmse", ("rmse", "mae"))}
 
 
 @contextmanager
@@ -49,18 +46,15 @@ def worker_threads(spec: FusionRecommenderSpec) -> Iterator[None]:
 def fit_single(spec: FusionRecommenderSpec, ctx: RunContext) -> dict[str, Any]:
     """Build, fit and test one model of `spec` on the run's split; its metrics and wall time."""
     from fusionrec.model.fused import FusedRecommender
-    from fusionrec.protocol import evaluate_model
-    from fusionrec.train.loop import fit, seed_everything
+    from fusionrec.train.evaluate import fit_and_evaluate
 
-    started = time.perf_counter()
     dataset, split = ctx.data()
-    seed_everything(spec.training.seed)  # before building: the seed fixes the initial weights too
     with worker_threads(spec):
-        model = FusedRecommender.from_spec(spec, dataset, split, embedding_cache_dir=ctx.embeddings)
-        result = fit(model, split, spec.training)
-        test = evaluate_model(model, split, "test")
-    return {"valid": result.best_valid, "test": test, "best_epoch": result.best_epoch,
-            "seconds": round(time.perf_counter() - started, 2)}
+        done = fit_and_evaluate(
+            lambda: FusedRecommender.from_spec(spec, dataset, split, embedding_cache_dir=ctx.embeddings),
+            split, spec.training)
+    return {"valid": done.fit.best_valid, "test": done.test, "best_epoch": done.fit.best_epoch,
+            "seconds": round(done.seconds, 2)}
 
 
 def singles(ctx: RunContext, trained: Trained) -> list[tuple[str, Record]]:
@@ -72,8 +66,11 @@ def singles(ctx: RunContext, trained: Trained) -> list[tuple[str, Record]]:
     for encoder in spec.encoders:
         alone = single_encoder_spec(spec, encoder)
         key = step_key("single", trained_parts(alone, trained.sources), {"data": trained.data_key})
-        record = run_step(ctx, f"single:{encoder.name}", key,
-                          lambda alone=alone: _summarised(fit_single(alone, ctx), ctx.spec.task.type),
+
+        def work(alone: FusionRecommenderSpec = alone) -> Done:
+            return _summarised(fit_single(alone, ctx), ctx.spec.task.type)
+
+        record = run_step(ctx, f"single:{encoder.name}", key, work,
                           announce=f"{encoder.name} alone, same fusion dim and training")
         out.append((encoder.name, record))
     return out
@@ -81,7 +78,7 @@ def singles(ctx: RunContext, trained: Trained) -> list[tuple[str, Record]]:
 
 def baselines(ctx: RunContext, data_key: str) -> list[tuple[str, Record]]:
     """One cached step per baseline the spec (or the task's default) names, fitted with the run's seed."""
-    from fusionrec.evaluation import run_baseline
+    from fusionrec.train.evaluate import run_baseline
 
     out = []
     seed = ctx.spec.training.seed
@@ -89,12 +86,11 @@ def baselines(ctx: RunContext, data_key: str) -> list[tuple[str, Record]]:
         key = step_key("baseline", {"name": name, "task": ctx.spec.task.type, "seed": seed}, {"data": data_key})
 
         def work(name: str = name) -> Done:
-            started = time.perf_counter()
             dataset, split = ctx.data()
             with worker_threads(ctx.spec):
                 run = run_baseline(name, dataset, seed, split)
             return _summarised({"valid": run.valid, "test": run.test, "best_epoch": run.best_epoch,
-                                "seconds": round(time.perf_counter() - started, 2)}, ctx.spec.task.type)
+                                "seconds": round(run.seconds, 2)}, ctx.spec.task.type)
 
         out.append((name, run_step(ctx, f"baseline:{name}", key, work, announce=f"seed {seed}")))
     return out
@@ -110,7 +106,10 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict[str, Any]:
     target = ctx.target
 
     def work() -> Done:
-        fused = ctx.artifact(target).metrics
+        artifact = ctx.artifact(target)
+        if artifact is None:
+            raise RuntimeError(f"the trained artifact {target} is missing or broken; run again to retrain it")
+        fused = artifact.metrics
         rows = [{"model": f"fused-{ctx.spec.fusion.method}", "group": "fused", "valid": fused.get("valid", {}),
                  "test": fused.get("test", {}), "seconds": trained.record.output.get("train_seconds", 0.0),
                  "encoders": [e.name for e in trained.spec.encoders]}]
@@ -143,25 +142,5 @@ def _best_line(comparison: dict[str, Any]) -> str:
     rows = [r for r in comparison["rows"] if metric in r["test"]]
     if not rows:
         return ""
-    lower_better = metric in ("logloss", "rmse", "mae")
-    best = min(rows, key=lambda r: r["test"][metric]) if lower_better else max(rows, key=lambda r: r["test"][metric])
+    best = (max if parse_metric(metric)[0].higher_is_better else min)(rows, key=lambda r: r["test"][metric])
     return f"best test {metric}: {best['model']} {best['test'][metric]:.4f}"
-
-
-def quality_table(comparison: dict[str, Any]) -> str:
-    """The comparison as an aligned text table: fused, then singles, then baselines."""
-    task = comparison["task"]
-    valid_metric, test_metrics = TABLE[task]
-    header = ["model", "group", f"valid {valid_metric}", *(f"test {m}" for m in test_metrics), "seconds"]
-    rows = [[row["model"], row["group"], _cell(row["valid"].get(valid_metric)),
-             *(_cell(row["test"].get(m)) for m in test_metrics), f"{row.get('seconds', 0.0):.1f}"]
-            for row in comparison["rows"]]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    lines += ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-              for row in rows]
-    return f"quality ({task}, {comparison['split']}, seed {comparison['seed']}):\n" + "\n".join(lines)
-
-
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"

@@ -86,7 +86,7 @@ def trained_parts(spec: FusionRecommenderSpec, sources: dict[str, str]) -> dict[
     replaced by the content hash of its model (`sources`: name -> hash): moving a model folder, or naming
     the same package another way, keeps the key; changing a weight changes it."""
     document = spec.model_dump(mode="json", by_alias=True)
-    parts = {section: document.get(section) for section in TRAINED_SECTIONS}
+    parts: dict[str, Any] = {section: document.get(section) for section in TRAINED_SECTIONS}
     parts["encoders"] = [{**encoder, "source": sources[encoder["name"]]} for encoder in parts["encoders"]]
     return parts
 
@@ -113,7 +113,7 @@ def with_merged_encoder(spec: FusionRecommenderSpec, merged: Path) -> FusionReco
         index = names.index(merge.name)
         encoders[index] = encoders[index].model_copy(update={"source": str(merged)})
     else:
-        consumed = [e for e in encoders if e.name in {ref.source for ref in merge.models} | {merge.base}]
+        consumed = [e for e in encoders if e.name in {ref.source for ref in merge.models} | {merge.base_source}]
         template = consumed[0] if consumed else EncoderSpec(name=merge.name, source=str(merged), freeze=True)
         encoders.append(template.model_copy(update={"name": merge.name, "source": str(merged)}))
     return spec.model_copy(update={"encoders": encoders}, deep=True)

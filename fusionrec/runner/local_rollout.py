@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -126,6 +126,7 @@ def rollout(client: Any, apply_weights: Callable[[dict[str, int]], None], stable
     result = RolloutResult(stable.version, candidate.version)
     state, outcome = begin(stable.version, candidate.version, local, _now())
     holds = 0
+    counts: dict[str, Any]  # the step's request counts (none when no request was sent)
     while state.in_progress and not state.paused:
         weights = _weights(state, stable, candidate)
         apply_weights(weights)
@@ -174,4 +175,4 @@ def _round(value: float | None) -> float | None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,9 @@ import numpy as np
 
 from fusionrec.errors import UserError
 from fusionrec.files import atomic_write_json
+from fusionrec.ray_compat import proxy_address
 from fusionrec.runner.cache import STATE_DIR
+from fusionrec.serving.config import AppArgs, VersionArgs
 from fusionrec.spec import ServingSpec
 
 ENDPOINT = "/v1/recommend"
@@ -38,15 +40,14 @@ class Version:
     artifact: Path
 
 
-def app_args(name: str, versions: Sequence[Version], weights: Mapping[str, int], serving: ServingSpec) -> dict:
+def app_args(name: str, versions: Sequence[Version], weights: Mapping[str, int], serving: ServingSpec) -> AppArgs:
     """The application's args (the operator's serveConfigV2 args): every version with its weight, and the
     spec's serving section, with a cluster Secret dropped (auth locally comes from tokenFile / tokenEnv)."""
     local = serving.model_copy(deep=True)
     local.auth.secret_ref = None
-    return {"name": name,
-            "versions": [{"version": v.version, "artifact": str(v.artifact), "weight": int(weights[v.version])}
-                         for v in versions],
-            "serving": local.model_dump(by_alias=True, mode="json")}
+    return AppArgs(name=name, serving=local,
+                   versions=[VersionArgs(version=v.version, artifact=str(v.artifact), weight=int(weights[v.version]))
+                             for v in versions])
 
 
 def bearer_headers(serving: ServingSpec) -> dict[str, str]:
@@ -111,10 +112,8 @@ class LocalServing:
         from ray import serve
 
         try:
-            from ray.serve.context import _get_global_client
-
-            config = _get_global_client().http_config  # Serve is running: its proxy's address
-            return f"http://{config.host}:{config.port}"
+            host, port = proxy_address()  # Serve is running: its proxy's address
+            return f"http://{host}:{port}"
         except Exception:  # noqa: BLE001  (no Serve yet in this Ray: start it where asked)
             from fusionrec.serving.local import free_port
 
@@ -122,7 +121,7 @@ class LocalServing:
             serve.start(http_options={"host": self.host, "port": port})
             return f"http://{self.host}:{port}"
 
-    def deploy(self, args: dict[str, Any], weights: Mapping[str, int] | None = None, *, fresh: bool = False) -> None:
+    def deploy(self, args: AppArgs, weights: Mapping[str, int] | None = None, *, fresh: bool = False) -> None:
         """Apply the config; `fresh` deletes the running application first, so replicas reload their
         artifacts even when the args did not change (a version retrained in place)."""
         from ray import serve
@@ -177,7 +176,7 @@ def sample_requests(artifact: Path, n: int, seed: int = 0) -> list[dict[str, Any
     for _ in range(100 * n):  # bounded: a tiny catalogue may not have n distinct histories
         if len(bodies) >= n or not len(items):
             break
-        history = tuple(rng.choice(items, size=int(min(len(items), rng.integers(1, 6))), replace=False).tolist())
+        history = tuple(rng.choice(items, size=min(len(items), int(rng.integers(1, 6))), replace=False).tolist())
         if history not in seen:
             seen.add(history)
             bodies.append({"history": list(history), "k": 10})
@@ -208,7 +207,7 @@ def latency_sample(client: Any, artifact: Path, n: int, warmup: int) -> dict[str
         latencies.append(round(ms, 3))
         failed += status != 200
     return {"requests": n, "latencies_ms": latencies, "endpoint": ENDPOINT, "failed": failed, "warmup": warmup,
-            "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "when": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 # --- which version this output folder serves -------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 from fusionrec.runner import build, compare
 from fusionrec.runner.cache import STATE_DIR, FolderHasher, StepCache
 from fusionrec.runner.inputs import baselines_of
-from fusionrec.runner.local_rollout import rollout
+from fusionrec.runner.local_rollout import RolloutResult, rollout
 from fusionrec.runner.local_serve import (
     LocalServing,
     ServedState,
@@ -37,6 +37,7 @@ from fusionrec.runner.local_serve import (
 )
 from fusionrec.runner.steps import RunContext, record_step
 from fusionrec.runner.summary import RunReport
+from fusionrec.serving.config import AppArgs
 from fusionrec.spec import Manifest, ServingSpec
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class Runner:
 
         spec = self.manifest.spec
         serving = self.local_serving or self._local_serving()
-        url = self.serving.start()
+        url = self._server().start()
         self.report.endpoint = url
         state = ServedState.load(ctx.root, self.manifest.metadata.name)
         new = Version(spec.version, ctx.target)
@@ -138,12 +139,24 @@ class Runner:
             served = new
             if stable is not None:
                 served = self._roll_out(ctx, client, args, stable, new, state)
-            if stable is None or self.report.rollout.promoted:
+            if stable is None or self._rollout_result().promoted:
                 state.current, state.artifact = new.version, str(new.artifact)
             state.save()
             self.report.served_version = served.version
             record_step(ctx, "sample", lambda: self._sample(ctx, client, served))
         self.report.serving = "running" if self.options.keep_serving else "stopped"
+
+    def _server(self) -> LocalServing:
+        """The local Ray Serve that `run` started before any work (the serving steps come after it)."""
+        if self.serving is None:
+            raise RuntimeError("local serving is not started: Runner.run starts it when options.serve is set")
+        return self.serving
+
+    def _rollout_result(self) -> RolloutResult:
+        """The result `_roll_out` recorded (its step re-raises when the rollout itself failed)."""
+        if self.report.rollout is None:
+            raise RuntimeError("the rollout step recorded no result")
+        return self.report.rollout
 
     def _stable(self, ctx: RunContext, state: ServedState) -> Version | None:
         """The version this output folder served before, when it is another one and still verifies."""
@@ -155,16 +168,16 @@ class Runner:
             return None
         return Version(state.current, Path(state.artifact))
 
-    def _deploy(self, args: dict[str, Any], url: str, versions: list[Version]) -> tuple[bool, str]:
-        self.serving.deploy(args, fresh=True)
+    def _deploy(self, args: AppArgs, url: str, versions: list[Version]) -> tuple[bool, str]:
+        self._server().deploy(args, fresh=True)
         return True, f"{url}  ({', '.join(v.version for v in versions)} loaded)"
 
-    def _roll_out(self, ctx: RunContext, client: Any, args: dict[str, Any], stable: Version, new: Version,
+    def _roll_out(self, ctx: RunContext, client: Any, args: AppArgs, stable: Version, new: Version,
                   state: ServedState) -> Version:
         spec = self.manifest.spec
 
         def work() -> tuple[bool, str]:
-            result = rollout(client, lambda weights: self.serving.deploy(args, weights=weights), stable, new,
+            result = rollout(client, lambda weights: self._server().deploy(args, weights=weights), stable, new,
                              spec.rollout, self.say)
             self.report.rollout = result
             state.rollouts.append({**result.to_json(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -174,7 +187,7 @@ class Runner:
             return False, f"{result.outcome}: {stable.version} keeps its traffic ({why})"
 
         record_step(ctx, "rollout", work)
-        weights = self.report.rollout.final_weights
+        weights = self._rollout_result().final_weights
         return new if weights.get(new.version, 0) >= weights.get(stable.version, 0) else stable
 
     def _sample(self, ctx: RunContext, client: Any, served: Version) -> tuple[bool, str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionrec.runner.compare import quality_table
+from fusionrec.protocol import quality_table
 from fusionrec.runner.local_rollout import RolloutResult
 from fusionrec.runner.steps import StepResult
 

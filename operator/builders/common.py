@@ -12,10 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from fusionrec.errors import UserError
 from fusionrec.operator import consts
 from fusionrec.operator.config import OperatorConfig
-
-from fusionrec.errors import UserError
 from fusionrec.spec import AuthSpec
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

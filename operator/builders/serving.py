@@ -5,8 +5,9 @@ a rollout step only rewrites `serveConfigV2` in place; the Ray cluster spec stay
 versions, which is what lets KubeRay apply the change without starting a second cluster.
 
 Contract with fusionrec.serving: one application `fusionrec` at `/`, built by
-`fusionrec.serving.app:build_app` from `args: {name, versions: [{version, artifact, weight}], serving}`,
-weights integers summing to 100.
+`fusionrec.serving.app:build_app` from `args`, an `AppArgs` (`fusionrec.serving.config`, the only serving
+module the operator imports: it needs neither Ray nor torch) written by `AppArgs.document()`; weights are
+checked by the same `check_weights` the application and its router use.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
 from fusionrec.operator import consts
 from fusionrec.operator.builders.common import (
     artifact_uri,
@@ -26,7 +28,7 @@ from fusionrec.operator.builders.common import (
     pvc_volumes,
 )
 from fusionrec.operator.config import OperatorConfig
-
+from fusionrec.serving.config import AppArgs, check_weights
 from fusionrec.spec import Manifest
 
 
@@ -36,25 +38,14 @@ class ServedVersion:
     weight: int
 
 
-def _check_weights(versions: Sequence[ServedVersion]) -> None:
-    if not versions:
-        raise ValueError("a RayService needs at least one version to serve")
-    names = [v.version for v in versions]
-    if len(set(names)) != len(names):
-        raise ValueError(f"served versions repeat: {names}")
-    weights = [v.weight for v in versions]
-    if any(w < 0 for w in weights) or sum(weights) != 100:
-        raise ValueError(f"version weights must be non-negative integers summing to 100, got {weights}")
-
-
-def serving_args(manifest: Manifest, versions: Sequence[ServedVersion]) -> dict[str, Any]:
+def serving_args(manifest: Manifest, versions: Sequence[ServedVersion]) -> AppArgs:
     """The `args` of the Serve application; artifact paths are as the Ray pods see them.
 
     The weights here are only where a freshly built router starts (the stable version, listed first, takes
     everything); the live split is the router's `user_config` (see `build_serve_config`). So `args` change only
     when the set of versions does, and a canary step never makes Serve rebuild the application.
     """
-    _check_weights(versions)
+    check_weights((v.version, v.weight) for v in versions)
     spec = manifest.spec
     serving = spec.serving.model_dump(by_alias=True, mode="json")
     if spec.serving.auth.secret_ref:
@@ -65,7 +56,7 @@ def serving_args(manifest: Manifest, versions: Sequence[ServedVersion]) -> dict[
         artifact, _ = pod_path(artifact_uri(spec.storage.uri, manifest.metadata.name, served.version),
                                "spec.storage.uri")
         entries.append({"version": served.version, "artifact": artifact, "weight": 100 if position == 0 else 0})
-    return {"name": manifest.metadata.name, "versions": entries, "serving": serving}
+    return AppArgs.model_validate({"name": manifest.metadata.name, "versions": entries, "serving": serving})
 
 
 def build_serve_config(manifest: Manifest, versions: Sequence[ServedVersion]) -> dict[str, Any]:
@@ -78,25 +69,10 @@ def build_serve_config(manifest: Manifest, versions: Sequence[ServedVersion]) ->
         "name": consts.SERVE_APP_NAME,
         "route_prefix": "/",
         "import_path": consts.SERVE_IMPORT_PATH,
-        "args": serving_args(manifest, versions),
+        "args": serving_args(manifest, versions).document(),
         "deployments": [{"name": consts.SERVE_INGRESS_DEPLOYMENT,
                          "user_config": {"weights": {v.version: v.weight for v in versions}}}],
     }]}
-
-
-def parse_serve_versions(rayservice: dict[str, Any]) -> list[ServedVersion]:
-    """The versions and weights a RayService currently serves (empty when it has no fusionrec app)."""
-    text = rayservice.get("spec", {}).get("serveConfigV2") or ""
-    document = yaml.safe_load(text) or {}
-    for app in document.get("applications", []):
-        if app.get("name") == consts.SERVE_APP_NAME:
-            live: dict[str, Any] = {}
-            for deployment in app.get("deployments") or []:
-                if deployment.get("name") == consts.SERVE_INGRESS_DEPLOYMENT:
-                    live = (deployment.get("user_config") or {}).get("weights") or {}
-            return [ServedVersion(v["version"], int(live.get(v["version"], v["weight"])))
-                    for v in app.get("args", {}).get("versions", [])]
-    return []
 
 
 def build_rayservice(manifest: Manifest, versions: Sequence[ServedVersion], config: OperatorConfig) -> dict[str, Any]:

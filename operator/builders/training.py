@@ -12,6 +12,7 @@ import shlex
 from typing import Any
 
 import yaml
+
 from fusionrec.operator import consts
 from fusionrec.operator.builders.common import (
     Volume,
@@ -25,7 +26,6 @@ from fusionrec.operator.builders.common import (
     rayjob_name,
 )
 from fusionrec.operator.config import OperatorConfig
-
 from fusionrec.spec import Manifest
 
 # Every spec field that may hold a URI, as paths into the camelCase spec document ("*" = each list item).

@@ -12,8 +12,7 @@ import torch
 import yaml
 
 from fusionrec import __version__
-from fusionrec.artifact import (FORMAT_VERSION, content_hash, file_fingerprint, list_versions, load_artifact,
-                                write_artifact)
+from fusionrec.artifact import FORMAT_VERSION, content_hash, list_versions, load_artifact, write_artifact
 from fusionrec.errors import UserError
 
 
@@ -181,13 +180,3 @@ def test_content_hash_is_canonical_and_sensitive(make_spec):
     assert content_hash(spec, "data-1") != content_hash(spec, "data-2")
     assert content_hash(spec, "data-1") != content_hash(make_spec("v2"), "data-1")
     assert content_hash(spec.training, {"rows": 3}) == content_hash(make_spec("v2").training, {"rows": 3})
-
-
-def test_file_fingerprint_follows_content_not_location(tmp_path):
-    for folder in ("a", "b"):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "inter.csv").write_text("u,i\n1,2\n")
-    first = file_fingerprint([tmp_path / "a" / "inter.csv"])
-    assert first == file_fingerprint([tmp_path / "b" / "inter.csv"])
-    (tmp_path / "b" / "inter.csv").write_text("u,i\n1,3\n")
-    assert first != file_fingerprint([tmp_path / "b" / "inter.csv"])

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-import fusionrec.artifact as artifact_module
+import fusionrec.artifact.writing as artifact_module
 from fusionrec.artifact import add_files, list_versions, load_artifact, write_artifact
 from fusionrec.errors import UserError
 

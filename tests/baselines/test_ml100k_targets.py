@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fusionrec.evaluation import evaluate_baselines
+from fusionrec.train.evaluate import evaluate_baselines
 
 pytestmark = pytest.mark.integration
 

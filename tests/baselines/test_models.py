@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusionrec.baselines import FitConfig, fit_pointwise, fit_ranking
+from fusionrec.baselines import recbole_training
 from fusionrec.baselines.bpr import BPR, sample_negatives
 from fusionrec.baselines.features import FeatureTable
 from fusionrec.baselines.fm import FactorizationMachine, pairwise_interactions
@@ -12,6 +12,7 @@ from fusionrec.baselines.lr import LogisticRegression
 from fusionrec.baselines.pop import Popularity
 from fusionrec.data.splits import leave_one_out, random_split
 from fusionrec.metrics import evaluate_pointwise, evaluate_ranking
+from fusionrec.train.loop import fit
 
 import planted
 
@@ -25,7 +26,7 @@ def _random_scores(users, histories, n_items=0):
 def test_popularity_counts_training_interactions_and_beats_random():
     split = leave_one_out(planted.skewed_popularity())
     model = Popularity.from_data(None, split)
-    result = fit_ranking(model, split, FitConfig())
+    result = fit(model, split, recbole_training(1, "ndcg@10"), device="cpu")
     assert result.best_epoch == 0
     expected = np.bincount(split.train["item_idx"], minlength=split.n_items)
     assert model.counts.tolist() == expected.tolist()
@@ -56,7 +57,7 @@ def test_bpr_learns_clusters():
     split = leave_one_out(planted.clustered())
     torch.manual_seed(0)
     model = BPR.from_data(None, split)
-    result = fit_ranking(model, split, FitConfig(epochs=60, batch_size=128, learning_rate=0.02, patience=60))
+    result = fit(model, split, recbole_training(60, "ndcg@10", 128, 0.02, 60), device="cpu")
     test = evaluate_ranking(model.full_sort_predict, split, "test")
     chance = evaluate_ranking(lambda u, h: _random_scores(u, h, split.n_items), split, "test")
     # 20 in-cluster items minus 10 seen leaves ~10 candidates: a model that learned the clusters hits often.
@@ -70,7 +71,7 @@ def test_ctr_models_learn_a_main_effect(cls):
     split = random_split(dataset, seed=2020)
     torch.manual_seed(0)
     model = cls.from_data(dataset, split)
-    fit_pointwise(model, split, FitConfig(epochs=40, batch_size=256, learning_rate=0.05, patience=5))
+    fit(model, split, recbole_training(40, "auc", 256, 0.05, 5), device="cpu")
     test = evaluate_pointwise(model.predict, model.encode_rows(split, "test"))
     assert test["auc"] > 0.8
 
@@ -82,7 +83,7 @@ def test_fm_learns_a_pure_interaction_that_lr_cannot():
     for cls in (LogisticRegression, FactorizationMachine):
         torch.manual_seed(0)
         model = cls.from_data(dataset, split)
-        fit_pointwise(model, split, FitConfig(epochs=40, batch_size=256, learning_rate=0.05, patience=5))
+        fit(model, split, recbole_training(40, "auc", 256, 0.05, 5), device="cpu")
         scores[cls.name] = evaluate_pointwise(model.predict, model.encode_rows(split, "test"))["auc"]
     assert scores["fm"] > 0.8
     assert scores["lr"] < 0.65

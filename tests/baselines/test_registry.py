@@ -7,7 +7,8 @@ import torch
 
 from fusionrec.baselines import BASELINES, get_baseline
 from fusionrec.errors import UserError
-from fusionrec.evaluation import evaluate_baselines, write_json
+from fusionrec.files import atomic_write_json
+from fusionrec.train.evaluate import evaluate_baselines
 
 import planted
 
@@ -38,7 +39,7 @@ def test_unknown_baseline_is_a_user_error():
 def test_results_json_is_written_whole(tmp_path, dataset):
     results = evaluate_baselines(dataset, ["pop", "lr"], seeds=[3], quick=True)
     target = tmp_path / "out" / "results.json"
-    write_json(target, results.to_json())
+    atomic_write_json(target, results.to_json())
     payload = json.loads(target.read_text())
     assert set(payload["summary"]) == {"pop", "lr"}
     assert payload["runs"][0]["seed"] == 3

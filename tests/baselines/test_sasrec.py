@@ -1,15 +1,19 @@
-"""SASRec baseline: batching, scoring shapes, errors, and learning a planted next-item rule."""
+"""SASRec baseline: batching, scoring shapes, errors, and learning a planted next-item rule.
+
+Convergence on full MovieLens-100K against the public reference is a quality bar, measured by
+`bench/baselines.py` (three seeds, results in bench/results/baselines-ml100k.md), not here."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from fusionrec.baselines import FitConfig, fit_ranking
+from fusionrec.baselines import recbole_training
 from fusionrec.baselines.sasrec import SASRec, SASRecConfig, training_windows
 from fusionrec.data.schema import Dataset
 from fusionrec.data.splits import LeaveOneOutSplit, leave_one_out
 from fusionrec.metrics import evaluate_ranking
+from fusionrec.train.loop import fit
 
 N_ITEMS = 40
 
@@ -83,19 +87,7 @@ def test_bad_arguments_raise_with_values(split: LeaveOneOutSplit) -> None:
 def test_learns_a_planted_successor_rule(split: LeaveOneOutSplit) -> None:
     torch.manual_seed(0)
     model = SASRec(split.n_items, SASRecConfig(dim=32, n_layers=1, max_len=10, dropout=0.0, inner_size=64))
-    fit_ranking(model, split, FitConfig(epochs=25, batch_size=32, learning_rate=1e-2, patience=25, seed=0))
+    training = recbole_training(25, "ndcg@10", batch_size=32, learning_rate=1e-2, patience=25)
+    fit(model, split, training.model_copy(update={"seed": 0}), device="cpu")
     hr_at_1 = evaluate_ranking(model.full_sort_predict, split, "test", ks=(1,))["hr@1"]
     assert hr_at_1 >= 0.95, f"HR@1 on the planted rule is only {hr_at_1:.2f}"
-
-
-@pytest.mark.integration
-def test_converges_past_the_recbole_reference_on_ml100k() -> None:
-    """Full ml-100k, registry settings, seed 2020 (several minutes): a converged public SASRec reaches
-    test NDCG@10 0.059 / HR@10 0.120 under this protocol; ours must too."""
-    from fusionrec.data import load_dataset
-    from fusionrec.evaluation import run_baseline
-    from fusionrec.spec import DataSpec
-
-    dataset = load_dataset(DataSpec(dataset="ml-100k"))
-    run = run_baseline("sasrec", dataset, 2020, leave_one_out(dataset))
-    assert run.test["ndcg@10"] >= 0.059 and run.test["hr@10"] >= 0.120, run.test

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = {"eager fp32", "cudagraphs bf16", "cudagraphs fp16", "eager bf16", "cudagraphs fp32", "onnxruntime fp32",
           "torch.compile max-autotune-no-cudagraphs bf16"}  # the default modes, as the table names them
@@ -33,6 +35,7 @@ def _modes(out: Path) -> dict[str, dict]:
     return {m["mode"]: m for m in json.loads((out / "gpu-bench.json").read_text())["modes"]}
 
 
+@pytest.mark.slow
 def test_tiny_cpu_run_times_the_eager_modes_and_gives_a_reason_for_every_other(tmp_path):
     proc = _run(tmp_path, "--repeats", "3", "--warmup", "1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -56,6 +59,7 @@ def test_tiny_cpu_run_times_the_eager_modes_and_gives_a_reason_for_every_other(t
                for b in modes["eager:bf16"]["batches"])
 
 
+@pytest.mark.slow
 def test_a_failing_mode_is_reported_and_the_next_mode_still_runs(tmp_path):
     proc = _run(tmp_path, "--batches", "2", "--repeats", "1", "--warmup", "0",
                 "--modes", "eager:fp32,no-such-mode:fp32,eager:bf16")
@@ -66,6 +70,7 @@ def test_a_failing_mode_is_reported_and_the_next_mode_still_runs(tmp_path):
     assert modes["eager:bf16"]["status"] == "ok" and modes["eager:bf16"]["batches"][0]["median_ms"] > 0
 
 
+@pytest.mark.slow
 def test_modes_that_do_not_fit_the_budget_are_skipped_but_the_reference_runs(tmp_path):
     proc = _run(tmp_path, "--batches", "2", "--repeats", "1", "--warmup", "0", "--modes", "eager:fp32,eager:bf16",
                 "--budget", "0")

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
-from _chart_helpers import CHART, REPO, find_tool
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from _chart_helpers import CHART, REPO, find_tool
 
 DOCKER = REPO / "docker"
 DOCKERFILES = {"operator": DOCKER / "operator.Dockerfile", "ray-runtime": DOCKER / "ray-runtime.Dockerfile"}

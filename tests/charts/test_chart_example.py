@@ -8,16 +8,18 @@ import sys
 import jsonschema
 import pytest
 import yaml
-from _chart_helpers import CHART, REPO
+
 from fusionrec.operator.builders import ServedVersion, build_rayjob, build_rayservice
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.controller import parse_manifest
+
+from _chart_helpers import CHART, REPO
 
 EXAMPLE = REPO / "examples" / "fusionrecommender-cluster.yaml"
 
 # The operator tests' stand-in for the API server's admission (defaults, strict schema, CEL rules).
 sys.path.insert(0, str(REPO / "tests" / "operator"))
-from _operator_apiserver import Refused, admit
+from _operator_apiserver import Refused, admit  # noqa: E402  (found through the path added above)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from fusionrec.operator.metrics import OperatorMetrics
+
 from _chart_helpers import (
     CHART,
     FULLNAME,
@@ -20,7 +23,6 @@ from _chart_helpers import (
     one,
     render,
 )
-from fusionrec.operator.metrics import OperatorMetrics
 
 # The serving contract (design.md section 6); fusionrec.serving exposes these from its /metrics.
 SERVING_METRICS = {"fusionrec_requests_total": "counter", "fusionrec_request_latency_seconds": "histogram",

@@ -1,4 +1,4 @@
-"""RBAC: the permissions declared in fusionrec/operator/rbac.py are the ones the code uses, and the chart
+"""RBAC: the permissions declared in operator/rbac.py are the ones the code uses, and the chart
 grants exactly those, in both watch modes.
 
 The code side is derived by reading the operator's source: every `kube.<verb>(consts.<RESOURCE>, ...)` call
@@ -12,8 +12,10 @@ import ast
 from pathlib import Path
 
 import pytest
-from _chart_helpers import FULLNAME, RELEASE_NAMESPACE, REPO, of_kind, render
+
 from fusionrec.operator import consts, rbac
+
+from _chart_helpers import FULLNAME, RELEASE_NAMESPACE, REPO, of_kind, render
 
 OPERATOR = REPO / "operator"
 HTTP_TO_VERB = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete"}

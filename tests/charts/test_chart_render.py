@@ -7,6 +7,10 @@ import re
 
 import kubernetes_validate
 import pytest
+
+from fusionrec.operator.__main__ import parse_args
+from fusionrec.operator.config import OperatorConfig
+
 from _chart_helpers import (
     CHART,
     CONFIGS,
@@ -21,8 +25,6 @@ from _chart_helpers import (
     run_helm,
     set_args,
 )
-from fusionrec.operator.__main__ import parse_args
-from fusionrec.operator.config import OperatorConfig
 
 # Prometheus Operator's kinds: kubernetes-validate has no schema for them (it only warns); test_chart_monitoring
 # checks them.

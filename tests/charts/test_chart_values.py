@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+
 from _chart_helpers import CHART, RELEASE, run_helm, set_args
 
 BAD_VALUES = [

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fusionrec.train.job import train_and_evaluate
 from fusionrec.spec import Manifest
+from fusionrec.train.job import train_and_evaluate
 
 torch.set_num_threads(1)
 

@@ -7,12 +7,13 @@ import json
 import logging
 
 import pytest
-from helpers import siblings, snapshot
 
 from fusionrec.artifact import add_files
 from fusionrec.compile import compile_artifact, load_compiled
 from fusionrec.compile.tensorrt_backend import EngineMismatch, check_engine_compatible
 from fusionrec.errors import UserError
+
+from helpers import siblings, snapshot
 
 SIDECAR = {"tensorrt_version": "10.9.0", "gpu_name": "NVIDIA H200", "precision": "fp16"}
 

@@ -6,10 +6,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from helpers import snapshot
 
 from fusionrec.cli import compile_cmd
 from fusionrec.cli.main import cli
+
+from helpers import snapshot
 
 
 @pytest.fixture(scope="module")

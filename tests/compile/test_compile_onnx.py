@@ -8,13 +8,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import siblings, snapshot
 
 from fusionrec.artifact import load_artifact
 from fusionrec.compile import ParityError, compile_artifact, load_compiled
 from fusionrec.compile.graphs import build_graph
 from fusionrec.compile.parity import max_relative_error
 from fusionrec.model.saved import load_model
+
+from helpers import siblings, snapshot
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import siblings, snapshot
 
 from fusionrec.compile import ParityError, compile_artifact, compiler
 from fusionrec.compile import onnxruntime_backend as ort_backend
@@ -30,6 +29,11 @@ from fusionrec.compile.scoring import (
 from fusionrec.compile.smoothing import SMOOTH_ALPHA
 from fusionrec.compile.torch_backend import TorchRuntime
 from fusionrec.model.saved import load_model
+
+from helpers import siblings, snapshot
+
+# Each case quantises and measures a tiny fused model several times (10-25 s apiece): the slow tier.
+pytestmark = pytest.mark.slow
 
 torch.set_num_threads(1)
 

@@ -14,8 +14,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import export_tiny_user_tower
-
 from fusionrec.compile.onnxruntime_backend import (
     OUTLIER_RATIO,
     activation_channels,
@@ -23,6 +21,8 @@ from fusionrec.compile.onnxruntime_backend import (
     outlier_ratios,
     quantize_int8,
 )
+
+from helpers import export_tiny_user_tower
 
 WIDTH = 64
 QUANTISED_OPS = {"DynamicQuantizeMatMul", "MatMulInteger"}
@@ -140,7 +140,8 @@ def test_a_linear_exported_as_gemm_is_measured_and_kept_fp32_like_a_matmul(tmp_p
     graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="linear", transB=1)], "linear",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
-                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.zeros(WIDTH, np.float32), "b")])
+                              [numpy_helper.from_array(weight, "w"),
+                               numpy_helper.from_array(np.zeros(WIDTH, np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     source = tmp_path / "gemm.onnx"

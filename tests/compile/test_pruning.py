@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from helpers import snapshot
 
 from fusionrec.compile import compile_artifact, load_compiled
 from fusionrec.compile.pruning import drop_top_layers, layer_stack
 from fusionrec.errors import UserError
 from fusionrec.model.saved import load_model
+
+from helpers import snapshot
 
 
 def test_drop_top_layers_shortens_every_encoder(text_artifact):

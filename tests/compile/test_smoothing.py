@@ -15,8 +15,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import export_tiny_user_tower
-
 from fusionrec.compile.onnxruntime_backend import (
     activation_channels,
     int8_coverage,
@@ -31,6 +29,8 @@ from fusionrec.compile.smoothing import (
     smooth_file,
     smoothing_scales,
 )
+
+from helpers import export_tiny_user_tower
 
 WIDTH = 64
 

@@ -13,8 +13,8 @@ from fusionrec.data.prepare import write_prepared
 from fusionrec.data.readers import read_atomic, read_table
 from fusionrec.data.schema import ITEM, Dataset
 from fusionrec.data.text import ItemTextTemplate
-from fusionrec.errors import DataError, UserError, manifest_from_dict
-from fusionrec.spec import ColumnMapping, DataSpec
+from fusionrec.errors import DataError, UserError
+from fusionrec.spec import ColumnMapping, DataSpec, manifest_from_dict
 
 COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 ROWS = (("u1", "i1", "4", "10"), ("u1", "i2", "3", "20"))

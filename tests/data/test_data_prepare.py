@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from fusionrec.cli.main import cli
 from fusionrec.data import load_dataset
-from fusionrec.data.prepare import FILES, data_card, load_card, load_prepared, prepare_files
+from fusionrec.data.prepare import FILES, DataCard, data_card, load_prepared, prepare_files
 from fusionrec.data.readers import read_atomic
 from fusionrec.errors import UserError
 from fusionrec.spec import DataSpec
@@ -41,7 +41,7 @@ def test_prepare_files_round_trip(atomic_dir, home):
     pd.testing.assert_frame_equal(again.interactions, original.interactions, check_dtype=False)
     assert again.interactions["timestamp"].dtype == "int64" and again.interactions["rating"].dtype == "float64"
     assert again.items.set_index("item_id").loc["12", "text"] == "Casino. Year: 1995"
-    assert load_card("tiny").to_dict() == card.to_dict()
+    assert DataCard(**json.loads((home / "tiny" / "card.json").read_text())).to_dict() == card.to_dict()
 
 
 def test_load_prepared_missing_says_how_to_prepare():

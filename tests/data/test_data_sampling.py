@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from fusionrec.data.sampling import NegativeSampler, histories_from_frame, recent_histories
+from fusionrec.data.sampling import NegativeSampler, histories_from_frame
 
 
 def _positives(n_users: int = 50, n_items: int = 40, density: float = 0.5, seed: int = 0) -> sp.csr_matrix:
@@ -58,14 +58,6 @@ def test_from_frame_and_bad_users():
     assert not np.isin(sampler.sample(np.array([0]), 100), [0, 1]).any()
     with pytest.raises(ValueError, match="user indices"):
         sampler.sample(np.array([5]), 1)
-
-
-def test_recent_histories_newest_or_oldest_first():
-    sequences = [np.array([1, 2, 3, 4]), np.array([9]), np.array([], dtype=np.int64)]
-    newest, lengths = recent_histories(sequences, 3)
-    assert newest.tolist() == [[4, 3, 2], [9, -1, -1], [-1, -1, -1]] and lengths.tolist() == [3, 1, 0]
-    oldest, _ = recent_histories(sequences, 3, newest_first=False, pad_value=0)
-    assert oldest.tolist() == [[2, 3, 4], [9, 0, 0], [0, 0, 0]]
 
 
 def test_histories_from_frame_sort_by_time_keeping_ties_in_row_order():

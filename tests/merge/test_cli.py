@@ -58,7 +58,7 @@ def test_manifest_uses_spec_merge_and_encoder_names(bert, tmp_path):
 @pytest.mark.parametrize(
     "document,match",
     [
-        ({"method": "ties", "base": "x", "models": [{"source": "y"}]}, r"merge\.density is required"),
+        ({"method": "ties", "base": "x", "models": [{"source": "y"}]}, r"merge\.density: required for method ties"),
         ({"method": "linear", "models": [{"source": "y", "wieght": 2}]}, r"merge\.models\[0\]\.wieght: unknown field"),
         ({"apiVersion": "fusionrec.io/v1alpha1", "kind": "FusionRecommender", "metadata": {"name": "r"},
           "spec": {"version": "v1", "encoders": [{"name": "e", "source": "x"}]}}, r"has no spec\.merge"),

@@ -15,13 +15,13 @@ from fusionrec.spec import MergeSpec
 
 
 def linear(*folders: Path) -> MergeSpec:
-    return MergeSpec(method="linear", models=[{"source": str(f)} for f in folders])
+    return MergeSpec.model_validate(dict(method="linear", models=[{"source": str(f)} for f in folders]))
 
 
 def test_mismatched_shapes_name_the_tensor_and_both_shapes(bert, bert_wider, tmp_path):
     with pytest.raises(UserError) as caught:
-        run_merge(MergeSpec(method="ties", base=str(bert.base), density=0.5,
-                            models=[{"source": str(bert.a)}, {"source": str(bert_wider)}]), tmp_path / "out")
+        run_merge(MergeSpec.model_validate(dict(method="ties", base=str(bert.base), density=0.5,
+                            models=[{"source": str(bert.a)}, {"source": str(bert_wider)}])), tmp_path / "out")
     message = str(caught.value)
     # Tensors are checked in checkpoint order; the first that differs is the first MLP's bias.
     assert "tensor 'encoder.layer.0.intermediate.dense.bias' has shape [48] in models[1]" in message
@@ -94,7 +94,7 @@ def test_sharded_safetensors_are_read_through_the_index(bert, tmp_path):
 def test_sources_resolve_encoder_names_then_model_sources(bert, tmp_path):
     assert io.resolve_source(f"file://{bert.a}") == bert.a
     assert io.resolve_source("ranking", {"ranking": str(bert.b)}) == bert.b
-    with pytest.raises(UserError, match=r"'s3://bucket/model': s3:// holds data, not models"):
+    with pytest.raises(UserError, match=r"'s3://bucket/model': models are not loaded from s3:// sources"):
         io.resolve_source("s3://bucket/model")
     with pytest.raises(UserError, match=r"nope does not exist"):
         io.resolve_source(str(tmp_path / "nope"))

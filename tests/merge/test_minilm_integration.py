@@ -30,7 +30,7 @@ def test_ties_on_minilm_fine_tunes(tmp_path):
         model.save_pretrained(tmp_path / f"ft{seed}")
         variants.append({"source": str(tmp_path / f"ft{seed}")})
 
-    spec = MergeSpec(method="ties", base=SOURCE, models=variants, density=0.2)
+    spec = MergeSpec.model_validate(dict(method="ties", base=SOURCE, models=variants, density=0.2))
     report = run_merge(spec, tmp_path / "merged")
 
     assert report.tensors_copied == 1 and "embeddings.position_ids" in report.tensors

@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
 from fusionrec.errors import UserError
-from fusionrec.model.merge import REGISTRY, run_merge
+from fusionrec.model.merge import REGISTRY, load_merge_config, run_merge
 from fusionrec.model.merge.io import sha256_file
 from fusionrec.spec import MergeSpec
 
@@ -72,7 +73,7 @@ def test_merging_identical_llamas_returns_them(name, llama, tmp_path):
 
 def test_linear_with_weights_one_zero_returns_the_first(bert, tmp_path):
     models = [{"source": str(bert.a), "weight": 1}, {"source": str(bert.b), "weight": 0}]
-    spec = MergeSpec(method="linear", models=models)
+    spec = MergeSpec.model_validate(dict(method="linear", models=models))
     run_merge(spec, tmp_path / "out")
     merged, a = weights(tmp_path / "out"), weights(bert.a)
     assert all(torch.equal(merged[k], a[k]) for k in a)
@@ -80,15 +81,16 @@ def test_linear_with_weights_one_zero_returns_the_first(bert, tmp_path):
 
 @pytest.mark.parametrize("t,expected", [(0.0, "a"), (1.0, "b")])
 def test_slerp_endpoints_return_the_models(t, expected, llama, tmp_path):
-    run_merge(MergeSpec(method="slerp", models=[{"source": str(llama.a)}, {"source": str(llama.b)}], t=t),
-              tmp_path / "out")
+    run_merge(MergeSpec.model_validate(dict(method="slerp", models=[{"source": str(llama.a)}, {"source": str(llama.b)}],
+                                            t=t)), tmp_path / "out")
     merged, target = weights(tmp_path / "out"), weights(getattr(llama, expected))
     for key in target:
         torch.testing.assert_close(merged[key], target[key], rtol=1e-5, atol=1e-5)
 
 
 def test_slerp_t_filters_split_attention_from_mlp(bert, tmp_path):
-    spec = MergeSpec(method="slerp", models=[{"source": str(bert.a)}, {"source": str(bert.b)}], t=0.5)
+    spec = MergeSpec.model_validate(dict(method="slerp", models=[{"source": str(bert.a)}, {"source": str(bert.b)}],
+                                   t=0.5))
     report = run_merge(spec, tmp_path / "out", t_filters={"attention": 0.0, r"intermediate|layer\.\d+\.output": 1.0})
     merged, a, b = weights(tmp_path / "out"), weights(bert.a), weights(bert.b)
     query, up = "encoder.layer.0.attention.self.query.weight", "encoder.layer.1.intermediate.dense.weight"
@@ -130,21 +132,25 @@ def test_non_float_tensors_are_copied_from_the_base_and_may_be_absent_elsewhere(
 @pytest.mark.parametrize(
     "fields,match",
     [
-        ({"method": "linear", "density": 0.5}, r"merge\.density: density=0.5 does not apply to method 'linear'"),
-        ({"method": "linear", "base": "BASE"}, r"merge\.base: 'linear' does not take a base model"),
-        ({"method": "slerp", "t": 0.5, "models": [{"source": "A", "weight": 2.0}, {"source": "B"}]},
-         r"merge\.models\[0\]\.weight: method 'slerp' does not use per-model weights"),
-        ({"method": "ties", "base": "BASE", "density": 0.5, "rescale": False}, r"merge\.rescale: .*'ties'"),
+        ({"method": "linear", "density": 0.5}, r"merge\.density: unknown field for method linear"),
+        ({"method": "linear", "base": "BASE"}, r"merge\.base: unknown field for method linear"),
+        ({"method": "ties", "base": "BASE", "density": 0.5, "rescale": False},
+         r"merge\.rescale: unknown field for method ties"),
     ],
 )
-def test_parameters_the_method_does_not_take_are_refused(fields, match, bert, tmp_path):
-    models = fields.pop("models", [{"source": "A"}, {"source": "B"}])
-    paths = {"A": str(bert.a), "B": str(bert.b), "BASE": str(bert.base)}
-    models = [{**m, "source": paths[m["source"]]} for m in models]
-    if "base" in fields:
-        fields["base"] = paths[fields["base"]]
+def test_parameters_the_method_does_not_take_are_refused_by_the_spec(fields, match, tmp_path):
+    """Each method's spec member takes exactly its parameters: refused when the merge config is read."""
+    config = tmp_path / "merge.yaml"
+    config.write_text(yaml.safe_dump({**fields, "models": [{"source": "A"}, {"source": "B"}]}))
     with pytest.raises(UserError, match=match):
-        run_merge(MergeSpec.model_validate({**fields, "models": models}), tmp_path / "out")
+        load_merge_config(config)
+
+
+def test_weights_on_slerp_are_refused_before_merging(bert, tmp_path):
+    spec = MergeSpec.model_validate({"method": "slerp", "t": 0.5, "models": [
+        {"source": str(bert.a), "weight": 2.0}, {"source": str(bert.b)}]})
+    with pytest.raises(UserError, match=r"merge\.models\[0\]\.weight: method 'slerp' does not use per-model weights"):
+        run_merge(spec, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -26,6 +26,11 @@ TEXTS = [
 LAYER_NAME = {"bert": r"encoder\.layer\.(\d+)\.", "mpnet": r"encoder\.layer\.(\d+)\.", "llama": r"layers\.(\d+)\."}
 
 
+def projected(encoder: TextEncoder, texts: list, batch_size: int = 64) -> torch.Tensor:
+    """What the fused model's item tower computes from an encoder: pooled texts through its projection."""
+    return encoder.projection(encoder.pooled_texts(texts, batch_size))
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     previous = torch.get_num_threads()
@@ -74,8 +79,8 @@ def test_unknown_pooling_in_a_spec_built_without_validation(tiny_models):
 def test_encoder_shapes_and_padding_invariance(tiny_models, family, pooling):
     encoder = make(tiny_models[family], pooling)
     with torch.no_grad():
-        batch = encoder.encode_texts(TEXTS, batch_size=3)
-        alone = torch.cat([encoder.encode_texts([t]) for t in TEXTS])
+        batch = projected(encoder, TEXTS, batch_size=3)
+        alone = torch.cat([projected(encoder, [t]) for t in TEXTS])
         tokens = encoder.tokenize(TEXTS)
         forward = encoder(tokens["input_ids"], tokens["attention_mask"])
     assert batch.shape == (len(TEXTS), 16)
@@ -117,7 +122,7 @@ def test_max_length_truncates(tiny_models):
 def test_batch_size_does_not_change_results(tiny_models):
     encoder = make(tiny_models["mpnet"], "cls")
     with torch.no_grad():
-        torch.testing.assert_close(encoder.encode_texts(TEXTS, batch_size=1), encoder.encode_texts(TEXTS, 64),
+        torch.testing.assert_close(projected(encoder, TEXTS, batch_size=1), projected(encoder, TEXTS, 64),
                                    atol=1e-5, rtol=1e-4)
 
 
@@ -156,7 +161,7 @@ def test_freeze_leaves_only_the_projection_trainable(tiny_models):
     assert _trainable(encoder) == {"projection.weight", "projection.bias"}
     encoder.train()
     assert encoder.training and not encoder.backbone.training, "a frozen LM stays in eval mode (no dropout)"
-    out = encoder.encode_texts(TEXTS)
+    out = projected(encoder, TEXTS)
     out.sum().backward()
     assert encoder.projection.weight.grad is not None
 
@@ -232,7 +237,7 @@ def test_folder_without_weights_is_a_user_error(tiny_models, tmp_path):
 def test_non_text_input_is_named(tiny_models):
     encoder = make(tiny_models["bert"])
     with pytest.raises(ValueError, match=r"texts\[1\] must be a str, got int"):
-        encoder.encode_texts(["fine", 3])
+        projected(encoder, ["fine", 3])
 
 
 # --- packaged models (real weights) -------------------------------------------------------------------------
@@ -256,7 +261,7 @@ def test_packaged_model_embeds_similar_texts_closer(package, pip_name, pooling, 
     texts = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply today."]
     pooled = torch.nn.functional.normalize(encoder.pooled_texts(texts), dim=-1)
     assert pooled.shape == (3, hidden)
-    assert encoder.encode_texts(texts).shape == (3, 32)
+    assert projected(encoder, texts).shape == (3, 32)
     similar, unrelated = float(pooled[0] @ pooled[1]), float(pooled[0] @ pooled[2])
     print(f"{package}: load {loaded:.1f}s, cos(similar)={similar:.3f}, cos(unrelated)={unrelated:.3f}")
     assert similar > unrelated

@@ -6,16 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from testkit import synthetic_frames
 
 from fusionrec.data.schema import Dataset
 from fusionrec.data.splits import leave_one_out, random_split
 from fusionrec.data.text import with_item_text
-from fusionrec.model.fused import FusedRecommender, item_texts_in_order
+from fusionrec.model.fused import FusedRecommender
+from fusionrec.model.fused_data import item_texts_in_order
 from fusionrec.model.fusion import FUSION_METHODS
 from fusionrec.model.towers import UNKNOWN_FEEDBACK, SequenceUserTower, TextUserTower
 from fusionrec.spec import FusionRecommenderSpec, TrainingSpec
 from fusionrec.train.loop import fit
+
+from testkit import synthetic_frames
 
 torch.set_num_threads(1)  # tiny tensors: a thread pool on a 2-core machine only adds overhead
 
@@ -58,9 +60,9 @@ def pointwise_split(dataset):
     return random_split(dataset, seed=2020)
 
 
-def build(spec, dataset, split, **overrides):
+def build(spec, dataset, split):
     torch.manual_seed(0)
-    return FusedRecommender.from_spec(spec, dataset, split, **overrides)
+    return FusedRecommender.from_spec(spec, dataset, split)
 
 
 CASES = [("ranking", "sequence", False), ("ranking", "text", False), ("ranking", "sequence", True),
@@ -189,8 +191,8 @@ def test_bad_inputs_are_named(tiny_models, dataset, ranking_split, pointwise_spl
         model.items(torch.tensor([ranking_split.n_items]))
     with pytest.raises(ValueError, match="CTR/rating contract"):
         model.encode_rows(pointwise_split, "train")
-    with pytest.raises(ValueError, match="unknown FusedConfig field"):
-        build(make_spec(tiny_models), dataset, ranking_split, layers=3)
+    with pytest.raises(TypeError):  # no back door: the architecture is the spec's
+        FusedRecommender.from_spec(make_spec(tiny_models), dataset, ranking_split, n_layers=3)
     with pytest.raises(ValueError, match="ranking contract"):
         next(build(make_spec(tiny_models, task="ctr"), dataset, pointwise_split).training_batches(
             ranking_split, 8, np.random.default_rng(0)))
@@ -235,3 +237,18 @@ def test_compiled_user_graph_of_a_ctr_model_reads_histories_like_serving(tiny_mo
         got = module(vectors, mask, torch.tensor([0, 1]))
     assert signature.inputs == ("history_vectors", "history_mask", "user_index")
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_model_sizes_come_from_the_spec(tiny_models, dataset, pointwise_split):
+    """task.sequenceLayers, sequenceHeads and headHidden shape the model; the defaults are the former
+    FusedConfig defaults, so artifacts written before they were spec fields load unchanged."""
+    spec = make_spec(tiny_models, task="ctr", ids=True)
+    default = build(spec, dataset, pointwise_split)
+    assert (default.config.n_layers, default.config.n_heads, default.config.head_hidden) == (2, 1, 128)
+    assert len(default.user_tower.encoder.blocks) == 2
+    sized = spec.model_copy(update={"task": spec.task.model_copy(update={
+        "sequence_layers": 1, "sequence_heads": 2, "head_hidden": 32})})
+    model = build(sized, dataset, pointwise_split)
+    assert (model.config.n_layers, model.config.n_heads, model.config.head_hidden) == (1, 2, 32)
+    assert len(model.user_tower.encoder.blocks) == 1
+    assert model.head.mlp[0].out_features == 32

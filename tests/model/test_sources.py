@@ -88,8 +88,9 @@ def test_folder_without_a_model_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("source, message", [
-    ("ftp://host/model", "unknown scheme 'ftp://'"),
-    ("s3://bucket/model", "s3:// holds data, not models"),
+    ("ftp://host/model", "models are not loaded from ftp:// sources"),
+    ("s3://bucket/model", "models are not loaded from s3:// sources"),
+    ("gs://bucket/model", "models are not loaded from gs:// sources"),
     ("pkg://", "no package named"),
     ("hf://just-a-name", r"expected hf://<org>/<name>"),
 ])

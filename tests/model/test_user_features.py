@@ -8,16 +8,17 @@ import pandas as pd
 import pytest
 import torch
 from pydantic import ValidationError
-from testkit import fused_spec, shop_files
 
 from fusionrec.compile.graphs import build_graph
 from fusionrec.data import load_dataset
 from fusionrec.errors import UserError
-from fusionrec.model.user_features import encode_user_features
 from fusionrec.model.saved import load_model
+from fusionrec.model.user_features import encode_user_features
 from fusionrec.protocol import evaluate_model, make_split
-from fusionrec.train.job import train_and_evaluate
 from fusionrec.spec import FusionRecommenderSpec, Manifest
+from fusionrec.train.job import train_and_evaluate
+
+from testkit import fused_spec, shop_files
 
 torch.set_num_threads(1)
 FEATURES = ["age", "gender", "occupation"]
@@ -27,7 +28,8 @@ def users_frame(n_users: int = 24) -> pd.DataFrame:
     return pd.DataFrame({"user_id": [f"u{u}" for u in range(n_users)],
                          "age": [str(20 + 5 * (u % 4)) for u in range(n_users)],
                          "gender": ["F" if u % 2 else "M" for u in range(n_users)],
-                         "occupation": [None if u == 3 else ("writer" if u % 3 else "student") for u in range(n_users)]})
+                         "occupation": [None if u == 3 else ("writer" if u % 3 else "student")
+                                        for u in range(n_users)]})
 
 
 def test_each_field_gets_its_own_ids_and_missing_values_get_zero():

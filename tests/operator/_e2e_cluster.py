@@ -15,15 +15,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import yaml
-from _operator_process import OperatorProcess
+
 from fusionrec.operator import consts
 from fusionrec.operator.kube import kubeconfig_connection
+
+from _operator_process import OperatorProcess
 
 KUBECONFIG = os.environ.get("FUSIONREC_E2E_KUBECONFIG")
 REPO = Path(__file__).resolve().parents[2]
@@ -172,7 +174,7 @@ def run_tool(name: str, *args: str, check: bool = True, timeout: float = 180) ->
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def operator_as(kubeconfig: Path, log: Path, *args: str, **env: str) -> OperatorProcess:

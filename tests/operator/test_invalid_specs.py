@@ -2,7 +2,7 @@
 
 One table of invalid manifests (each a mutation of a valid base) goes through three admissions:
 
-- the CLI's (`fusionrec.errors.manifest_from_dict`, pydantic): must raise UserError naming `field`;
+- the CLI's (`fusionrec.spec.manifest_from_dict`, pydantic): must raise UserError naming `field`;
 - the simulated API server (`_operator_apiserver.admit`), where it agrees with the real one;
 - a real kube-apiserver when FUSIONREC_E2E_KUBECONFIG names a kubeconfig (tests marked e2e, skipped otherwise):
   the chart's CRD is installed with server-side apply, each manifest is POSTed with strict field validation
@@ -39,11 +39,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from _operator_apiserver import Refused, admit
-from fusionrec.operator import consts, crd
 
 from fusionrec import spec as S
-from fusionrec.errors import UserError, manifest_from_dict
+from fusionrec.choices import BACKEND_PRECISIONS
+from fusionrec.errors import UserError
+from fusionrec.operator import consts, crd
+from fusionrec.spec import manifest_from_dict
+
+from _operator_apiserver import Refused, admit
 
 KUBECONFIG = os.environ.get("FUSIONREC_E2E_KUBECONFIG")
 REPO = Path(__file__).resolve().parents[2]
@@ -165,6 +168,9 @@ INVALID: list[Bad] = [
         "spec.encoders[0].source"),
     Bad("encoder-source-unknown-scheme", _set("spec.encoders.0.source", "ftp://host/model"),
         "spec.encoders[0].source"),
+    # s3:// and gs:// hold data, never models (fusionrec.model.sources loads none from there)
+    Bad("encoder-source-in-s3", _set("spec.encoders.0.source", "s3://bucket/minilm"), "spec.encoders[0].source"),
+    Bad("encoder-source-in-gs", _set("spec.encoders.0.source", "gs://bucket/minilm"), "spec.encoders[0].source"),
     Bad("encoder-pooling-unknown", _set("spec.encoders.0.pooling", "max"), "spec.encoders[0].pooling"),
     # data
     Bad("dataset-unknown", _set("spec.data.dataset", "ml-1m"), "spec.data.dataset"),
@@ -188,30 +194,63 @@ INVALID: list[Bad] = [
         "spec.task.userFeatures[0]"),
     Bad("cross-layers-for-ranking", _set("spec.task.crossLayers", 2), "spec.task",
         server_field="spec.task.crossLayers"),
-    # merge
-    Bad("ties-without-base", _set("spec.merge", {**TIES, "density": 0.2}), "spec.merge",
-        server_field="spec.merge.base"),
-    Bad("ties-without-density", _set("spec.merge", {**TIES, "base": "pkg://base"}), "spec.merge",
-        server_field="spec.merge.density"),
+    # merge: one member of a union per method, generated from the methods' parameter definitions
+    Bad("ties-without-base", _set("spec.merge", {**TIES, "density": 0.2}), "spec.merge.base"),
+    Bad("ties-without-density", _set("spec.merge", {**TIES, "base": "pkg://base"}), "spec.merge.density"),
+    Bad("ties-density-zero", _set("spec.merge", {**TIES, "base": "pkg://base", "density": 0}), "spec.merge.density"),
+    Bad("task-arithmetic-lambda-zero", _set("spec.merge", {**TIES, "method": "task_arithmetic", "base": "pkg://b",
+                                                          "lambda": 0}), "spec.merge.lambda"),
+    Bad("dare-seed-negative", _set("spec.merge", {**TIES, "method": "dare_ties", "base": "pkg://b", "density": 0.3,
+                                                 "seed": -1}), "spec.merge.seed"),
+    Bad("linear-with-base", _set("spec.merge", {"method": "linear", "base": "pkg://b", "models": TIES["models"]}),
+        "spec.merge.base"),
+    Bad("linear-with-density", _set("spec.merge", {"method": "linear", "density": 0.2, "models": TIES["models"]}),
+        "spec.merge.density"),
+    Bad("ties-with-seed", _set("spec.merge", {**TIES, "base": "pkg://b", "density": 0.2, "seed": 1}),
+        "spec.merge.seed"),
+    Bad("slerp-with-lambda", _set("spec.merge", {**SLERP, "lambda": 1.0}), "spec.merge.lambda"),
+    Bad("merge-method-unknown", _set("spec.merge", {**TIES, "method": "soup"}), "spec.merge",
+        server_field="spec.merge.method"),
     Bad("slerp-three-models", _set("spec.merge", {**SLERP, "models": [{"source": f"pkg://m{i}"} for i in range(3)]}),
         "spec.merge", server_field="spec.merge.models"),
-    Bad("slerp-without-t", _set("spec.merge", {k: v for k, v in SLERP.items() if k != "t"}), "spec.merge",
-        server_field="spec.merge.t"),
+    Bad("slerp-without-t", _set("spec.merge", {k: v for k, v in SLERP.items() if k != "t"}), "spec.merge.t"),
     Bad("t-filter-out-of-range", _set("spec.merge", {**SLERP, "tFilters": {"attn": 1.5}}), "spec.merge.tFilters"),
     Bad("t-filters-without-slerp", _set("spec.merge", {**TIES, "base": "pkg://b", "density": 0.2,
-                                                      "tFilters": {"attn": 0.5}}), "spec.merge",
-        server_field="spec.merge.tFilters"),
+                                                      "tFilters": {"attn": 0.5}}), "spec.merge.tFilters"),
     Bad("t-filter-key-too-long", _set("spec.merge", {**SLERP, "tFilters": {"k" * (S.T_FILTER_KEY_MAX + 1): 0.5}}),
         "spec.merge.tFilters"),
+    Bad("merge-base-in-s3", _set("spec.merge", {**TIES, "base": "s3://bucket/base", "density": 0.2}),
+        "spec.merge.base"),
+    Bad("merge-model-in-gs", _set("spec.merge", {"method": "linear", "models": [{"source": "gs://bucket/m"}]}),
+        "spec.merge.models[0].source"),
     # training
     Bad("training-workers-zero", _set("spec.training.workers", 0), "spec.training.workers"),
     # no conversions on either side: the API server takes "4" for no integer, so the CLI must not either
     Bad("training-workers-a-string", _set("spec.training.workers", "4"), "spec.training.workers"),
     Bad("training-dropout-a-string", _set("spec.training.dropout", "0.1"), "spec.training.dropout"),
     Bad("training-schedule-not-cron", _set("spec.training.schedule", "0 3 * *"), "spec.training.schedule"),
+    Bad("training-schedule-minute-60", _set("spec.training.schedule", "60 3 * * *"), "spec.training.schedule"),
+    Bad("training-schedule-hour-24", _set("spec.training.schedule", "0 24 * * *"), "spec.training.schedule"),
+    Bad("training-schedule-weekday-8", _set("spec.training.schedule", "0 3 * * 8"), "spec.training.schedule"),
+    Bad("training-schedule-month-name", _set("spec.training.schedule", "0 3 * janu *"), "spec.training.schedule"),
+    Bad("training-schedule-step-zero", _set("spec.training.schedule", "*/0 3 * * *"), "spec.training.schedule"),
+    Bad("training-schedule-six-fields", _set("spec.training.schedule", "0 0 3 * * *"), "spec.training.schedule"),
     Bad("training-field-misspelt", _set("spec.training.batchsize", 64), "spec.training.batchsize", status=400),
     Bad("early-stopping-metric-unknown", _set("spec.training.earlyStopping", {"metric": "ndcg10"}),
         "spec.training.earlyStopping.metric"),
+    # task: the model's sizes
+    Bad("task-sequence-layers-zero", _set("spec.task.sequenceLayers", 0), "spec.task.sequenceLayers"),
+    Bad("task-sequence-layers-too-many", _set("spec.task.sequenceLayers", 13), "spec.task.sequenceLayers"),
+    Bad("task-head-hidden-too-small", _set("spec.task.headHidden", 4), "spec.task.headHidden"),
+    Bad("task-sequence-heads-not-dividing-dim", _set("spec.task.sequenceHeads", 3), "spec",
+        server_field="spec.task.sequenceHeads"),
+    # compile: backend x precision, from the compiler's own table
+    Bad("compile-onnxruntime-fp16", _set("spec.compile", {"backend": "onnxruntime", "precision": "fp16"}),
+        "spec.compile", server_field="spec.compile.precision"),
+    Bad("compile-tensorrt-int8", _set("spec.compile", {"backend": "tensorrt", "precision": "int8"}),
+        "spec.compile", server_field="spec.compile.precision"),
+    Bad("compile-default-backend-bf16", _set("spec.compile", {"precision": "bf16"}), "spec.compile",
+        server_field="spec.compile.precision"),
     # serving
     Bad("serving-min-replicas-negative", _set("spec.serving.minReplicas", -1), "spec.serving.minReplicas"),
     Bad("serving-max-below-min", _set("spec.serving", {"minReplicas": 3, "maxReplicas": 2}), "spec.serving",
@@ -258,7 +297,8 @@ def _max_strings(doc: dict[str, Any]) -> None:
                  "users": "u" * S.URI_MAX, "delimiter": "||||", "encoding": "e" * S.SHORT_MAX,
                  "columns": {k: k[0] * S.COLUMN_MAX for k in ("userId", "itemId", "timestamp", "rating", "label")},
                  "itemTextTemplate": ("{title} " * S.TEMPLATE_MAX)[: S.TEMPLATE_MAX]}
-    s["training"] = {"schedule": "0 3 * * " + "1" * (128 - 8), "storagePath": "s3://" + "c" * (S.URI_MAX - 5)}
+    s["training"] = {"schedule": ("0," * 64)[: S.SCHEDULE_MAX - 9] + "0 3 * * *",
+                     "storagePath": "s3://" + "c" * (S.URI_MAX - 5)}
     s["serving"] = {"auth": {"secretRef": "s" * S.SECRET_NAME_MAX, "tokenFile": "/" + "f" * (S.URI_MAX - 1),
                              "tokenEnv": "E" * S.SHORT_MAX}}
     s["merge"] = {"method": "slerp", "t": 0.5, "name": "m" * S.NAME_MAX, "models": [
@@ -295,14 +335,33 @@ VALID: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("single-step", _set("spec.rollout.steps", [100])),
     ("scale-to-zero-min", _set("spec.serving", {"minReplicas": 0, "maxReplicas": 1})),
     ("auth-disabled", _set("spec.serving.auth", {"disabled": True})),
-    ("auth-disabled-with-null-sources", _set("spec.serving.auth", {"disabled": True, "secretRef": None, "tokenFile": None,
-                                                                   "tokenEnv": None})),
+    ("auth-disabled-with-null-sources", _set("spec.serving.auth", {"disabled": True, "secretRef": None,
+                                                                   "tokenFile": None, "tokenEnv": None})),
     ("ctr-with-features", _set("spec.task", {"type": "ctr", "userFeatures": ["age", "gender"], "crossLayers": 2})),
     ("ranking-with-empty-features", _set("spec.task", {"type": "ranking", "userFeatures": []})),
     ("ties-merge", _set("spec.merge", {**TIES, "base": "pkg://base", "density": 0.2, "lambda": 1.5})),
+    ("dare-merge-every-parameter", _set("spec.merge", {**TIES, "method": "dare_ties", "base": "./base", "density": 1,
+                                                       "lambda": 0.5, "rescale": False, "seed": 0})),
+    ("task-arithmetic-defaults", _set("spec.merge", {**TIES, "method": "task_arithmetic", "base": "hf://org/base"})),
+    ("merge-parameters-null", _set("spec.merge", {**TIES, "method": "dare_linear", "base": "pkg://b", "density": 0.1,
+                                                  "lambda": None, "rescale": None, "seed": None})),
+    ("linear-merge-other-methods-parameters-null", _set("spec.merge", {
+        "method": "linear", "models": TIES["models"], "base": None, "density": None, "lambda": None, "t": None,
+        "tFilters": None, "rescale": None, "seed": None})),
+    ("linear-merge-by-encoder-name", _set("spec.merge", {"method": "linear", "models": [
+        {"source": "minilm"}, {"source": "file:///models/m"}]})),
     ("slerp-with-filters-at-bounds", _set("spec.merge", {**SLERP, "tFilters": {"attn": 0, "mlp": 1}})),
     ("linear-merge-16-models", _set("spec.merge", {"method": "linear", "models": [
         {"source": f"pkg://m{i}", "weight": 0.5} for i in range(16)]})),
+    ("schedule-full-cron", _set("spec.training.schedule", "*/15 0-6,22-23 1,15 JAN-jun mon-FRI")),
+    ("schedule-sunday-as-7-and-steps", _set("spec.training.schedule", "00 0/6 */2 * 7")),
+    ("model-sizes", _set("spec.task", {"type": "ctr", "sequenceLayers": 1, "sequenceHeads": 4, "headHidden": 64,
+                                       "historyLength": 10})),
+    ("model-sizes-at-bounds", _all(_set("spec.task", {"sequenceLayers": 12, "sequenceHeads": 16, "headHidden": 8}),
+                                   _set("spec.fusion.dim", 8192))),
+    ("text-tower-ignores-heads", _set("spec.task", {"userTower": "text", "sequenceHeads": 3})),
+    *((f"compile-{b}-{p}", _set("spec.compile", {"backend": b, "precision": p}))
+      for b, ps in BACKEND_PRECISIONS.items() for p in ps),
     ("baselines-listed", _set("spec.evaluation", {"baselines": ["pop", "bpr"], "compareSingles": False})),
 ]
 

@@ -14,7 +14,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from _operator_apiserver import strict
+
+from fusionrec.errors import UserError
 from fusionrec.operator import consts
 from fusionrec.operator.builders import (
     ServedVersion,
@@ -26,12 +27,12 @@ from fusionrec.operator.builders import (
     build_service_monitor,
 )
 from fusionrec.operator.builders.common import check_cluster_spec, dns_name, pod_path
-from fusionrec.operator.builders.serving import parse_serve_versions
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.controller import parse_manifest
+from fusionrec.spec import AuthSpec, manifest_from_dict
 
-from fusionrec.errors import UserError, manifest_from_dict
-from fusionrec.spec import AuthSpec
+from _operator_apiserver import strict
+from _served import served_versions
 
 K8S = "1.37.0"
 CONFIG = OperatorConfig(ray_image="registry.example/fusionrec/ray-runtime:0.1.0")
@@ -120,7 +121,7 @@ def test_rayservice_serves_the_contract_application(manifest, rayservice_schema)
     assert serving["maxReplicas"] == 8 and serving["maxBatchSize"] == 64  # spec.serving, by alias
     assert serving["auth"] == {"secretRef": "recs-tokens", "tokenFile": "/etc/fusionrec/auth/tokens", "tokenEnv": None,
                                "disabled": False}
-    assert parse_serve_versions(service) == versions
+    assert served_versions(service) == versions
     workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert (workers["minReplicas"], workers["maxReplicas"]) == (1, 8)
     pod = workers["template"]["spec"]
@@ -136,7 +137,7 @@ def test_canary_steps_change_only_the_routers_user_config(manifest):
     apps = [yaml.safe_load(s["spec"]["serveConfigV2"])["applications"][0] for s in steps]
     assert all(app["args"] == apps[0]["args"] for app in apps)
     assert [app["deployments"][0]["user_config"]["weights"]["v3"] for app in apps] == [10, 50, 90]
-    assert [parse_serve_versions(s)[1].weight for s in steps] == [10, 50, 90]
+    assert [served_versions(s)[1].weight for s in steps] == [10, 50, 90]
 
 
 def test_the_serving_app_accepts_the_operators_serve_config(manifest):

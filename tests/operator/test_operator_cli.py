@@ -41,9 +41,9 @@ def test_operator_help_and_bad_settings(tmp_path):
 
 def test_settings_from_the_environment():
     import pytest
-    from fusionrec.operator.config import OperatorConfig
 
     from fusionrec.errors import UserError
+    from fusionrec.operator.config import OperatorConfig
 
     config = OperatorConfig.from_env({"FUSIONREC_RAY_IMAGE": "r/ray:1", "FUSIONREC_PROMETHEUS_URL": "http://p:9090",
                                       "FUSIONREC_SYNC_INTERVAL": "2.5", "FUSIONREC_METRICS_PORT": "0"})

@@ -5,15 +5,16 @@ test_operator_prometheus_real.py and test_operator_kmock.py)."""
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kmock
 import kopf
 import pytest
 import pytest_asyncio
+
 from fusionrec.operator import consts
-from fusionrec.operator.builders.serving import ServedVersion, parse_serve_versions
+from fusionrec.operator.builders.serving import ServedVersion
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.controller import Controller, InvalidSpec
 from fusionrec.operator.kube import KubeApi, KubeApiError
@@ -21,8 +22,10 @@ from fusionrec.operator.prometheus import PrometheusError
 from fusionrec.operator.rollout import Measurement
 from fusionrec.operator.status import ConditionType, FusionRecommenderStatus, Phase
 
+from _served import served_versions
+
 NS, NAME = "recs", "shop-recs"
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 GOOD = Measurement(requests_per_second=20.0, error_rate=0.001, p99_latency_ms=12.0)
 BAD = Measurement(requests_per_second=20.0, error_rate=0.2, p99_latency_ms=12.0)
 
@@ -93,7 +96,7 @@ class Harness:
 
     def served(self) -> list[ServedVersion]:
         service = self.get(consts.RAYSERVICES, NAME)
-        return parse_serve_versions(service) if service else []
+        return served_versions(service) if service else []
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
@@ -341,7 +344,7 @@ async def test_a_recommender_with_auth_disabled_is_valid(h, cr):
 async def test_schedule_starts_a_retrain(h, cr):
     cr["spec"]["training"]["schedule"] = "0 13 * * *"
     await serve_v1(h, cr)
-    h.now = datetime(2025, 1, 1, 13, 0, 30, tzinfo=timezone.utc)
+    h.now = datetime(2025, 1, 1, 13, 0, 30, tzinfo=UTC)
     status = await h.reconcile()
     assert status.candidate_version == "v1-r202501011300" and status.phase == Phase.TRAINING
     assert h.get(consts.RAYJOBS, "shop-recs-train-v1-r202501011300") is not None

@@ -9,10 +9,12 @@ from typing import Literal
 import kubernetes_validate
 import pytest
 import yaml
-from _operator_apiserver import Refused, admit
+from pydantic import BaseModel
+
 from fusionrec.operator import consts, crd
 from fusionrec.operator.schema import check_structural, structural_schema
-from pydantic import BaseModel
+
+from _operator_apiserver import Refused, admit
 
 REPO = Path(__file__).resolve().parents[2]
 REPO_CRD = crd.CHART_CRD_PATH
@@ -221,3 +223,48 @@ def test_consts_agree_with_the_spec_module():
     assert consts.FUSIONRECOMMENDERS.path("recs", "x", "status") == \
         "/apis/fusionrec.io/v1alpha1/namespaces/recs/fusionrecommenders/x/status"
     assert consts.CONFIGMAPS.path("recs") == "/api/v1/namespaces/recs/configmaps"
+
+
+SCHEDULES = ["0 3 * * *", "*/15 0-6,22-23 1,15 JAN-jun mon-FRI", "00 0/6 */2 * 7", "59 23 31 12 sat",
+             "0 3 * *", "0 0 3 * * *", "60 3 * * *", "0 24 * * *", "0 3 0 * *", "0 3 32 * *", "0 3 * 13 *",
+             "0 3 * * 8", "*/0 * * * *", "*/60 * * * *", "0 */24 * * *", "0 3 * janu *", "0 3 * * mo", "a b c d e",
+             "0 3 * * 1-", "0 3 * * ,1", "1,,2 3 * * *", "  0 3 * * *  ", "0\t3 * * *", "0 3 * * 0-7/2"]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_cron_rule_agrees_with_the_parser(schedule):
+    """The CRD's training.schedule rule (an RE2 pattern) and fusionrec.cron accept the same expressions; the one
+    gap, a range that runs backwards (fri-mon), is left to pydantic (the operator reports SpecValid=False)."""
+    import re
+
+    from fusionrec.cron import CronSchedule
+
+    rule = crd.SPEC_EXTRAS[(crd.TrainingSpec, "schedule")]["x-kubernetes-validations"][0]["rule"]
+    pattern = rule[len("self.matches('"):-len("')")].replace("\\\\", "\\")
+    try:
+        CronSchedule.parse(schedule)
+        parsed = True
+    except ValueError:
+        parsed = False
+    assert bool(re.match(pattern, schedule)) == parsed, schedule
+
+
+@pytest.mark.parametrize("doc_merge", [
+    {"method": "linear", "density": 0.5},
+    {"method": "ties", "base": "pkg://b"},
+    {"method": "slerp", "t": 0.5, "lambda": 2.0},
+])
+def test_merge_union_is_one_object_with_guarded_rules(generated, doc_merge):
+    """spec.merge (a union of one model per method) is flattened: every parameter once, and CEL rules guarded by
+    the method say which a method requires and which it does not take."""
+    merge = _root(generated)["properties"]["spec"]["properties"]["merge"]
+    assert merge["type"] == "object" and "oneOf" not in merge and "anyOf" not in merge
+    assert merge["properties"]["method"]["enum"] == ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties",
+                                                     "slerp"]
+    assert {"base", "lambda", "density", "rescale", "seed", "t", "tFilters"} <= set(merge["properties"])
+    doc = {"apiVersion": "fusionrec.io/v1alpha1", "kind": "FusionRecommender", "metadata": {"name": "m"},
+           "spec": {"version": "v1", "encoders": [{"name": "e", "source": "pkg://e"}],
+                    "merge": {**doc_merge, "models": [{"source": "pkg://a"}, {"source": "pkg://b"}]}}}
+    with pytest.raises(Refused) as refused:
+        admit(generated, doc)
+    assert any(f"method {doc_merge['method']}" in p for p in refused.value.problems), refused.value.problems

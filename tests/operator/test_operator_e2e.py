@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from fusionrec.operator import consts
+from fusionrec.operator.builders.common import manifest_configmap_name, rayjob_name
+
 from _e2e_cluster import (
     CHART,
     KUBECONFIG,
@@ -34,9 +38,7 @@ from _e2e_cluster import (
     run_tool,
 )
 from _operator_process import OperatorProcess
-from fusionrec.operator import consts
-from fusionrec.operator.builders.common import manifest_configmap_name, rayjob_name
-from fusionrec.operator.builders.serving import parse_serve_versions
+from _served import served_versions
 
 pytestmark = [
     pytest.mark.e2e,
@@ -129,7 +131,7 @@ def _service_ready(kube: Kube, namespace: str) -> None:
 
 def _weights(kube: Kube, namespace: str) -> dict[str, int]:
     service = kube.get(consts.RAYSERVICES, namespace, NAME)
-    return {v.version: v.weight for v in parse_serve_versions(service)} if service else {}
+    return {v.version: v.weight for v in served_versions(service)} if service else {}
 
 
 def _status(kube: Kube, namespace: str) -> dict[str, Any]:

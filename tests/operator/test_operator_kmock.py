@@ -19,10 +19,13 @@ import kmock
 import kopf
 import pytest
 import pytest_asyncio
-from _operator_process import OperatorProcess
+
 from fusionrec.operator import consts
-from fusionrec.operator.builders.serving import ServedVersion, parse_serve_versions
+from fusionrec.operator.builders.serving import ServedVersion
 from fusionrec.operator.kube import KubeApi
+
+from _operator_process import OperatorProcess
+from _served import served_versions
 
 NS, NAME = "recs", "shop-recs"
 pytestmark = pytest.mark.asyncio
@@ -88,7 +91,7 @@ class World:
 
     def served(self) -> list[ServedVersion]:
         service = self.get(consts.RAYSERVICES, NAME)
-        return parse_serve_versions(service) if service else []
+        return served_versions(service) if service else []
 
     def status(self) -> dict[str, Any]:
         return (self.get(consts.FUSIONRECOMMENDERS, NAME) or {}).get("status") or {}
@@ -157,6 +160,7 @@ def cr(design_cr: dict[str, Any], steps: list[int], interval: int = 1) -> dict[s
     return doc
 
 
+@pytest.mark.slow
 async def test_trains_serves_canaries_and_resumes_after_sigkill(world, design_cr):
     # 2 s per step leaves the test time to SIGKILL the operator while v2 sits at 30%.
     await world.kube.create(consts.FUSIONRECOMMENDERS, NS, cr(design_cr, [10, 30, 60, 100], interval=2))
@@ -177,7 +181,7 @@ async def test_trains_serves_canaries_and_resumes_after_sigkill(world, design_cr
 
     world.operator.start()
     await world.wait(lambda: world.served() == [ServedVersion("v2", 100)], "v2 promoted", timeout=40)
-    after = [parse_serve_versions(v) for v in world.history(consts.RAYSERVICES, NAME)[killed_at:]]
+    after = [served_versions(v) for v in world.history(consts.RAYSERVICES, NAME)[killed_at:]]
     weights = [dict((s.version, s.weight) for s in served).get("v2", 0) for served in after]
     assert weights == sorted(weights) and 10 not in weights, f"went back after restart: {weights}"
     assert 60 in weights

@@ -8,10 +8,10 @@ from pathlib import Path
 import kopf
 import pytest
 import yaml
-from fusionrec.operator.config import OperatorConfig
-from fusionrec.operator.kube import kubeconfig_connection, resolve_connection
 
 from fusionrec.errors import UserError
+from fusionrec.operator.config import OperatorConfig
+from fusionrec.operator.kube import kubeconfig_connection, resolve_connection
 
 
 def _kubeconfig(path: Path, server: str, **user: str) -> Path:

@@ -6,6 +6,7 @@ import math
 
 import httpx
 import pytest
+
 from fusionrec.operator.config import DEFAULT_SELECTOR
 from fusionrec.operator.prometheus import (
     PrometheusClient,

@@ -25,18 +25,19 @@ import httpx
 import pytest
 import pytest_asyncio
 import yaml
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
 from fusionrec.operator.builders.serving import ServedVersion
 from fusionrec.operator.prometheus import PrometheusClient
 from fusionrec.operator.rollout import judge
 from fusionrec.operator.status import ConditionType, Phase
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from test_operator_controller import Harness, serve_v1
-
 from fusionrec.spec import AnalysisSpec
 
+from test_operator_controller import Harness, serve_v1
+
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None, reason="the prometheus binary is missing: apt-get update && apt-get install -y prometheus")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    PROMETHEUS is None, reason="the prometheus binary is missing: apt-get update && apt-get install -y prometheus")]
 WINDOW = 5  # seconds; rate() needs two scrapes in the window
 ANALYSIS = AnalysisSpec(max_error_rate=0.01, max_p99_latency_ms=50, window_seconds=10)
 SELECTOR = 'job="fusionrec-test"'

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from fusionrec.operator.rollout import (
     Measurement,
     Outcome,
@@ -16,10 +17,9 @@ from fusionrec.operator.rollout import (
     judge,
     served_weights,
 )
-
 from fusionrec.spec import AnalysisSpec, RolloutSpec
 
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
 PASS, FAIL, UNSURE = Verdict(True, "ok"), Verdict(False, "error rate 0.2 > 0.01"), Verdict(None, "no data")
 CANARY = RolloutSpec(steps=[10, 50, 100], step_interval_seconds=60)
 

@@ -13,14 +13,15 @@ import copy
 from typing import Any
 
 import pytest
-from _operator_apiserver import Refused, admit, check_crd
-from fusionrec.operator import crd
-from fusionrec.operator.schema import models_in
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusionrec.errors import UserError, manifest_from_dict
-from fusionrec.spec import FusionRecommenderSpec, Manifest, SpecModel
+from fusionrec.errors import UserError
+from fusionrec.operator import crd
+from fusionrec.operator.schema import models_in
+from fusionrec.spec import FusionRecommenderSpec, Manifest, SpecModel, manifest_from_dict
+
+from _operator_apiserver import Refused, admit, check_crd
 
 CRD = crd.build_crd()
 MINIMAL = {"apiVersion": "fusionrec.io/v1alpha1", "kind": "FusionRecommender",
@@ -66,18 +67,19 @@ BAD = [
      [{"name": "a", "source": "pkg://x"}, {"name": "a", "source": "pkg://y"}], "spec.encoders[1]", "spec.encoders",
      "Duplicate value"),
     ("unknown source scheme", "spec.encoders.0.source", "ftp://host/model", "spec.encoders[0].source",
-     "spec.encoders[0].source", "unknown source scheme"),
-    ("ties without base", "spec.merge", {**TIES, "density": 0.2}, "spec.merge.base", "spec.merge", "base is required"),
-    ("ties without density", "spec.merge", {**TIES, "base": "pkg://a"}, "spec.merge.density", "spec.merge",
-     "density is required"),
+     "spec.encoders[0].source", "models are loaded from a local folder"),
+    ("ties without base", "spec.merge", {**TIES, "density": 0.2}, "spec.merge.base", "spec.merge.base",
+     "required for method ties"),
+    ("ties without density", "spec.merge", {**TIES, "base": "pkg://a"}, "spec.merge.density", "spec.merge.density",
+     "required for method ties"),
     ("slerp with three models", "spec.merge", {"method": "slerp", "t": 0.5, "models": [{"source": "a"}] * 3},
-     "spec.merge.models", "spec.merge", "exactly two"),
+     "spec.merge.models", "spec.merge", "takes exactly 2 models"),
     ("slerp without t", "spec.merge", {"method": "slerp", "models": [{"source": "a"}, {"source": "b"}]},
-     "spec.merge.t", "spec.merge", "t is required"),
+     "spec.merge.t", "spec.merge.t", "required for method slerp"),
     ("tFilters value out of range", "spec.merge", {**SLERP, "tFilters": {"attn": 1.5}}, "spec.merge.tFilters",
      "spec.merge.tFilters", "[0, 1]"),
     ("tFilters without slerp", "spec.merge", {**TIES, "base": "pkg://a", "density": 0.2, "tFilters": {"attn": 0.5}},
-     "spec.merge.tFilters", "spec.merge", "slerp only"),
+     "spec.merge.tFilters", "spec.merge.tFilters", "does not apply to method ties"),
     ("userFeatures for ranking", "spec.task", {"type": "ranking", "userFeatures": ["age"]}, "spec.task.userFeatures",
      "spec.task", "ctr or rating"),
     ("userFeatures listed twice", "spec.task", {"type": "ctr", "userFeatures": ["age", "age"]},
@@ -86,7 +88,7 @@ BAD = [
      "spec.task", "ctr or rating"),
     ("no data source", "spec.data", {"dataset": None}, "spec.data.interactions", "spec.data", "interactions"),
     ("bad cron", "spec.training.schedule", "0 3 * *", "spec.training.schedule", "spec.training.schedule",
-     "5-field cron"),
+     "must be a cron expression"),
     ("misspelt field", "spec.training.batchsize", 64, "strict decoding error", "spec.training.batchsize",
      'unknown field "spec.training.batchsize"'),
     ("upper-case version", "spec.version", "V3", "spec.version", "spec.version", "V3"),
@@ -137,7 +139,7 @@ def test_every_spec_validator_has_a_cel_rule():
         own = set(decorators.model_validators) - inherited
         if own and not _twin(crd.SPEC_EXTRAS.get((cls, None), {})):
             missing.append(cls.__name__)
-    assert not missing, f"validators without a CEL rule or list type in fusionrec/operator/crd.py: {missing}"
+    assert not missing, f"validators without a CEL rule or list type in operator/crd.py: {missing}"
 
 
 def test_crd_defaults_pass_their_own_schema_as_written():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from fusionrec.operator.status import (
     ConditionType as C,
 )
@@ -20,7 +21,7 @@ from fusionrec.operator.status import (
     Reason as R,
 )
 
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def _status(*conditions, **fields) -> FusionRecommenderStatus:

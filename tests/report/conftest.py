@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusionrec.train.job import train_and_evaluate
 from fusionrec.spec import Manifest
+from fusionrec.train.job import train_and_evaluate
 
 from testkit import fused_spec, synthetic_frames
+
 
 @pytest.fixture(scope="module")
 def trained_artifact(tiny_models, tmp_path_factory) -> Path:

@@ -157,6 +157,7 @@ def test_missing_optional_files_give_notes_not_broken_images(app, artifact, tmp_
     assert [r[0] for r in weights[1:]] == ["bert", "mpnet", "llama"]
 
 
+@pytest.mark.slow
 def test_default_out_is_reports_version_and_a_rerun_replaces_it(app, artifact, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     first = CliRunner().invoke(app, ["report", str(artifact)])
@@ -199,6 +200,7 @@ def test_out_inside_the_artifact_is_refused(app, artifact):
     load_artifact(artifact)
 
 
+@pytest.mark.slow
 def test_a_rerun_keeps_other_files_and_drops_plots_it_no_longer_draws(app, artifact, tmp_path):
     out = tmp_path / "example"
     out.mkdir()

@@ -3,10 +3,9 @@ a small synthetic shop from tests/testkit.py, and manifests over them."""
 
 from __future__ import annotations
 
-
 import pytest
-from testkit import synthetic_frames
 
+from testkit import synthetic_frames
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from fusionrec.artifact import load_artifact
 from fusionrec.cli.main import cli
 from fusionrec.serving.local import start_local_serve, stop_local_serve
 from fusionrec.serving.local_auth import read_token
+
 from runkit import manifest_document, write_manifest
 
 pytestmark = pytest.mark.ray

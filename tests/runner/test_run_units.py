@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from fusionrec.cli.main import cli
+from fusionrec.protocol import quality_table
 from fusionrec.runner.cache import FolderHasher, Record, StepCache, step_key
-from fusionrec.runner.compare import quality_table
 from fusionrec.runner.inputs import single_encoder_spec, trained_parts, with_merged_encoder
 from fusionrec.runner.local_rollout import MIN_CANDIDATE_REQUESTS, keyed_requests
 from fusionrec.runner.local_serve import Version

@@ -51,8 +51,8 @@ def spec_document(models: dict[str, Path], data: dict, *, version: str, task: st
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Iterator[dict[str, Path]]:
     """{"v1" | "v2" | "c1": artifact folder}, trained for one epoch by `train_and_evaluate`."""
-    from fusionrec.train.job import train_and_evaluate
     from fusionrec.spec import Manifest
+    from fusionrec.train.job import train_and_evaluate
 
     root = tmp_path_factory.mktemp("serving")
     previous = os.environ.get("FUSIONREC_EMBEDDING_CACHE")

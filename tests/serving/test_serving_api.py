@@ -310,6 +310,7 @@ def test_a_compiled_artifact_serves_its_user_tower_on_onnx_runtime_with_the_same
     compile_artifact(path, threads=1, report=lambda line: None)
     compiled = VersionScorer.load(path)
     assert compiled.describe()["user_tower_backend"] == "onnxruntime fp32"
+    assert compiled.model is None  # the replica keeps the ONNX session, the index and the head, not the LMs
     assert scorers["v1"].describe()["user_tower_backend"] == "torch"
     histories = [compiled.stored_history(u) for u in range(8)]
     got, expected = compiled.user_vectors(histories), scorers["v1"].user_vectors(histories)
@@ -320,18 +321,24 @@ def test_a_compiled_artifact_serves_its_user_tower_on_onnx_runtime_with_the_same
         assert [i["item_id"] for i in answer["items"]] == offline_top_k(scorers["v1"], user, 5)
 
 
-def test_a_torch_compiled_artifact_warms_its_cuda_graph_buckets_and_answers_the_same(artifacts, scorers, tmp_path):
+def test_a_torch_compiled_artifact_warms_its_cuda_graph_buckets_and_answers_the_same(artifacts, scorers, tmp_path,
+                                                                                       monkeypatch):
     """On a GPU the torch backend replays bucketed CUDA graphs; here the same runner pads to the same buckets
     without capturing, so the warm-up sizes and the padded answers are checked on a CPU."""
     import shutil
 
+    import fusionrec.model.saved as saved
     from fusionrec.compile import compile_artifact
     from fusionrec.compile.cuda_graphs import CudaGraphRunner
 
     path = tmp_path / "runs" / "v1"
     shutil.copytree(artifacts["v1"], path)
     compile_artifact(path, backend="torch", precision="fp32", report=lambda line: None)
+    loads = []
+    real_load = saved.load_model
+    monkeypatch.setattr(saved, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     compiled = VersionScorer.load(path)
+    assert len(loads) == 1 and compiled.model is None  # the tower runs on the one loaded model's modules
     engine = compiled.compiled.engine
     assert compiled.describe()["user_tower_backend"] == "torch fp32" and engine.cuda_graphs is None  # CPU: eager
     assert compiled.warm_up() == []
@@ -564,7 +571,7 @@ def test_a_version_without_a_live_replica_answers_503_or_the_popularity_fallback
         return out
 
     first, second, with_history, keep_seen, candidates, score, revived = asyncio.run(scenario())
-    for status, seconds, body, headers in (first, second, candidates, score):
+    for status, _, body, headers in (first, second, candidates, score):
         assert status == 503 and headers["Retry-After"] == "1" and body["field"] is None, body
     assert 0.4 < first[1] < 2.0 and second[1] < 0.2 and candidates[1] < 0.2
     assert with_history[0] == 200 and with_history[2]["fallback"] == "popularity"

@@ -25,9 +25,9 @@ pytest.importorskip("ray.serve")
 from fusionrec.cli.serve_cmd import recommend
 from fusionrec.serving.config import MODEL_CALL_DEADLINE_S
 from fusionrec.serving.deployments import METRICS_PUSH_S
-from fusionrec.serving.slow_clients import BODY_TIMEOUT_S
 from fusionrec.serving.local import deploy, start_local_serve, stop_local_serve
 from fusionrec.serving.scorer import VersionScorer
+from fusionrec.serving.slow_clients import BODY_TIMEOUT_S
 
 pytestmark = pytest.mark.ray
 
@@ -93,8 +93,9 @@ def test_concurrent_requests_are_batched(served):
     with ThreadPoolExecutor(32) as pool:
         assert set(pool.map(ask, histories)) == {200}
     after = client.get("/metrics").text
-    batches = metric(after, 'fusionrec_batch_size_count{version="v1"}') - metric(before, 'fusionrec_batch_size_count{version="v1"}')
-    histories_run = metric(after, 'fusionrec_batch_size_sum{version="v1"}') - metric(before, 'fusionrec_batch_size_sum{version="v1"}')
+    count, total = 'fusionrec_batch_size_count{version="v1"}', 'fusionrec_batch_size_sum{version="v1"}'
+    batches = metric(after, count) - metric(before, count)
+    histories_run = metric(after, total) - metric(before, total)
     assert histories_run >= 32 and batches >= 1
     assert histories_run / batches > 1.0, f"{histories_run} histories in {batches} batches: nothing was batched"
 

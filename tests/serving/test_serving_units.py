@@ -25,7 +25,7 @@ from fusionrec.serving.config import (
 )
 from fusionrec.serving.errors import ApiError
 from fusionrec.serving.metrics import ServingMetrics, merge, render
-from fusionrec.serving.routing import TrafficSplit, bucket_of, request_key
+from fusionrec.serving.routing import TrafficSplit, bucket_of, check_weights, request_key
 from fusionrec.serving.topk import InnerProductIndex, top_k
 from fusionrec.spec import ServingSpec
 
@@ -215,6 +215,33 @@ def test_bad_args_name_the_field(versions, field):
     with pytest.raises(UserError) as exc:
         parse_args(_args(versions=versions))
     assert exc.value.field == field
+
+
+def test_args_are_written_one_way_and_read_back_unchanged():
+    """`AppArgs.document()` is what the operator, `fusionrec serve` and `fusionrec run` put in serveConfigV2."""
+    parsed = parse_args(_args())
+    document = parsed.document()
+    assert sorted(document) == ["name", "serving", "versions"]  # no tuning set: no autoscaling key
+    assert parse_args(document) == parsed and document["versions"][1] == {"version": "v2", "artifact": "/a/v2",
+                                                                          "weight": 10}
+    tuned = parse_args(_args(autoscaling={"metricsIntervalS": 0.5}))
+    assert tuned.document()["autoscaling"] == {"metricsIntervalS": 0.5, "lookBackPeriodS": None}
+    assert parse_args(tuned.document()) == tuned
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([], "at least one version"),
+    ([("v1", 50), ("v1", 50)], "versions repeat"),
+    ([("v1", 110), ("v2", -10)], "non-negative integers"),
+    ([("v1", 60), ("v2", 30)], "must sum to 100"),
+])
+def test_one_weight_check_for_args_router_and_operator(weights, message):
+    with pytest.raises(ValueError, match=message):
+        check_weights(weights)
+    if len({version for version, _ in weights}) == len(weights):  # a dict cannot repeat a version
+        with pytest.raises(ValueError, match=message):
+            TrafficSplit(dict(weights))  # the router's split
+    assert check_weights([("v1", 90), ("v2", 10)]) == {"v1": 90, "v2": 10}
 
 
 def test_serve_options_come_from_the_spec():

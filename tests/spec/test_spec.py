@@ -2,9 +2,11 @@
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from fusionrec.errors import UserError, manifest_from_dict
-from fusionrec.spec import FusionRecommenderSpec, Manifest, load_manifest
+from fusionrec.choices import BACKEND_PRECISIONS, MERGE_METHODS, MODEL_SOURCE_SCHEMES, PRECISIONS
+from fusionrec.errors import UserError
+from fusionrec.spec import MERGE_CLASSES, FusionRecommenderSpec, Manifest, MergeSpec, load_manifest, manifest_from_dict
 
 MINIMAL = {
     "apiVersion": "fusionrec.io/v1alpha1",
@@ -64,10 +66,106 @@ def test_bad_fields_are_named(path, value, field, words):
 
 def test_merge_needs_method_parameters():
     merge = {"method": "ties", "models": [{"source": "a"}, {"source": "b"}], "base": "base"}
-    with pytest.raises(UserError, match="density is required"):
+    with pytest.raises(UserError, match=r"spec\.merge\.density: required for method ties"):
         manifest_from_dict(_with("merge", merge))
     merge["density"] = 0.2
     assert manifest_from_dict(_with("merge", merge)).spec.merge.density == 0.2
+
+
+@pytest.mark.parametrize("method", sorted(MERGE_METHODS))
+def test_each_merge_method_takes_exactly_its_own_parameters(method):
+    """spec.merge is one model per method, generated from the ParamDefs the merge code reads."""
+    info = MERGE_METHODS[method]
+    cls = MERGE_CLASSES[method]
+    assert cls.info is info
+    own = {p.name for p in info.params} | ({"base"} if info.needs_base else set())
+    fields = {f.alias or n for n, f in cls.model_fields.items()} - {"method", "name", "models"}
+    assert fields == own
+    every = {p.name for m in MERGE_METHODS.values() for p in m.params} | {"base"}
+    samples = {"lambda": 1.5, "density": 0.5, "rescale": False, "seed": 3, "t": 0.25, "tFilters": {"attn": 0.5},
+               "base": "pkg://base"}
+    required = {p.name: samples[p.name] for p in info.params if p.required}
+    merge = {"method": method, "models": [{"source": "pkg://a"}, {"source": "pkg://b"}], **required,
+             **({"base": "pkg://base"} if info.needs_base else {})}
+    parsed = manifest_from_dict(_with("merge", merge)).spec.merge
+    assert type(parsed) is cls and parsed.parameters() == required
+    for name in sorted(every - own):
+        with pytest.raises(UserError, match=rf"spec\.merge\.{name}: unknown field for method {method}"):
+            manifest_from_dict(_with("merge", {**merge, name: samples[name]}))
+
+
+@pytest.mark.parametrize("merge, words", [
+    ({"method": "ties", "base": "b", "density": 0, "models": [{"source": "a"}]}, "spec.merge.density"),
+    ({"method": "ties", "base": "b", "density": 1.5, "models": [{"source": "a"}]}, "spec.merge.density"),
+    ({"method": "task_arithmetic", "base": "b", "lambda": 0, "models": [{"source": "a"}]}, "spec.merge.lambda"),
+    ({"method": "dare_ties", "base": "b", "density": 0.5, "seed": -1, "models": [{"source": "a"}]},
+     "spec.merge.seed"),
+    ({"method": "slerp", "t": 0.5, "models": [{"source": "a"}]}, "takes exactly 2 models"),
+    ({"method": "slerp", "t": 0.5, "tFilters": {"(": 0.5}, "models": [{"source": "a"}, {"source": "b"}]},
+     "not a valid regular expression"),
+    ({"method": "soup", "models": [{"source": "a"}]}, "merge.method must be one of linear"),
+    ({"models": [{"source": "a"}]}, "merge.method must be one of linear"),
+    ({"method": "ties", "base": "s3://b/base", "density": 0.5, "models": [{"source": "a"}]}, "spec.merge.base"),
+    ({"method": "linear", "models": [{"source": "gs://b/m"}]}, "spec.merge.models[0].source"),
+])
+def test_merge_parameters_checked_at_the_edge(merge, words):
+    with pytest.raises(UserError) as info:
+        manifest_from_dict(_with("merge", merge))
+    assert words in str(info.value)
+
+
+def test_merge_spec_model_validate_picks_the_method():
+    spec = MergeSpec.model_validate({"method": "dare_linear", "base": "b", "density": 0.3,
+                                     "models": [{"source": "a"}]})
+    assert type(spec) is MERGE_CLASSES["dare_linear"] and spec.base_source == "b"
+    assert spec.parameters() == {"density": 0.3}
+
+
+@pytest.mark.parametrize("backend, precision, ok", [
+    (backend, precision, precision in precisions)
+    for backend, precisions in BACKEND_PRECISIONS.items() for precision in PRECISIONS])
+def test_backend_and_precision_checked_from_the_compiler_table(backend, precision, ok):
+    doc = _with("compile", {"backend": backend, "precision": precision})
+    if ok:
+        assert manifest_from_dict(doc).spec.compile.precision == precision
+    else:
+        with pytest.raises(UserError, match=rf"spec\.compile: compile\.precision: backend {backend} does not "
+                                            rf"compile {precision}.*use backend"):
+            manifest_from_dict(doc)
+
+
+@pytest.mark.parametrize("schedule, words", [
+    ("0 3 * *", "has 4 fields"),
+    ("60 3 * * *", "minute '60' is not a number in 0..59"),
+    ("0 24 * * *", "hour '24'"),
+    ("0 3 32 * *", "day of month '32'"),
+    ("0 3 * 13 *", "month '13'"),
+    ("0 3 * * 8", "day of week '8'"),
+    ("0 3 * * fri-mon", "runs backwards"),
+    ("*/0 * * * *", "minute step '0'"),
+    ("0 3 * * mo", "day of week 'mo'"),
+])
+def test_schedule_parsed_fully(schedule, words):
+    with pytest.raises(UserError) as info:
+        manifest_from_dict(_with("training", {"schedule": schedule}))
+    assert "spec.training.schedule" in str(info.value) and words in str(info.value)
+
+
+@pytest.mark.parametrize("schedule", ["0 3 * * *", "*/15 0-6,22-23 1,15 jan-jun MON-fri", "0 0 29 2 *",
+                                      "5 4 * * 7", "0 0/6 * * *"])
+def test_valid_schedules_accepted(schedule):
+    assert manifest_from_dict(_with("training", {"schedule": schedule})).spec.training.schedule == schedule
+
+
+def test_model_sizes_are_spec_fields():
+    task = manifest_from_dict(_with("task", {"type": "ctr", "sequenceLayers": 1, "sequenceHeads": 4,
+                                             "headHidden": 64})).spec.task
+    assert (task.sequence_layers, task.sequence_heads, task.head_hidden) == (1, 4, 64)
+    defaults = manifest_from_dict(MINIMAL).spec.task
+    assert (defaults.sequence_layers, defaults.sequence_heads, defaults.head_hidden) == (2, 1, 128)
+    with pytest.raises(UserError, match=r"sequenceHeads=3 must divide fusion\.dim=256"):
+        manifest_from_dict(_with("task", {"sequenceHeads": 3}))
+    manifest_from_dict(_with("task", {"sequenceHeads": 3, "userTower": "text"}))  # the text tower has no heads
 
 
 def test_duplicate_encoder_names_refused():
@@ -76,9 +174,22 @@ def test_duplicate_encoder_names_refused():
         manifest_from_dict(_with("encoders", encoders))
 
 
-def test_unknown_source_scheme_refused():
-    with pytest.raises(UserError, match="unknown source scheme 'ftp'"):
-        manifest_from_dict(_with("encoders", [{"name": "a", "source": "ftp://x/y"}]))
+@pytest.mark.parametrize("source", ["ftp://x/y", "s3://bucket/model", "gs://bucket/model"])
+def test_unsupported_source_scheme_refused_with_the_fix(source):
+    scheme = source.split(":")[0]
+    with pytest.raises(UserError, match=rf"spec\.encoders\[0\]\.source: models are not loaded from {scheme}:// "
+                                        r"sources; use a local folder.*fusionrec models pull"):
+        manifest_from_dict(_with("encoders", [{"name": "a", "source": source}]))
+
+
+def test_model_source_schemes_are_the_loaders():
+    """One list: every scheme the spec lets through, fusionrec.model.sources resolves (no 'unknown scheme')."""
+    from fusionrec.model import sources
+
+    for scheme in MODEL_SOURCE_SCHEMES:
+        with pytest.raises(UserError) as info:
+            sources.resolve_source(f"{scheme}://")
+        assert "models are not loaded" not in str(info.value)
 
 
 def test_replica_range_checked():
@@ -128,3 +239,48 @@ def test_manifests_read_numbers_as_kubectl_does_and_convert_nothing(tmp_path):
     path.write_text(base % 'workers: "2"', encoding="utf-8")
     with pytest.raises(UserError, match="spec.training.workers"):
         load_manifest(path)
+
+
+def test_the_tables_are_torch_free_and_name_every_method():
+    """The spec (imported by the operator, which has no torch) reads its tables from fusionrec.choices; the merge
+    registry and the compiler read the same ones."""
+    import subprocess
+    import sys
+    from typing import get_args
+
+    from fusionrec.spec import MergeMethod
+
+    code = ("import sys, fusionrec.spec, fusionrec.choices, fusionrec.cron, fusionrec.operator.crd; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') "
+            "or m.startswith('fusionrec.model')); print(bad); sys.exit(bool(bad))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert get_args(MergeMethod) == tuple(MERGE_METHODS) == tuple(MERGE_CLASSES)
+
+    from fusionrec.compile.registry import BACKENDS
+    from fusionrec.model.merge import REGISTRY
+
+    assert sorted(REGISTRY) == sorted(MERGE_METHODS)
+    for name, method in REGISTRY.items():
+        assert method.parameters() == list(MERGE_METHODS[name].params)
+        assert method.needs_base() == MERGE_METHODS[name].needs_base
+    assert {name: b.precisions for name, b in BACKENDS.items()} == BACKEND_PRECISIONS
+
+
+def test_artifact_specs_from_before_the_merge_union_still_load():
+    """spec.yaml files written before spec.merge was one model per method carry every method's parameter."""
+    from fusionrec.spec import upgrade_artifact_spec
+
+    old = {**MINIMAL["spec"], "merge": {
+        "method": "linear", "name": "merged", "base": None, "models": [{"source": "a", "weight": 1.0}],
+        "density": None, "lambda": None, "rescale": True, "t": None, "tFilters": None, "seed": 0}}
+    with pytest.raises(ValidationError):
+        FusionRecommenderSpec.model_validate(old)
+    spec = FusionRecommenderSpec.model_validate(upgrade_artifact_spec(old))
+    assert spec.merge.method == "linear" and spec.merge.parameters() == {}
+    ties = {**old, "merge": {**old["merge"], "method": "ties", "base": "b", "density": 0.2, "lambda": 1.5}}
+    assert FusionRecommenderSpec.model_validate(upgrade_artifact_spec(ties)).merge.parameters() == {
+        "lambda": 1.5, "density": 0.2}
+    changed = {**old, "merge": {**old["merge"], "seed": 7}}  # a value someone set is not dropped
+    with pytest.raises(ValidationError):
+        FusionRecommenderSpec.model_validate(upgrade_artifact_spec(changed))

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from fusionrec.baselines.sasrec import SASRec, SASRecConfig
+from fusionrec.data.schema import Dataset
 from fusionrec.data.splits import leave_one_out
 from fusionrec.data.text import with_item_text
-from fusionrec.data.schema import Dataset
 from fusionrec.errors import UserError
 from fusionrec.model.fused import FusedRecommender
 from fusionrec.spec import FusionRecommenderSpec, TrainingSpec

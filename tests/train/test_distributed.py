@@ -4,6 +4,9 @@ checkpoint to the same result as an uninterrupted run. One local Ray serves the 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,7 @@ from safetensors.torch import load_file
 from fusionrec.artifact import load_artifact
 from fusionrec.model.saved import load_model
 from fusionrec.spec import Manifest
-from fusionrec.train.distributed import FailureDrill, summary_table, train_distributed
+from fusionrec.train.distributed import summary_table, train_distributed
 from fusionrec.train.local_ray import start_local
 
 from testkit import fused_spec, synthetic_frames
@@ -103,10 +106,18 @@ def test_the_best_checkpoint_becomes_an_artifact_that_loads(uninterrupted):
 
 def test_a_lost_worker_resumes_from_the_last_checkpoint(uninterrupted, manifest, tmp_path):
     clean, _ = uninterrupted
-    marker = tmp_path / "drill-fired"
+    marker = str(tmp_path / "drill-fired")
+
+    def fail_once(rank: int, epoch: int, samples: int) -> None:
+        """Rank 1 fails at its second batch of epoch 2, once: the marker keeps it from firing after the restart
+        (a closure, so Ray pickles it by value to the workers)."""
+        if rank == 1 and epoch == 2 and samples > 0 and not os.path.exists(marker):
+            Path(marker).write_text(f"rank {rank} failed at epoch {epoch}\n")
+            raise RuntimeError(f"failure drill: rank {rank} fails at epoch {epoch}")
+
     result = train_distributed(manifest, tmp_path / "runs", embeddings=tmp_path / "embeddings",
-                               failure_drill=FailureDrill(rank=1, epoch=2, marker=str(marker)))
-    assert marker.read_text().startswith("rank 1 failed at epoch 2")
+                               before_batch=fail_once)
+    assert Path(marker).read_text().startswith("rank 1 failed at epoch 2")
     assert result.last_metrics["resumed_after"] == 1  # the new worker group started from epoch 1's checkpoint
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     # Weights, optimizer, schedule and RNG all came back: the run ends where the uninterrupted one did.

@@ -170,6 +170,7 @@ def test_the_click_command_maps_errors_to_exit_2(tmp_path, monkeypatch):
     assert "spec.training.workers" in result.output
 
 
+@pytest.mark.slow
 def test_the_module_entry_point_exits_2(tmp_path):
     """`python -m fusionrec.train` exactly as the operator's RayJob runs it."""
     manifest = write_manifest(tmp_path, workers=1)

@@ -14,8 +14,8 @@ from fusionrec.artifact import load_artifact
 from fusionrec.data import load_dataset
 from fusionrec.model.saved import USERS_NAME, load_model
 from fusionrec.protocol import evaluate_model, make_split
-from fusionrec.train.job import train_and_evaluate
 from fusionrec.spec import Manifest
+from fusionrec.train.job import train_and_evaluate
 
 from testkit import fused_spec, shop_files
 

@@ -1,5 +1,5 @@
 """The training loop: schedules, parameter groups, early stopping with the best weights restored, accumulation,
-hooks, metric selection, and that the baselines' fit loop is reproduced exactly (so it can delegate here)."""
+hooks, metric selection, and that the baselines' settings (RecBole's plain Adam at one rate) mean exactly that."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from fusionrec.baselines.base import FitConfig, RankingModel
+from fusionrec.baselines.base import RankingModel
 from fusionrec.baselines.bpr import BPR
-from fusionrec.baselines.fit import fit_pointwise, fit_ranking
 from fusionrec.baselines.lr import LogisticRegression
+from fusionrec.baselines.registry import recbole_training
 from fusionrec.data.schema import ITEM_IDX, USER_IDX, Dataset
 from fusionrec.data.splits import LeaveOneOutSplit, leave_one_out, random_split
 from fusionrec.errors import UserError
+from fusionrec.protocol import seed_everything
 from fusionrec.spec import TrainingSpec
 from fusionrec.train.loop import FitHooks, LossModule, fit, parameter_groups, selection_metric
 from fusionrec.train.schedules import WarmupDecay, warmup_steps
@@ -91,25 +92,36 @@ def test_parameter_groups_split_rates_and_decay():
     assert len(everything) == 6 and not any(p is model.frozen.weight for p in everything)
 
 
-# --- the baselines' loop, reproduced ------------------------------------------------------------------------
+# --- the baselines' settings ------------------------------------------------------------------------------
 
 
-def test_a_baseline_fitted_here_matches_the_baselines_own_loop():
-    """Same seed, batches, optimizer and stopping rule: the baselines' fit_ranking can become a thin call."""
+def test_a_baseline_with_recbole_settings_trains_as_plain_adam_at_one_rate():
+    """The registry's settings (constant rate, no warm-up, clipping or weight decay) give exactly the epochs of a
+    bare Adam loop over the model's own batches: the one loop adds nothing to a baseline's optimisation."""
     dataset = clustered()
     split = leave_one_out(dataset)
-    config = FitConfig(epochs=4, batch_size=64, learning_rate=1e-2, patience=2, seed=7)
-    torch.manual_seed(0)
-    theirs = BPR.from_data(dataset, split)
+    training = recbole_training(epochs=3, metric="ndcg@10", batch_size=64).model_copy(update={"seed": 7})
     torch.manual_seed(0)
     ours = BPR.from_data(dataset, split)
-    expected = fit_ranking(theirs, split, config)
-    got = fit(ours, split, spec(early_stopping={"metric": "ndcg@10", "patience": 2}), device="cpu")
-    assert [r["loss"] for r in got.history] == pytest.approx([r["loss"] for r in expected.history], rel=1e-6)
-    assert got.best_epoch == expected.best_epoch
-    assert got.best_valid == pytest.approx(expected.best_valid)
-    for a, b in zip(theirs.parameters(), ours.parameters()):
-        torch.testing.assert_close(a, b)
+    got = fit(ours, split, training, device="cpu")
+    assert {r["lr"] for r in got.history} == {1e-3}
+
+    torch.manual_seed(0)
+    bare = BPR.from_data(dataset, split)
+    seed_everything(7)
+    rng = np.random.default_rng(7)
+    optimizer = torch.optim.Adam(bare.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(3):
+        total, count = 0.0, 0
+        for batch in bare.training_batches(split, 64, rng):
+            loss = bare.calculate_loss(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, count = total + loss.item() * len(batch["user"]), count + len(batch["user"])
+        losses.append(total / count)
+    assert [r["loss"] for r in got.history] == pytest.approx(losses, rel=1e-6)
 
 
 def test_pointwise_models_train_through_the_same_loop():
@@ -121,11 +133,18 @@ def test_pointwise_models_train_through_the_same_loop():
                  device="cpu")
     assert set(result.best_valid) == {"auc", "logloss"}
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_pointwise_selection_by_logloss_keeps_the_lowest_epoch():
+    dataset = clustered(n_users=60)
+    split = random_split(dataset, seed=2020)
     torch.manual_seed(0)
-    reference = LogisticRegression.from_data(dataset, split)
-    expected = fit_pointwise(reference, split, FitConfig(epochs=3, batch_size=32, learning_rate=1e-2, patience=3,
-                                                         seed=7))
-    assert result.best_valid == pytest.approx(expected.best_valid)
+    model = LogisticRegression.from_data(dataset, split)
+    result = fit(model, split, spec(epochs=5, batch_size=32, learning_rate=0.05,
+                                    early_stopping={"metric": "logloss", "patience": 5}), device="cpu")
+    losses = [r["valid_logloss"] for r in result.history]
+    assert result.best_valid["logloss"] == min(losses)
+    assert result.best_epoch == 1 + int(np.argmin(losses))
 
 
 # --- early stopping -----------------------------------------------------------------------------------------

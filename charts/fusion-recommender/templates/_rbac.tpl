@@ -1,5 +1,5 @@
 {{/*
-The operator's rules on namespaced resources, one per line of PERMISSIONS in fusionrec/operator/rbac.py
+The operator's rules on namespaced resources, one per line of PERMISSIONS in operator/rbac.py
 (the reasons are there).
 */}}
 {{- define "fusion-recommender.namespacedRules" -}}

@@ -7,6 +7,7 @@ share the problem, so a user fixes a whole class of error at once instead of one
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from fusionrec.spec import ColumnMapping
 log = logging.getLogger(__name__)
 
 
-def _first_bad(table: RawTable, bad: np.ndarray, column: str, describe) -> None:
+def _first_bad(table: RawTable, bad: np.ndarray, column: str, describe: Callable[[int], str]) -> None:
     """Raise for the first True in `bad` (a [n_rows] mask); `describe(row)` words the problem."""
     rows = np.flatnonzero(bad)
     if len(rows):

@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,8 @@ import pandas as pd
 from fusionrec.errors import DataError
 
 log = logging.getLogger(__name__)
+
+Quoting = Literal[0, 1, 2, 3]  # csv.QUOTE_MINIMAL, QUOTE_ALL, QUOTE_NONNUMERIC or QUOTE_NONE, as csv.reader takes
 
 _ENCODING_FIX = "pass the file's encoding, e.g. --encoding latin-1 (or cp1252, utf-16); any Python codec name works"
 
@@ -37,7 +40,7 @@ class RawTable:
     header: bool = True
     delimiter: str = ","
     encoding: str = "utf-8"
-    quoting: int = csv.QUOTE_MINIMAL
+    quoting: Quoting = csv.QUOTE_MINIMAL
     escapechar: str | None = None
     _lines: np.ndarray | None = field(default=None, repr=False)
 
@@ -136,7 +139,7 @@ def check_exists(path: Path, what: str) -> None:
 
 def read_text_table(path: str | Path, *, what: str, delimiter: str = ",", encoding: str = "utf-8",
                     header: bool = True, names: list[str] | None = None,
-                    quoting: int = csv.QUOTE_MINIMAL, escapechar: str | None = None) -> RawTable:
+                    quoting: Quoting = csv.QUOTE_MINIMAL, escapechar: str | None = None) -> RawTable:
     """Read a delimited text file with every field as a string, so no value is reinterpreted or lost.
 
     `escapechar` (e.g. a backslash) lets a field hold `\\"` inside quotes, as many exporters write it; without

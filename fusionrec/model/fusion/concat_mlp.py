@@ -30,10 +30,10 @@ class ConcatMLPFusion(FusionMethod):
             nn.Linear(inputs, spec.hidden),
             nn.GELU(),
             nn.Dropout(spec.dropout),
-            nn.Linear(spec.hidden, self.dim),
+            output := nn.Linear(spec.hidden, self.dim),
         )
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        nn.init.zeros_(output.weight)
+        nn.init.zeros_(output.bias)
 
     def forward(self, stacked: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(stacked, context)
@@ -54,7 +54,9 @@ class ConcatMLPFusion(FusionMethod):
         if stacked is not None:
             self.check_inputs(stacked, context)
         with self._inference():
-            first = self.mlp[0].weight  # [hidden, (M[+1])*D]
+            first_layer = self.mlp[0]
+            assert isinstance(first_layer, nn.Linear)  # built in __init__; Sequential's items are typed as Module
+            first = first_layer.weight  # [hidden, (M[+1])*D]
             slices = first[:, : self.num_models * self.dim].reshape(first.shape[0], self.num_models, self.dim)
             norms = slices.pow(2).sum(dim=(0, 2)).sqrt().cpu()  # [hidden, M, D] -> [M]
             total = norms.sum()

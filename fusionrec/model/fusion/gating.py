@@ -29,11 +29,11 @@ class GatingFusion(FusionMethod):
             nn.Linear(inputs, spec.hidden),
             nn.GELU(),
             nn.Dropout(spec.dropout),
-            nn.Linear(spec.hidden, self.num_models),
+            output := nn.Linear(spec.hidden, self.num_models),
         )
         # Zero output layer: uniform gates at the start; the hidden layer still learns from the first step on.
-        nn.init.zeros_(self.gate[-1].weight)
-        nn.init.zeros_(self.gate[-1].bias)
+        nn.init.zeros_(output.weight)
+        nn.init.zeros_(output.bias)
 
     def _gates(self, stacked: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         """[B, M, D] -> [B, M] softmax gates."""

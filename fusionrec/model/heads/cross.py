@@ -31,8 +31,9 @@ class CrossNetwork(nn.Module):
         super().__init__()
         if not 1 <= layers <= MAX_LAYERS:
             raise ValueError(f"cross layers must be in [1, {MAX_LAYERS}], got {layers}")
-        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))
-        for layer in self.layers:
+        linears = [nn.Linear(width, width) for _ in range(layers)]
+        self.layers = nn.ModuleList(linears)
+        for layer in linears:
             # Small weights: x0 * (W x) multiplies two tower vectors, and their product must not swamp x_l.
             nn.init.normal_(layer.weight, std=width ** -0.5 * 0.1)
             nn.init.zeros_(layer.bias)

@@ -33,6 +33,8 @@ class PointwiseHead(Head):
 
     reference_url = "https://doi.org/10.1109/MC.2009.263"
 
+    offset: Tensor  # buffer []: the scores' non-learned centre
+
     def __init__(self, dim: int, n_users: int, hidden: int = 128, dropout: float = 0.0,
                  cross_layers: int = 0) -> None:
         super().__init__()
@@ -41,11 +43,12 @@ class PointwiseHead(Head):
         self.user_bias = nn.Embedding(n_users, 1)
         self.item_bias = nn.Linear(dim, 1)
         self.global_bias = nn.Parameter(torch.zeros(()))
-        self.mlp = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
-        for layer in (self.user_bias, self.item_bias, self.mlp[-1]):
-            nn.init.zeros_(layer.weight)
+        self.mlp = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 mlp_out := nn.Linear(hidden, 1))
+        for weight in (self.user_bias.weight, self.item_bias.weight, mlp_out.weight):
+            nn.init.zeros_(weight)
         nn.init.zeros_(self.item_bias.bias)
-        nn.init.zeros_(self.mlp[-1].bias)
+        nn.init.zeros_(mlp_out.bias)
         # Non-learned centre of the scores: the mean training rating for the rating head, 0 for CTR.
         self.register_buffer("offset", torch.zeros(()))
         self.cross = CrossNetwork(2 * dim, cross_layers) if cross_layers else None
@@ -98,6 +101,9 @@ class RatingHead(PointwiseHead):
     pretty_name = "Rating regression (biased two-tower + interaction MLP)"
     loss = "mean squared error on the rating"
     evaluates = "ratings"
+
+    low: Tensor  # buffer []: the lowest rating seen in training
+    high: Tensor  # buffer []: the highest
 
     def __init__(self, dim: int, n_users: int, hidden: int = 128, dropout: float = 0.0,
                  cross_layers: int = 0) -> None:

@@ -11,31 +11,17 @@ token-type ids) have no meaningful average and are copied from the reference unc
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from fusionrec.choices import MERGE_METHODS, ParamDef
 from fusionrec.errors import UserError
 
-
-@dataclass(frozen=True)
-class ParamDef:
-    """A typed method parameter, named as in the YAML spec (camelCase) so errors point at the user's key.
-
-    `convert` turns the raw value into the one the method uses and raises ValueError (with the actual value
-    in the message) when it is out of range.
-    """
-
-    name: str
-    kind: type
-    description: str
-    required: bool = False
-    default: Any = None
-    convert: Callable[[Any], Any] | None = None
+__all__ = ["MergeDetail", "MergeMethod", "MergedTensor", "ParamDef", "TensorStats", "copied"]
 
 
 @dataclass(frozen=True)
@@ -73,26 +59,6 @@ def copied(tensor: torch.Tensor) -> MergedTensor:
     return MergedTensor(tensor.clone(), TensorStats(copied=True, numel=tensor.numel()))
 
 
-def in_range(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Callable[[Any], float]:
-    """A `convert` that checks a number lies in [low, high] (or (low, high] with low_open)."""
-
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"must be a number, got {value!r}")
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError(f"must be a finite number, got {value!r}")
-        too_low = low is not None and (number <= low if low_open else number < low)
-        too_high = high is not None and number > high
-        if too_low or too_high:
-            left = "(" if low_open else "["
-            raise ValueError(f"must be in {left}{low if low is not None else '-inf'}, "
-                             f"{high if high is not None else 'inf'}], got {value!r}")
-        return number
-
-    return check
-
-
 def float_compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half/bfloat16/float32 inputs; float64 stays float64 rather than losing precision."""
     return torch.promote_types(dtype, torch.float32)
@@ -112,18 +78,20 @@ class MergeMethod(ABC):
     def reference_url(self) -> str:
         """The paper the method comes from, written into merge_report.json."""
 
-    @abstractmethod
-    def parameters(self) -> list[ParamDef]: ...
+    def parameters(self) -> list[ParamDef]:
+        """The method's parameters: its entry in fusionrec.choices.MERGE_METHODS, which the spec is generated
+        from too."""
+        return list(MERGE_METHODS[self.name()].params)
 
     def needs_base(self) -> bool:
         """True when the method works on task vectors (model - base)."""
-        return False
+        return MERGE_METHODS[self.name()].needs_base
 
     def uses_weights(self) -> bool:
         """False when per-model weights mean nothing to the method (SLERP uses `t`)."""
         return True
 
-    def check_weights(self, weights: Sequence[float]) -> None:
+    def check_weights(self, weights: Sequence[float]) -> None:  # noqa: B027 (a hook: most methods take any)
         """Refuse weights the method cannot use, before any checkpoint is read. Raises UserError."""
 
     def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,7 +116,7 @@ class MergeMethod(ABC):
                 resolved[name] = pdef.default
                 continue
             try:
-                resolved[name] = pdef.convert(value) if pdef.convert else _coerce(value, pdef.kind)
+                resolved[name] = pdef.check(value)
             except ValueError as exc:
                 raise UserError(str(exc), field=f"merge.{name}") from None
         return resolved
@@ -225,18 +193,3 @@ class MergeMethod(ABC):
             ],
         }
 
-
-def _coerce(value: Any, kind: type) -> Any:
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"must be true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be an integer, got {value!r}")
-        return value
-    if kind is float:
-        return in_range()(value)
-    if not isinstance(value, kind):
-        raise ValueError(f"must be a {kind.__name__}, got {value!r}")
-    return value

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from fusionrec.errors import UserError
-from fusionrec.model.merge.base import MergeDetail, MergeMethod, ParamDef
+from fusionrec.model.merge.base import MergeDetail, MergeMethod
 
 
 class LinearMerge(MergeMethod):
@@ -25,9 +25,6 @@ class LinearMerge(MergeMethod):
 
     def reference_url(self) -> str:
         return "https://arxiv.org/abs/2203.05482"
-
-    def parameters(self) -> list[ParamDef]:
-        return []
 
     def check_weights(self, weights: Sequence[float]) -> None:
         if sum(weights) <= 0:

@@ -1,7 +1,8 @@
 """Every merge method, by the name `merge.method` uses. Register a new method here and nowhere else.
 
 TIES, DARE-linear, DARE-TIES and task arithmetic are one class with different settings, so a fix to the
-task-vector arithmetic reaches all four. The keys must equal `fusionrec.spec.MergeMethod` (a test checks).
+task-vector arithmetic reaches all four. The keys must equal `fusionrec.choices.MERGE_METHODS`, where each
+method's parameters are defined (the spec is generated from them; tests/spec checks both).
 """
 
 from __future__ import annotations

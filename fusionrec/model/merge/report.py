@@ -53,9 +53,9 @@ class MergeReport:
     @property
     def kept_fraction(self) -> float | None:
         """Element-weighted share of task-vector entries kept by TIES/DARE sparsification."""
-        kept = [s for s in self.tensors.values() if s.kept_fraction is not None]
-        elements = sum(s.numel for s in kept)
-        return sum(s.kept_fraction * s.numel for s in kept) / elements if elements else None  # type: ignore[operator]
+        kept = [(s.kept_fraction, s.numel) for s in self.tensors.values() if s.kept_fraction is not None]
+        elements = sum(numel for _, numel in kept)
+        return sum(fraction * numel for fraction, numel in kept) / elements if elements else None
 
     @property
     def sign_conflicts(self) -> int | None:

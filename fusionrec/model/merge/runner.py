@@ -16,18 +16,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from fusionrec.errors import UserError, format_validation_error, manifest_from_dict
+from fusionrec.errors import UserError, format_validation_error
 from fusionrec.model.merge import io
 from fusionrec.model.merge.base import MergeMethod, copied
 from fusionrec.model.merge.registry import get_method
 from fusionrec.model.merge.report import InputRecord, MergeReport
-from fusionrec.spec import MergeSpec
+from fusionrec.spec import MergeSpec, manifest_from_dict
 
 log = logging.getLogger(__name__)
-
-# MergeSpec attribute -> method parameter name (the spec's camelCase key).
-_SPEC_PARAMETERS = {"density": "density", "lambda_": "lambda", "rescale": "rescale", "seed": "seed", "t": "t"}
-
 
 def run_merge(
     spec: MergeSpec,
@@ -45,7 +41,7 @@ def run_merge(
         out_dir: the folder to create; it gets model.safetensors, the reference's config and tokenizer files
             and merge_report.json.
         encoders: encoder name -> source, from the manifest the merge belongs to.
-        t_filters: SLERP's per-tensor `t` ({tensor-name regex: t}); `spec.t_filters` once the spec has it.
+        t_filters: SLERP's per-tensor `t` ({tensor-name regex: t}), in place of the spec's tFilters.
         overwrite: replace a non-empty `out_dir`.
 
     Returns:
@@ -60,7 +56,12 @@ def run_merge(
     method.check_weights(weights)
     io.check_out_dir(out_dir, overwrite=overwrite)
 
-    base_path = io.resolve_source(spec.base, encoders) if method.needs_base() else None
+    base_path = None
+    if method.needs_base():
+        if spec.base_source is None:  # the spec of a task-vector method requires `base`
+            raise UserError(f"merge method {method.name()!r} works on task vectors and needs merge.base",
+                            field="merge.base", fix="set merge.base to the models' common base model")
+        base_path = io.resolve_source(spec.base_source, encoders)
     model_paths = [io.resolve_source(ref.source, encoders) for ref in spec.models]
     target = out_dir.resolve()
     for path in [base_path, *model_paths]:
@@ -70,7 +71,7 @@ def run_merge(
     with ExitStack() as stack:
         models = [stack.enter_context(io.CheckpointReader(path, f"models[{i}] {ref.source!r}"))
                   for i, (path, ref) in enumerate(zip(model_paths, spec.models))]
-        base = stack.enter_context(io.CheckpointReader(base_path, f"base {spec.base!r}")) if base_path else None
+        base = stack.enter_context(io.CheckpointReader(base_path, f"base {spec.base_source!r}")) if base_path else None
         # The reference decides the tensor set, the dtypes, the non-float tensors and the copied config.
         reference = base if base is not None else models[0]
         io.check_compatible([reference, *(m for m in models if m is not reference)])
@@ -104,27 +105,11 @@ def run_merge(
 
 def method_parameters(spec: MergeSpec, method: MergeMethod,
                       t_filters: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """The spec's values for the parameters `method` declares.
-
-    A parameter the user set explicitly but the method does not take (`density` on a linear merge) is an
-    error rather than silently ignored; spec defaults (`rescale`, `seed`) are passed only where they apply.
-    """
-    declared = {p.name for p in method.parameters()}
-    raw: dict[str, Any] = {}
-    for attribute, key in _SPEC_PARAMETERS.items():
-        value = getattr(spec, attribute)
-        if key in declared:
-            if value is not None:
-                raw[key] = value
-        elif attribute in spec.model_fields_set and value is not None:
-            raise UserError(f"{key}={value!r} does not apply to method {method.name()!r} "
-                            f"(its parameters: {', '.join(sorted(declared)) or 'none'})", field=f"merge.{key}")
-    if spec.base and not method.needs_base():
-        raise UserError(f"{method.name()!r} does not take a base model (got {spec.base!r}); the first model is "
-                        "the reference", field="merge.base", fix="remove merge.base or use a task-vector method")
-    t_filters = t_filters if t_filters is not None else getattr(spec, "t_filters", None)
-    if t_filters:
-        if "tFilters" not in declared:
+    """The parameters the user set for `method` (the spec's member for it takes exactly those, checked when the
+    spec was read), with `t_filters` replacing SLERP's tFilters where given."""
+    raw = spec.parameters()
+    if t_filters is not None:
+        if "tFilters" not in {p.name for p in method.parameters()}:
             raise UserError(f"method {method.name()!r} does not take tFilters (per-tensor t)", field="merge.tFilters")
         raw["tFilters"] = dict(t_filters)
     if not method.uses_weights():
@@ -140,7 +125,7 @@ def _inputs(spec: MergeSpec, base: io.CheckpointReader | None, models: list[io.C
     def record(role: str, source: str, reader: io.CheckpointReader, weight: float | None) -> InputRecord:
         return InputRecord(role, source, str(reader.folder), weight, {f.name: io.sha256_file(f) for f in reader.files})
 
-    records = [record("base", spec.base, base, None)] if base is not None and spec.base else []
+    records = [record("base", spec.base_source, base, None)] if base is not None and spec.base_source else []
     for ref, reader in zip(spec.models, models):
         records.append(record("model", ref.source, reader, ref.weight if method.uses_weights() else None))
     return records

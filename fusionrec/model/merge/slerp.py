@@ -13,13 +13,12 @@ else the method's `t`, so attention can lean on one model while the MLPs lean on
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from fusionrec.model.merge.base import MergeDetail, MergeMethod, ParamDef, in_range
+from fusionrec.model.merge.base import MergeDetail, MergeMethod
 
 # |cos| above this counts as colinear: sin(theta) is then too small to divide by safely.
 COLINEAR_COS = 0.9995
@@ -38,14 +37,6 @@ class SlerpMerge(MergeMethod):
 
     def uses_weights(self) -> bool:
         return False
-
-    def parameters(self) -> list[ParamDef]:
-        return [
-            ParamDef("t", float, "interpolation factor: 0 returns the first model, 1 the second", required=True,
-                     convert=in_range(0.0, 1.0)),
-            ParamDef("tFilters", dict, "per-tensor t: {regex or substring of the tensor name: t}; first match wins",
-                     default=None, convert=_compile_filters),
-        ]
 
     def t_for(self, name: str, params: Mapping[str, Any]) -> float:
         """The interpolation factor used for the tensor called `name`."""
@@ -80,21 +71,3 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     sin_theta = math.sin(theta)
     return (math.sin((1.0 - t) * theta) / sin_theta) * v0 + (math.sin(t * theta) / sin_theta) * v1
 
-
-def _compile_filters(value: Any) -> tuple[tuple[re.Pattern[str], float], ...]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"must be a mapping of tensor-name pattern to t, got {value!r}")
-    check_t = in_range(0.0, 1.0)
-    compiled = []
-    for pattern, t in value.items():
-        if not isinstance(pattern, str) or not pattern:
-            raise ValueError(f"patterns must be non-empty strings, got {pattern!r}")
-        try:
-            regex = re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
-        try:
-            compiled.append((regex, check_t(t)))
-        except ValueError as exc:
-            raise ValueError(f"t for pattern {pattern!r} {exc}") from None
-    return tuple(compiled)

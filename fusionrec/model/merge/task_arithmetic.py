@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from fusionrec.model.merge.base import MergeDetail, MergeMethod, ParamDef, in_range
+from fusionrec.model.merge.base import MergeDetail, MergeMethod
 
 Sparsify = Literal["none", "magnitude", "random"]
 
@@ -49,21 +49,6 @@ class GeneralizedTaskArithmetic(MergeMethod):
 
     def reference_url(self) -> str:
         return self.url
-
-    def needs_base(self) -> bool:
-        return True
-
-    def parameters(self) -> list[ParamDef]:
-        params = [ParamDef("lambda", float, "scale of the combined task vector", default=1.0,
-                           convert=in_range(0.0, None, low_open=True))]
-        if self.sparsify != "none":
-            params.append(ParamDef("density", float, "fraction of each task vector kept (e.g. 0.2)", required=True,
-                                   convert=in_range(0.0, 1.0, low_open=True)))
-        if self.sparsify == "random":
-            params.append(ParamDef("rescale", bool, "rescale kept entries by 1/density", default=True))
-            params.append(ParamDef("seed", int, "seed of the random drop masks", default=0,
-                                   convert=_non_negative_int))
-        return params
 
     def _merge(
         self,
@@ -97,12 +82,6 @@ class GeneralizedTaskArithmetic(MergeMethod):
         else:
             combined, conflicts = weighted.sum(dim=0), None
         return base + params["lambda"] * combined, MergeDetail(kept_fraction, conflicts)
-
-
-def _non_negative_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"must be a non-negative integer, got {value!r}")
-    return value
 
 
 def _top_magnitude_mask(deltas: torch.Tensor, density: float) -> torch.Tensor:

@@ -346,7 +346,7 @@ def write_report(result: dict[str, Any], args: argparse.Namespace, wall: float) 
         "## The config", "",
         "The CR's `serving` section (the manifest's; everything else is the bench model's spec):", "",
         f"    {json.dumps(result['serving'])}", "",
-        "`autoscaling_config(serving)` (fusionrec/serving/config.py), what those fields produce:", "",
+        "`autoscaling_config(serving)` (serving/config.py), what those fields produce:", "",
         f"    {json.dumps(configs['from_serving_fields'])}", "",
         f"The model deployment `{configs['model_deployment']}` in the operator's RayService (`build_rayservice`: "
         "its serveConfigV2 args built by `build_app`, the bound deployment's config, Ray's defaults filled in):",

@@ -148,6 +148,7 @@ class MergeMethodInfo:
     params: tuple[ParamDef, ...]
     needs_base: bool = False
     models: int | None = None  # exactly this many models (SLERP: 2), else 1 to 16
+    uses_weights: bool = True  # False: per-model weights mean nothing to the method (SLERP uses t)
     description: str = ""
 
 
@@ -170,7 +171,7 @@ MERGE_METHODS: dict[str, MergeMethodInfo] = {m.name: m for m in (
                     description="DARE: randomly dropped task vectors, summed"),
     MergeMethodInfo("dare_ties", (_LAMBDA, _DENSITY, _RESCALE, _SEED), needs_base=True,
                     description="DARE-TIES: randomly dropped task vectors, sign consensus"),
-    MergeMethodInfo("slerp", (_T, _T_FILTERS), models=2,
+    MergeMethodInfo("slerp", (_T, _T_FILTERS), models=2, uses_weights=False,
                     description="spherical interpolation between exactly two models"),
 )}
 

@@ -20,10 +20,10 @@ import torch
 
 from fusionrec.data.sampling import histories_from_frame
 from fusionrec.data.schema import Dataset
-from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit, leave_one_out, random_split
+from fusionrec.data.splits import RANDOM_SPLIT_SEED, LeaveOneOutSplit, RandomSplit, leave_one_out, random_split
 from fusionrec.metrics import RANKING_CUTOFFS, evaluate_pointwise, evaluate_ranking
 
-CTR_SPLIT_SEED = 2020  # the protocol's random split is fixed; seeds vary the model, never the data
+CTR_SPLIT_SEED = RANDOM_SPLIT_SEED  # the protocol's random split is fixed; seeds vary the model, never the data
 DEFAULT_METRIC = {"ranks": "ndcg@10", "labels": "auc", "ratings": "rmse"}
 REPORTED = {"labels": ("auc", "logloss"), "ratings": ("rmse", "mae")}
 PROTOCOL = {

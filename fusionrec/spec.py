@@ -234,6 +234,14 @@ def _model_count(self: MergeSpec) -> MergeSpec:
     return self
 
 
+def _unweighted(self: MergeSpec) -> MergeSpec:
+    for i, ref in enumerate(self.models):
+        if ref.weight != 1.0:  # 1.0 is the default the CRD fills in
+            raise ValueError(f"merge.models[{i}].weight: {self.method} does not use per-model weights (got "
+                             f"{ref.weight}); leave weight out (or at 1.0)")
+    return self
+
+
 def _merge_class(info: MergeMethodInfo) -> type[MergeSpec]:
     fields: dict[str, Any] = {"method": (Literal[info.name], Field(description=info.description))}
     if info.needs_base:
@@ -245,6 +253,8 @@ def _merge_class(info: MergeMethodInfo) -> type[MergeSpec]:
     validators: dict[str, Any] = {}
     if info.models is not None:
         validators["_model_count"] = model_validator(mode="after")(_model_count)
+    if not info.uses_weights:
+        validators["_unweighted"] = model_validator(mode="after")(_unweighted)
     if any(p.kind is dict for p in info.params):
         validators["_t_filters"] = field_validator("t_filters")(classmethod(_t_filters))
     title = "".join(part.title() for part in info.name.split("_"))
@@ -284,6 +294,10 @@ class FusionSpec(SpecModel):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
+SEQUENCE_DEFAULTS = (2, 1)  # task.sequenceLayers, task.sequenceHeads
+HEAD_HIDDEN_DEFAULT = 128
+
+
 class TaskSpec(SpecModel):
     """What the head predicts, and how the ranking model is built."""
 
@@ -293,11 +307,14 @@ class TaskSpec(SpecModel):
     )
     use_item_ids: bool = Field(True, description="Add a learned item-ID embedding to the item tower (hybrid).")
     history_length: int = Field(50, ge=1, le=1024, description="Most recent items that describe a user.")
-    sequence_layers: int = Field(2, ge=1, le=12, description="userTower sequence: transformer blocks of the "
-                                 "SASRec tower (the benchmark's CTR rows use 1: each row carries a history).")
-    sequence_heads: int = Field(1, ge=1, le=16, description="userTower sequence: attention heads per block; "
-                                "fusion.dim must be divisible by it.")
-    head_hidden: int = Field(128, ge=8, le=16384, description="Hidden width of the head's MLP.")
+    sequence_layers: int = Field(
+        SEQUENCE_DEFAULTS[0], ge=1, le=12, description="userTower sequence: transformer blocks of the SASRec tower "
+        "(the benchmark's CTR rows use 1: each row carries a history).")
+    sequence_heads: int = Field(
+        SEQUENCE_DEFAULTS[1], ge=1, le=16,
+        description="userTower sequence: attention heads per block; fusion.dim must be divisible by it.")
+    head_hidden: int = Field(HEAD_HIDDEN_DEFAULT, ge=8, le=16384,
+                             description="ctr/rating: hidden width of the head's MLP (a ranking head has none).")
     negatives: Literal["in_batch", "sampled", "full"] = Field("full", description="Softmax negatives.")
     num_negatives: int = Field(256, ge=1, le=100_000)
     user_features: list[Annotated[str, Field(min_length=1, max_length=COLUMN_MAX)]] = Field(
@@ -321,6 +338,14 @@ class TaskSpec(SpecModel):
         if self.cross_layers and self.type == "ranking":
             raise ValueError(f"task.crossLayers={self.cross_layers} applies to type ctr or rating: a ranking score "
                              "is a dot product (the catalogue is searched by it); set crossLayers to 0 or change type")
+        # A size the chosen model does not have is refused, not ignored (the CRD fills the defaults, so a value
+        # other than the default is what the user set).
+        if self.head_hidden != HEAD_HIDDEN_DEFAULT and self.type == "ranking":
+            raise ValueError(f"task.headHidden={self.head_hidden} applies to type ctr or rating: a ranking head is a "
+                             f"dot product with no hidden layer; leave headHidden at {HEAD_HIDDEN_DEFAULT}")
+        if self.user_tower == "text" and (self.sequence_layers, self.sequence_heads) != SEQUENCE_DEFAULTS:
+            raise ValueError("task.sequenceLayers and task.sequenceHeads apply to userTower sequence; with userTower "
+                             f"text leave them at {SEQUENCE_DEFAULTS[0]} and {SEQUENCE_DEFAULTS[1]}")
         return self
 
 

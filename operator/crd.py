@@ -35,7 +35,9 @@ from fusionrec.operator import consts
 from fusionrec.operator.schema import structural_schema
 from fusionrec.operator.status import Condition, FusionRecommenderStatus
 from fusionrec.spec import (
+    HEAD_HIDDEN_DEFAULT,
     MERGE_CLASSES,
+    SEQUENCE_DEFAULTS,
     AuthSpec,
     CompileSpec,
     DataSpec,
@@ -112,10 +114,16 @@ def _merge_extras() -> dict[tuple[type, str | None], dict[str, Any]]:
     for cls in MERGE_CLASSES.values():
         if "base" in cls.model_fields:
             extras[(cls, "base")] = _MODEL_SOURCE
+        rules = []
         if cls.info.models is not None:
-            extras[(cls, None)] = {"x-kubernetes-validations": [_rule(
-                f"size(self.models) == {cls.info.models}", f"{cls.info.name} takes exactly {cls.info.models} models",
-                field_path=".models")]}
+            rules.append(_rule(f"size(self.models) == {cls.info.models}",
+                               f"{cls.info.name} takes exactly {cls.info.models} models", field_path=".models"))
+        if not cls.info.uses_weights:
+            rules.append(_rule("self.models.all(m, !has(m.weight) || m.weight == 1.0)",
+                               f"{cls.info.name} does not use per-model weights; leave weight out (or at 1.0)",
+                               field_path=".models"))
+        if rules:
+            extras[(cls, None)] = {"x-kubernetes-validations": rules}
         if "t_filters" in cls.model_fields:
             # The regular-expression check of the keys stays with pydantic (the operator reports it as
             # SpecValid=False): CEL has no way to compile a Python regex.
@@ -146,6 +154,15 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
         _rule("!has(self.crossLayers) || self.crossLayers == 0 || (has(self.type) && self.type != 'ranking')",
               "crossLayers applies to type ctr or rating: a ranking score is a dot product",
               field_path=".crossLayers"),
+        _rule(f"!has(self.headHidden) || self.headHidden == {HEAD_HIDDEN_DEFAULT} || "
+              "(has(self.type) && self.type != 'ranking')",
+              f"headHidden applies to type ctr or rating: a ranking head has no hidden layer; leave it at "
+              f"{HEAD_HIDDEN_DEFAULT}", field_path=".headHidden"),
+        _rule(f"!has(self.userTower) || self.userTower != 'text' || "
+              f"((!has(self.sequenceLayers) || self.sequenceLayers == {SEQUENCE_DEFAULTS[0]}) && "
+              f"(!has(self.sequenceHeads) || self.sequenceHeads == {SEQUENCE_DEFAULTS[1]}))",
+              f"sequenceLayers and sequenceHeads apply to userTower sequence; with userTower text leave them at "
+              f"{SEQUENCE_DEFAULTS[0]} and {SEQUENCE_DEFAULTS[1]}", field_path=".sequenceLayers"),
     ]},
     # task.userFeatures lists a column once: the list-type, not a rule (a pairwise rule over 32 strings of
     # up to 128 characters is costed far over budget).

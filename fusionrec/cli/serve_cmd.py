@@ -45,7 +45,7 @@ def serve(path: Path, host: str, port: int, token_file: str | None, token_env: s
     \b
     Examples:
       fusionrec serve runs/v3
-      fusionrec serve examples/ml100k.yaml --port 8080
+      fusionrec serve examples/movielens.yaml --port 8080
       fusionrec serve runs/v3 --token-file tokens.txt
       fusionrec serve runs/v3 --no-auth
     """

@@ -23,7 +23,7 @@ def train(manifest: str, output: str | None, address: str | None, overwrite: boo
 
     \b
     Examples:
-      fusionrec train examples/ml100k.yaml --output runs
+      fusionrec train examples/movielens.yaml --output runs
       fusionrec train m.yaml --address ray://head:10001
       fusionrec train m.yaml --json | jq .test
     """

@@ -19,6 +19,8 @@ from fusionrec.data.schema import ITEM, ITEM_IDX, LABEL, RATING, TIME, USER, USE
 
 log = logging.getLogger(__name__)
 
+RANDOM_SPLIT_SEED = 2020  # the protocol's random split is fixed (fusionrec.protocol): seeds vary the model only
+
 
 @dataclass(frozen=True)
 class LeaveOneOutSplit:
@@ -123,7 +125,8 @@ class RandomSplit:
         return {"train": self.train, "valid": self.valid, "test": self.test}[stage]
 
 
-def random_split(dataset: Dataset, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 2020,
+def random_split(dataset: Dataset, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                 seed: int = RANDOM_SPLIT_SEED,
                  positive_threshold: float = 4.0, vocab: Vocab | None = None) -> RandomSplit:
     if abs(sum(ratios) - 1.0) > 1e-9 or any(r < 0 for r in ratios):
         raise ValueError(f"split ratios must be non-negative and sum to 1, got {ratios}")

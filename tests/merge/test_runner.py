@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import yaml
+from pydantic import ValidationError
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
@@ -146,12 +147,15 @@ def test_parameters_the_method_does_not_take_are_refused_by_the_spec(fields, mat
         load_merge_config(config)
 
 
-def test_weights_on_slerp_are_refused_before_merging(bert, tmp_path):
+def test_weights_on_slerp_are_refused_when_read_but_a_rendered_default_merges(bert, tmp_path):
+    with pytest.raises(ValidationError, match=r"merge\.models\[0\]\.weight: slerp does not use per-model weights"):
+        MergeSpec.model_validate({"method": "slerp", "t": 0.5, "models": [
+            {"source": str(bert.a), "weight": 2.0}, {"source": str(bert.b)}]})
+    # The operator writes the training pod's manifest with every default filled in (weight: 1.0): no weight at all.
     spec = MergeSpec.model_validate({"method": "slerp", "t": 0.5, "models": [
-        {"source": str(bert.a), "weight": 2.0}, {"source": str(bert.b)}]})
-    with pytest.raises(UserError, match=r"merge\.models\[0\]\.weight: method 'slerp' does not use per-model weights"):
-        run_merge(spec, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+        {"source": str(bert.a), "weight": 1.0}, {"source": str(bert.b), "weight": 1.0}]})
+    run_merge(spec, tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_encoder_names_resolve_through_the_manifest(bert, tmp_path):

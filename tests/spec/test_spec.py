@@ -165,7 +165,10 @@ def test_model_sizes_are_spec_fields():
     assert (defaults.sequence_layers, defaults.sequence_heads, defaults.head_hidden) == (2, 1, 128)
     with pytest.raises(UserError, match=r"sequenceHeads=3 must divide fusion\.dim=256"):
         manifest_from_dict(_with("task", {"sequenceHeads": 3}))
-    manifest_from_dict(_with("task", {"sequenceHeads": 3, "userTower": "text"}))  # the text tower has no heads
+    with pytest.raises(UserError, match="apply to userTower sequence"):  # the text tower has no heads
+        manifest_from_dict(_with("task", {"sequenceHeads": 3, "userTower": "text"}))
+    with pytest.raises(UserError, match="a ranking head is a dot product"):  # nor a ranking head a hidden layer
+        manifest_from_dict(_with("task", {"headHidden": 64}))
 
 
 def test_duplicate_encoder_names_refused():

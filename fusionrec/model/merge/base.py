@@ -89,7 +89,7 @@ class MergeMethod(ABC):
 
     def uses_weights(self) -> bool:
         """False when per-model weights mean nothing to the method (SLERP uses `t`)."""
-        return True
+        return MERGE_METHODS[self.name()].uses_weights
 
     def check_weights(self, weights: Sequence[float]) -> None:  # noqa: B027 (a hook: most methods take any)
         """Refuse weights the method cannot use, before any checkpoint is read. Raises UserError."""

@@ -112,11 +112,6 @@ def method_parameters(spec: MergeSpec, method: MergeMethod,
         if "tFilters" not in {p.name for p in method.parameters()}:
             raise UserError(f"method {method.name()!r} does not take tFilters (per-tensor t)", field="merge.tFilters")
         raw["tFilters"] = dict(t_filters)
-    if not method.uses_weights():
-        for i, ref in enumerate(spec.models):
-            if "weight" in ref.model_fields_set:
-                raise UserError(f"method {method.name()!r} does not use per-model weights (got {ref.weight})",
-                                field=f"merge.models[{i}].weight", fix="remove the weights")
     return raw
 
 

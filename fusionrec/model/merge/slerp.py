@@ -35,9 +35,6 @@ class SlerpMerge(MergeMethod):
     def reference_url(self) -> str:
         return "https://doi.org/10.1145/325165.325242"
 
-    def uses_weights(self) -> bool:
-        return False
-
     def t_for(self, name: str, params: Mapping[str, Any]) -> float:
         """The interpolation factor used for the tensor called `name`."""
         for pattern, t in params.get("tFilters") or ():

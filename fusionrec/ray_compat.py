@@ -47,7 +47,7 @@ def late_asgi_ingress(cls: T) -> T:
     async def __serve_build_asgi_app__(self: Any) -> Any:  # noqa: N807  (Ray's hook name)
         return await self.build_asgi_app()
 
-    cls.__serve_build_asgi_app__ = __serve_build_asgi_app__  # type: ignore[attr-defined]
+    cls.__serve_build_asgi_app__ = __serve_build_asgi_app__  # type: ignore[attr-defined]  # Ray's private hook
     return serve.ingress()(cls)
 
 
@@ -77,7 +77,7 @@ def reload_auth_settings() -> None:
     auth on. A no-op before Ray's first import (which reads the environment then)."""
     if "ray._raylet" not in sys.modules:
         return
-    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # a compiled module
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()

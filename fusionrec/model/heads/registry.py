@@ -26,5 +26,5 @@ def build_head(task: str, *, dim: int, n_users: int, negatives: str = "full", nu
     except KeyError:
         raise ValueError(f"task.type {task!r} has no head; known heads: {sorted(HEADS)}") from None
     if cls is RankingHead:
-        return RankingHead(negatives, num_negatives)  # type: ignore[arg-type]
+        return RankingHead(negatives, num_negatives)  # type: ignore[arg-type]  # a str; RankingHead checks it
     return cls(dim, n_users, hidden=hidden, dropout=dropout, cross_layers=cross_layers)

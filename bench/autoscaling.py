@@ -54,6 +54,7 @@ from serve_load import (  # noqa: E402
     bench_artifact,
     drive,
     ids_of,
+    run_and_report,
     start,
 )
 
@@ -403,14 +404,7 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=30)
     parser.add_argument("--down-wait", type=float, default=180, help="longest wait for minReplicas after the load")
     parser.add_argument("--row-seconds", type=float, default=5, help="the table's row width")
-    args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
-    start_time = time.perf_counter()
-    result = asyncio.run(run(args))
-    path = write_report(result, args, time.perf_counter() - start_time)
-    print(f"wrote {path}")
+    run_and_report(run, write_report, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Writes bench/results/serve-bench.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -27,7 +26,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +35,16 @@ import torch
 from ray import serve
 from starlette.requests import Request as HttpRequest
 
-from serve_load import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (its helpers), never the repository root
+
+from serve_load import (  # noqa: E402
     AUTH,
     RESULTS,
     Request,
     bench_args,
     bench_artifact,
     ids_of,
+    run_and_report,
     start,
     summary,
     timed,
@@ -237,11 +238,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved rounds; medians are reported.")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    start_time = time.perf_counter()
-    result = asyncio.run(run(args))
-    print(f"wrote {write_report(result, args, time.perf_counter() - start_time)}")
+    run_and_report(run, write_report, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -366,20 +366,26 @@ def write_report(result: dict[str, Any], args: argparse.Namespace, wall: float) 
     return path
 
 
+def run_and_report(run: Callable[[argparse.Namespace], Any],
+                   write_report: Callable[[dict[str, Any], argparse.Namespace, float], Path],
+                   args: argparse.Namespace) -> None:
+    """The serving benches' driver: one torch thread per process (the replicas share the cores with the load
+    generator), the run timed as a whole, its report written by the bench itself."""
+    import torch
+
+    torch.set_num_threads(1)
+    start_time = time.perf_counter()
+    result = asyncio.run(run(args))
+    print(f"wrote {write_report(result, args, time.perf_counter() - start_time)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--kill-seconds", type=float, default=30)
     parser.add_argument("--hostile", type=int, default=520, help="hostile requests to send (at least)")
-    args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
-    start_time = time.perf_counter()
-    result = asyncio.run(run(args))
-    path = write_report(result, args, time.perf_counter() - start_time)
-    print(f"wrote {path}")
+    run_and_report(run, write_report, parser.parse_args())
 
 
 if __name__ == "__main__":

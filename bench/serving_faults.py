@@ -54,6 +54,7 @@ from serve_load import (  # noqa: E402
     ids_of,
     kill_during_load,
     model_replicas,
+    run_and_report,
     start,
     summary,
     valid_requests,
@@ -310,14 +311,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="load per scenario")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--slow", type=int, default=200, help="trickling clients in the storm")
-    args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
-    start_time = time.perf_counter()
-    result = asyncio.run(run(args))
-    path = write_report(result, args, time.perf_counter() - start_time)
-    print(f"wrote {path}")
+    run_and_report(run, write_report, parser.parse_args())
 
 
 if __name__ == "__main__":

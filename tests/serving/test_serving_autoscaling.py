@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 import yaml
 
@@ -113,7 +114,6 @@ def replica_states(model: str) -> dict[str, int]:
 @pytest.mark.ray
 def test_a_burst_scales_the_model_deployment_up_within_max_and_back_down(artifacts, monkeypatch):
     pytest.importorskip("ray.serve")
-    from ray import serve
 
     from fusionrec.artifact import load_artifact
     from fusionrec.ray_compat import deploy_apps, deployed_deployments
@@ -134,7 +134,7 @@ def test_a_burst_scales_the_model_deployment_up_within_max_and_back_down(artifac
     items = [f"i{i}" for i in range(40)]
 
     t0 = time.monotonic()
-    start_local_serve(workdir, num_cpus=4)
+    local = start_local_serve(workdir, num_cpus=4)
     try:
         deploy_apps(document)
         wait_until_running(120)
@@ -151,15 +151,18 @@ def test_a_burst_scales_the_model_deployment_up_within_max_and_back_down(artifac
         assert {key: deployed[key] for key in want} == want, json.dumps(deployed)
         assert replica_states(model) == {"RUNNING": 1}
 
-        handle = serve.get_deployment_handle(model, app_name=APP_NAME)
+        # Over HTTP through the ingress, as clients call it: a DeploymentHandle held by this process would keep
+        # pushing metrics after the local Ray is stopped, into the next test's Ray session.
         stop = threading.Event()
         answered: list[bool] = []
 
         def client(n: int) -> None:
             rng = random.Random(n)  # a new history each call: no cache answers it, every call reaches a replica
-            while not stop.is_set():
-                query = {"history": rng.sample(items, 6), "k": 5}
-                answered.append("items" in handle.recommend.remote(query).result(timeout_s=30))
+            with httpx.Client(base_url=local.url, timeout=30,
+                              headers={"Authorization": "Bearer autoscaling-test-token"}) as http:
+                while not stop.is_set():
+                    response = http.post("/v1/recommend", json={"history": rng.sample(items, 6), "k": 5})
+                    answered.append(response.status_code == 200 and "items" in response.json())
 
         peak, states = 0, {}
         with ThreadPoolExecutor(IN_FLIGHT) as pool:

@@ -35,6 +35,28 @@ PROTOCOL = {
 # The split in a table's title, per task.
 SPLIT_NAMES = {"ranking": "leave-one-out (chronological)", "ctr": f"random 80/10/10 (seed {CTR_SPLIT_SEED})",
                "rating": f"random 80/10/10 (seed {CTR_SPLIT_SEED})"}
+# data.order none: no timestamp is trusted, every table and report says the order was random.
+RANDOM_ORDER = f"random per-user order (seed {CTR_SPLIT_SEED}), data.order none"
+PROTOCOL_ORDER_FREE = {
+    "ranking": f"leave-one-out over a {RANDOM_ORDER}: one random held-out item per user; full ranking over all "
+               "items, seen items excluded; checkpoint selected by validation",
+    "ctr": f"{PROTOCOL['ctr']}; histories in a {RANDOM_ORDER}",
+    "rating": f"{PROTOCOL['rating']}; histories in a {RANDOM_ORDER}",
+}
+SPLIT_NAMES_ORDER_FREE = {"ranking": f"leave-one-out (random per-user hold-out, seed {CTR_SPLIT_SEED})",
+                          "ctr": f"{SPLIT_NAMES['ctr']}, random order", "rating": f"{SPLIT_NAMES['rating']}, random order"}
+
+
+def protocol_text(task: str, order: str = "time") -> str:
+    """The protocol's one-line description for a task and a data.order."""
+    return (PROTOCOL_ORDER_FREE if order == "none" else PROTOCOL)[task]
+
+
+def split_name(task: str, order: str = "time") -> str:
+    """The split as a table's title names it, for a task and a data.order."""
+    return (SPLIT_NAMES_ORDER_FREE if order == "none" else SPLIT_NAMES)[task]
+
+
 # The columns of every printed table, (validation metric, test metrics) per task; the JSON keeps every metric.
 TABLE = {"ranking": (DEFAULT_METRIC["ranks"], ("hr@10", "ndcg@10", "mrr@10")),
          "ctr": (DEFAULT_METRIC["labels"], REPORTED["labels"]),
@@ -49,9 +71,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_split(dataset: Dataset, task: str) -> LeaveOneOutSplit | RandomSplit:
-    """The protocol's split for a task type."""
-    return leave_one_out(dataset) if task == "ranking" else random_split(dataset, seed=CTR_SPLIT_SEED)
+def make_split(dataset: Dataset, task: str, order: str = "time") -> LeaveOneOutSplit | RandomSplit:
+    """The protocol's split for a task type and a data.order (spec.data.order)."""
+    if task == "ranking":
+        return leave_one_out(dataset, order=order, seed=CTR_SPLIT_SEED)
+    return random_split(dataset, seed=CTR_SPLIT_SEED, order=order)
 
 
 def evaluate_model(model: Any, split: LeaveOneOutSplit | RandomSplit, stage: str = "test",
@@ -99,6 +123,7 @@ class Results:
     seeds: list[int]
     runs: list[RunResult] = field(default_factory=list)
     quick: bool = False
+    order: str = "time"  # data.order: "none" names the random per-user order in every title
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per model: mean and std over seeds (sample std, 0 for one seed) of every metric, epoch and time."""
@@ -117,7 +142,9 @@ class Results:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "protocol": PROTOCOL, "seeds": self.seeds, "quick": self.quick,
+        protocol = PROTOCOL_ORDER_FREE if self.order == "none" else PROTOCOL
+        return {"dataset": self.dataset, "protocol": protocol, "order": self.order, "seeds": self.seeds,
+                "quick": self.quick,
                 "summary": self.summary(), "runs": [asdict(run) for run in self.runs]}
 
     def render(self, groups: Mapping[str, str] | None = None) -> str:
@@ -139,7 +166,8 @@ class Results:
                          cell(row["best_epoch"], digits=1), cell(row["seconds"], digits=1)]
                 lines.append("| " + " | ".join(cells) + " |")
             seeds = ", ".join(map(str, self.seeds))
-            parts.append(f"{task} ({self.dataset}, {SPLIT_NAMES[task]}, seeds {seeds}):\n" + "\n".join(lines))
+            parts.append(f"{task} ({self.dataset}, {split_name(task, self.order)}, seeds {seeds}):\n"
+                         + "\n".join(lines))
         return "\n\n".join(parts)
 
 

@@ -302,9 +302,10 @@ class TaskSpec(SpecModel):
     """What the head predicts, and how the ranking model is built."""
 
     type: Literal["ranking", "ctr", "rating"] = "ranking"
-    user_tower: Literal["text", "sequence"] = Field(
-        "sequence", description="text: fused text of recent items; sequence: SASRec over fused item embeddings."
-    )
+    user_tower: Literal["auto", "sequence", "pooled", "text"] = Field(
+        "auto", description="sequence: SASRec over fused item embeddings (reads the order); pooled: attention "
+        "pooling over them, order-free; text: fused text of recent items; auto: sequence, or pooled when "
+        "data.order is none.")
     use_item_ids: bool = Field(True, description="Add a learned item-ID embedding to the item tower (hybrid).")
     history_length: int = Field(50, ge=1, le=1024, description="Most recent items that describe a user.")
     sequence_layers: int = Field(
@@ -343,9 +344,9 @@ class TaskSpec(SpecModel):
         if self.head_hidden != HEAD_HIDDEN_DEFAULT and self.type == "ranking":
             raise ValueError(f"task.headHidden={self.head_hidden} applies to type ctr or rating: a ranking head is a "
                              f"dot product with no hidden layer; leave headHidden at {HEAD_HIDDEN_DEFAULT}")
-        if self.user_tower == "text" and (self.sequence_layers, self.sequence_heads) != SEQUENCE_DEFAULTS:
+        if self.user_tower in ("text", "pooled") and (self.sequence_layers, self.sequence_heads) != SEQUENCE_DEFAULTS:
             raise ValueError("task.sequenceLayers and task.sequenceHeads apply to userTower sequence; with userTower "
-                             f"text leave them at {SEQUENCE_DEFAULTS[0]} and {SEQUENCE_DEFAULTS[1]}")
+                             f"{self.user_tower} leave them at {SEQUENCE_DEFAULTS[0]} and {SEQUENCE_DEFAULTS[1]}")
         return self
 
 
@@ -373,10 +374,21 @@ class ColumnMapping(SpecModel):
                     "(CLI: --map title=Book-Title).")
 
 
-class DataSpec(SpecModel):
-    """Where interactions and item text come from. `dataset` names a built-in (ml-100k); paths override it."""
+DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a prepared dataset's folder name under the data home
+DATA_ORDERS = ("time", "none")
 
-    dataset: Literal["ml-100k"] | None = Field("ml-100k", description="Built-in dataset, prepared offline.")
+
+class DataSpec(SpecModel):
+    """Where interactions and item text come from. `dataset` names a prepared dataset; paths override it."""
+
+    dataset: str | None = Field(
+        "ml-100k", pattern=DATASET_NAME, max_length=64,
+        description="A dataset prepared with `fusionrec data prepare NAME` (ml-100k and ml-1m are fetched and "
+                    "prepared when missing).")
+    order: Literal["time", "none"] = Field(
+        "time", description="time: the interactions' timestamps order each user's history (chronological "
+        "leave-one-out); none: they carry no usable order (a shop's baskets, missing or batch timestamps), so "
+        "the hold-out is a seeded random item per user and the default user tower is order-free.")
     path: str | None = Field(None, max_length=URI_MAX,
                              description="Folder holding the dataset's files (else found or fetched).")
     interactions: str | None = Field(None, max_length=URI_MAX, description="CSV/Parquet/atomic file of interactions.")
@@ -560,7 +572,17 @@ BaselineName = Literal["pop", "bpr", "sasrec", "lr", "fm"]
 
 
 class EvaluationSpec(SpecModel):
-    """Baselines and single-encoder models measured beside the fused one, on the same split and seed."""
+    """Baselines and single-encoder models measured beside the fused one, on the same split and seed, and which
+    of the candidates is shipped."""
+
+    select: Literal["fused", "best"] = Field(
+        "fused", description="fused: ship the fused model (the report says when one encoder alone validated "
+        "better); best: also train each encoder alone and ship whichever validates best, reporting all of them.")
+    baseline_epochs: int | None = Field(
+        None, ge=1, le=10_000,
+        description="Epoch budget of every trained baseline (early stopping still applies). Default by size: each "
+        "baseline's own budget (RecBole's) up to 200k interactions, scaled down in proportion above that, to at "
+        "least 20.")
 
     baselines: list[BaselineName] | None = Field(
         None, max_length=5,
@@ -608,10 +630,23 @@ class FusionRecommenderSpec(SpecModel):
             raise ValueError(f"encoder names must be unique; repeated: {', '.join(duplicates)}")
         return encoders
 
+    @property
+    def user_tower(self) -> Literal["sequence", "pooled", "text"]:
+        """task.userTower with `auto` resolved: sequence when data.order is time, pooled when it is none."""
+        tower = self.task.user_tower
+        if tower == "auto":
+            return "pooled" if self.data.order == "none" else "sequence"
+        return tower
+
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> FusionRecommenderSpec:
         heads = self.task.sequence_heads
-        if self.task.user_tower == "sequence" and self.fusion.dim % heads:
+        if self.task.user_tower == "auto" and self.data.order == "none" and \
+                (self.task.sequence_layers, heads) != SEQUENCE_DEFAULTS:
+            raise ValueError("task.sequenceLayers and task.sequenceHeads apply to userTower sequence; userTower auto "
+                             "is pooled when data.order is none: set userTower sequence, or leave them at "
+                             f"{SEQUENCE_DEFAULTS[0]} and {SEQUENCE_DEFAULTS[1]}")
+        if self.user_tower == "sequence" and self.fusion.dim % heads:
             raise ValueError(f"task.sequenceHeads={heads} must divide fusion.dim={self.fusion.dim} (each head "
                              "reads dim/heads of the vector); change either")
         return self

@@ -68,7 +68,9 @@ def _rule(rule: str, message: str, *, field_path: str | None = None, reason: str
 # (model, field alias or None for the whole model) -> schema merged into that node. One entry per custom
 # validator in fusionrec/spec.py (test_operator_schema_rules.py fails when a validator has no entry), plus
 # nothing else: length limits and bounds come from the spec itself.
-_SET = {"x-kubernetes-list-type": "set"}  # a list of unique scalars: the server refuses a duplicate itself
+_SET = {"x-kubernetes-list-type": "set"}
+_SEQUENCE_SIZES_DEFAULT = (f"((!has(self.sequenceLayers) || self.sequenceLayers == {SEQUENCE_DEFAULTS[0]}) && "
+                           f"(!has(self.sequenceHeads) || self.sequenceHeads == {SEQUENCE_DEFAULTS[1]}))")  # a list of unique scalars: the server refuses a duplicate itself
 def _cel_list(values: tuple[str, ...] | list[str]) -> str:
     return "[" + ", ".join(f"'{v}'" for v in values) + "]"
 
@@ -138,7 +140,9 @@ def _merge_extras() -> dict[tuple[type, str | None], dict[str, Any]]:
 # (model, field alias or None for the whole model) -> schema merged into that node. One entry per custom
 # validator in fusionrec/spec.py (test_operator_schema_rules.py fails when a validator has no entry), plus
 # nothing else: length limits and bounds come from the spec itself.
-_SET = {"x-kubernetes-list-type": "set"}  # a list of unique scalars: the server refuses a duplicate itself
+_SET = {"x-kubernetes-list-type": "set"}
+_SEQUENCE_SIZES_DEFAULT = (f"((!has(self.sequenceLayers) || self.sequenceLayers == {SEQUENCE_DEFAULTS[0]}) && "
+                           f"(!has(self.sequenceHeads) || self.sequenceHeads == {SEQUENCE_DEFAULTS[1]}))")  # a list of unique scalars: the server refuses a duplicate itself
 SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
     (EncoderSpec, "source"): _MODEL_SOURCE,
     **_merge_extras(),
@@ -158,11 +162,9 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
               "(has(self.type) && self.type != 'ranking')",
               f"headHidden applies to type ctr or rating: a ranking head has no hidden layer; leave it at "
               f"{HEAD_HIDDEN_DEFAULT}", field_path=".headHidden"),
-        _rule(f"!has(self.userTower) || self.userTower != 'text' || "
-              f"((!has(self.sequenceLayers) || self.sequenceLayers == {SEQUENCE_DEFAULTS[0]}) && "
-              f"(!has(self.sequenceHeads) || self.sequenceHeads == {SEQUENCE_DEFAULTS[1]}))",
-              f"sequenceLayers and sequenceHeads apply to userTower sequence; with userTower text leave them at "
-              f"{SEQUENCE_DEFAULTS[0]} and {SEQUENCE_DEFAULTS[1]}", field_path=".sequenceLayers"),
+        _rule(f"!has(self.userTower) || !(self.userTower in ['text', 'pooled']) || {_SEQUENCE_SIZES_DEFAULT}",
+              f"sequenceLayers and sequenceHeads apply to userTower sequence; with userTower text or pooled leave "
+              f"them at {SEQUENCE_DEFAULTS[0]} and {SEQUENCE_DEFAULTS[1]}", field_path=".sequenceLayers"),
     ]},
     # task.userFeatures lists a column once: the list-type, not a rule (a pairwise rule over 32 strings of
     # up to 128 characters is costed far over budget).
@@ -199,7 +201,12 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
     # Unique encoder names: a map list keyed by name (the server refuses a duplicate key).
     (FusionRecommenderSpec, "encoders"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     (FusionRecommenderSpec, None): {"x-kubernetes-validations": [
-        _rule("self.task.userTower != 'sequence' || self.fusion.dim % self.task.sequenceHeads == 0",
+        _rule(f"!(self.task.userTower == 'auto' && self.data.order == 'none') || "
+              f"{_SEQUENCE_SIZES_DEFAULT.replace('self.', 'self.task.')}",
+              "task.sequenceLayers and task.sequenceHeads apply to userTower sequence; userTower auto is pooled when "
+              "data.order is none", field_path=".task.sequenceLayers"),
+        _rule("!(self.task.userTower == 'sequence' || (self.task.userTower == 'auto' && self.data.order != 'none')) "
+              "|| self.fusion.dim % self.task.sequenceHeads == 0",
               "task.sequenceHeads must divide fusion.dim", field_path=".task.sequenceHeads"),
     ]},
 }

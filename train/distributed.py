@@ -153,7 +153,7 @@ def check_inputs(spec: FusionRecommenderSpec, *, remote: bool) -> None:
     run, resolve every encoder's source once, so workers do not race to unpack the same packaged model.
     On a cluster the sources are left to the workers: a pvc:// claim may be mounted only there."""
 
-    make_split(load_dataset(spec.data), spec.task.type)
+    make_split(load_dataset(spec.data), spec.task.type, spec.data.order)
     if not remote:
 
         for encoder in spec.encoders:
@@ -323,7 +323,7 @@ def train_worker(config: dict[str, Any]) -> None:
     spec = FusionRecommenderSpec.model_validate(config["spec"])
     seed_everything(spec.training.seed)  # every rank starts from the same weights (DDP also broadcasts rank 0's)
     dataset = load_dataset(spec.data)
-    split = make_split(dataset, spec.task.type)
+    split = make_split(dataset, spec.task.type, spec.data.order)
     model = FusedRecommender.from_spec(spec, dataset, split, embedding_cache_dir=Path(config["embeddings"]))
     device = ray.train.torch.get_device()
     root = Path(tempfile.mkdtemp(prefix=f"fusionrec-rank{rank}-"))

@@ -88,13 +88,13 @@ def run_baseline(name: str, dataset: Dataset, seed: int, split: LeaveOneOutSplit
 
 
 def evaluate_baselines(dataset: Dataset, names: Sequence[str], seeds: Sequence[int], quick: bool = False,
-                       device: str | torch.device = BASELINE_DEVICE) -> Results:
+                       device: str | torch.device = BASELINE_DEVICE, order: str = "time") -> Results:
     """Every named baseline with every seed; each task's split is made once and shared by all of them."""
     baselines = [get_baseline(name) for name in names]  # unknown names fail before any fitting
     if not seeds:
         raise ValueError("seeds must name at least one seed")
-    splits = {task: make_split(dataset, task) for task in dict.fromkeys(b.task for b in baselines)}
-    results = Results(dataset=dataset.name, seeds=list(seeds), quick=quick)
+    splits = {task: make_split(dataset, task, order) for task in dict.fromkeys(b.task for b in baselines)}
+    results = Results(dataset=dataset.name, seeds=list(seeds), quick=quick, order=order)
     for baseline in baselines:
         for seed in seeds:
             results.runs.append(run_baseline(baseline.name, dataset, seed, splits[baseline.task], quick=quick,

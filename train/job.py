@@ -14,7 +14,7 @@ from fusionrec.data import load_dataset
 from fusionrec.model.fused import FusedRecommender
 from fusionrec.model.saved import embedding_cache_dir, write_model_artifact
 from fusionrec.model.weights_summary import summarise_weights
-from fusionrec.protocol import PROTOCOL, make_split, user_histories
+from fusionrec.protocol import make_split, protocol_text, user_histories
 from fusionrec.spec import FusionRecommenderSpec, Manifest, load_manifest
 from fusionrec.train.evaluate import fit_and_evaluate
 from fusionrec.train.loop import FitHooks
@@ -40,7 +40,7 @@ def train_and_evaluate(manifest: Manifest | FusionRecommenderSpec | str | Path, 
     """
     spec = _spec_of(manifest)
     dataset = load_dataset(spec.data)
-    split = make_split(dataset, spec.task.type)
+    split = make_split(dataset, spec.task.type, spec.data.order)
     cache = embeddings or embedding_cache_dir()
     done = fit_and_evaluate(lambda: FusedRecommender.from_spec(spec, dataset, split, embedding_cache_dir=cache),
                             split, spec.training, device=device, hooks=hooks, checkpoint_dir=checkpoint_dir,
@@ -48,7 +48,7 @@ def train_and_evaluate(manifest: Manifest | FusionRecommenderSpec | str | Path, 
     model, result, test = cast(FusedRecommender, done.model), done.fit, done.test
     histories = user_histories(split, split.vocab.n_users)
     metrics = {
-        "task": spec.task.type, "protocol": PROTOCOL[spec.task.type], "seed": spec.training.seed,
+        "task": spec.task.type, "protocol": protocol_text(spec.task.type, spec.data.order), "order": spec.data.order, "seed": spec.training.seed,
         "data": {"name": dataset.name, "users": split.vocab.n_users, "items": split.vocab.n_items,
                  "interactions": len(dataset.interactions)},
         "test": test, "valid": result.best_valid, "best_epoch": result.best_epoch, "seconds": result.seconds,

@@ -316,7 +316,7 @@ def _load_split(artifact: Artifact) -> LeaveOneOutSplit | RandomSplit:
     from fusionrec.data import load_dataset
     from fusionrec.protocol import make_split
 
-    return make_split(load_dataset(artifact.spec.data), artifact.spec.task.type)
+    return make_split(load_dataset(artifact.spec.data), artifact.spec.task.type, artifact.spec.data.order)
 
 
 def _examples(model: FusedRecommender, inputs: TowerInputs, artifact: Artifact) -> dict[str, dict[str, np.ndarray]]:

@@ -3,6 +3,11 @@
 - Ranking: per user, sort by timestamp (ties keep file order); last item -> test, second last -> validation,
   the rest -> train. Users with fewer than 3 interactions keep them all in train (counted in the log).
 - CTR / rating: seeded random 80/10/10 split by interaction (seed 2020), label = rating >= 4.
+
+Data whose timestamps carry no usable order (`data.order: none`) gets the same splits over a seeded random
+order instead: each user's interactions are shuffled (seed 2020), so the ranking hold-out is a random item per
+user, and the split's timestamp column holds that random order, which every later step (training sequences,
+histories) then reads as the order.
 """
 
 from __future__ import annotations
@@ -85,11 +90,26 @@ class LeaveOneOutSplit:
         raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
 
 
-def leave_one_out(dataset: Dataset, vocab: Vocab | None = None) -> LeaveOneOutSplit:
+ORDERS = ("time", "none")
+
+
+def _order_column(frame: pd.DataFrame, order: str, seed: int) -> np.ndarray:
+    """The split's timestamp column: the real timestamps, or (order "none") a seeded random permutation of the
+    rows, which orders each user's interactions at random and keeps no trace of the file's or the clock's order."""
+    if order == "time":
+        return frame[TIME].to_numpy(dtype=np.int64)
+    if order == "none":
+        return np.random.default_rng(seed).permutation(len(frame)).astype(np.int64)
+    raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+
+
+def leave_one_out(dataset: Dataset, vocab: Vocab | None = None, order: str = "time",
+                  seed: int = RANDOM_SPLIT_SEED) -> LeaveOneOutSplit:
+    """Chronological leave-one-out, or (order "none") the same hold-out over a seeded random order per user."""
     vocab = vocab or Vocab.from_dataset(dataset)
     frame = dataset.interactions.reset_index(drop=True)
     columns = {USER_IDX: vocab.encode_users(frame[USER]), ITEM_IDX: vocab.encode_items(frame[ITEM]),
-               TIME: frame[TIME].to_numpy(dtype=np.int64)}
+               TIME: _order_column(frame, order, seed)}
     if RATING in frame:
         columns[RATING] = frame[RATING].to_numpy(dtype=np.float64)
     table = pd.DataFrame(columns)
@@ -127,13 +147,16 @@ class RandomSplit:
 
 def random_split(dataset: Dataset, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
                  seed: int = RANDOM_SPLIT_SEED,
-                 positive_threshold: float = 4.0, vocab: Vocab | None = None) -> RandomSplit:
+                 positive_threshold: float = 4.0, vocab: Vocab | None = None, order: str = "time") -> RandomSplit:
+    """Seeded 80/10/10 by interaction; with order "none" the timestamp column is replaced by a random order, so
+    the history before a row (what the user tower reads) is a random subset of the user's training rows."""
     if abs(sum(ratios) - 1.0) > 1e-9 or any(r < 0 for r in ratios):
         raise ValueError(f"split ratios must be non-negative and sum to 1, got {ratios}")
     vocab = vocab or Vocab.from_dataset(dataset)
     frame = dataset.interactions.reset_index(drop=True).copy()
     frame[USER_IDX] = vocab.encode_users(frame[USER])
     frame[ITEM_IDX] = vocab.encode_items(frame[ITEM])
+    frame[TIME] = _order_column(frame, order, seed + 1)  # another stream than the split's permutation below
     if LABEL not in frame:
         if RATING not in frame:
             raise ValueError("a CTR/rating split needs a rating or label column")

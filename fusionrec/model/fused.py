@@ -164,7 +164,7 @@ class FusedRecommender(nn.Module):
             raise ValueError(f"spec.task.userFeatures {task.user_features} need the size of their id space "
                              f"(user_feature_values, got {user_feature_values}): build through from_spec, which "
                              "encodes them")
-        config = FusedConfig(task=task.type, user_tower=task.user_tower, use_item_ids=task.use_item_ids,
+        config = FusedConfig(task=task.type, user_tower=spec.user_tower, use_item_ids=task.use_item_ids,
                              history_length=task.history_length, negatives=negatives,
                              num_negatives=task.num_negatives, dropout=spec.training.dropout,
                              feature_dropout=spec.fusion.dropout, n_layers=task.sequence_layers,

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from fusionrec.metrics import parse_metric
-from fusionrec.protocol import SPLIT_NAMES, TABLE
+from fusionrec.protocol import TABLE, split_name
 from fusionrec.runner.build import Trained
 from fusionrec.runner.cache import Record, step_key
 from fusionrec.runner.inputs import baselines_of, single_encoder_spec, trained_parts
@@ -115,7 +115,7 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict[str, Any]:
                  "encoders": [e.name for e in trained.spec.encoders]}]
         rows += [_row(name, "single", record) for name, record in single_rows]
         rows += [_row(name, "baseline", record) for name, record in baseline_rows]
-        comparison = {"task": task, "split": SPLIT_NAMES[task], "protocol": fused.get("protocol"),
+        comparison = {"task": task, "split": split_name(task, ctx.spec.data.order), "protocol": fused.get("protocol"),
                       "seed": ctx.spec.training.seed, "dataset": fused.get("data"), "rows": rows}
         files = ctx.add_files(target, {COMPARISON_NAME: (json.dumps(comparison, indent=2) + "\n").encode()})
         return Done({"files": files, "comparison": comparison}, _best_line(comparison))

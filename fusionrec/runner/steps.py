@@ -73,7 +73,7 @@ class RunContext:
             from fusionrec.protocol import make_split
 
             dataset = load_dataset(self.spec.data)
-            self._data = (dataset, make_split(dataset, self.spec.task.type))
+            self._data = (dataset, make_split(dataset, self.spec.task.type, self.spec.data.order))
         return self._data
 
     # --- artifacts ------------------------------------------------------------------------------------------

@@ -173,7 +173,10 @@ INVALID: list[Bad] = [
     Bad("encoder-source-in-gs", _set("spec.encoders.0.source", "gs://bucket/minilm"), "spec.encoders[0].source"),
     Bad("encoder-pooling-unknown", _set("spec.encoders.0.pooling", "max"), "spec.encoders[0].pooling"),
     # data
-    Bad("dataset-unknown", _set("spec.data.dataset", "ml-1m"), "spec.data.dataset"),
+    Bad("dataset-name-with-a-slash", _set("spec.data.dataset", "../ml-1m"), "spec.data.dataset"),
+    Bad("data-order-unknown", _set("spec.data.order", "random"), "spec.data.order"),
+    Bad("evaluation-select-unknown", _set("spec.evaluation.select", "worst"), "spec.evaluation.select"),
+    Bad("baseline-epochs-zero", _set("spec.evaluation.baselineEpochs", 0), "spec.evaluation.baselineEpochs"),
     Bad("data-without-any-source", _set("spec.data", {"dataset": None}), "spec.data",
         server_field="spec.data.interactions"),
     Bad("item-text-template-too-long", _set("spec.data.itemTextTemplate", "{title} " * (S.TEMPLATE_MAX // 8 + 1)),
@@ -195,6 +198,11 @@ INVALID: list[Bad] = [
     Bad("cross-layers-for-ranking", _set("spec.task.crossLayers", 2), "spec.task",
         server_field="spec.task.crossLayers"),
     Bad("head-hidden-for-ranking", _set("spec.task.headHidden", 64), "spec.task", server_field="spec.task.headHidden"),
+    Bad("sequence-sizes-with-pooled-tower", _set("spec.task", {"userTower": "pooled", "sequenceLayers": 1}),
+        "spec.task", server_field="spec.task.sequenceLayers"),
+    Bad("sequence-sizes-with-auto-tower-and-no-order", _all(_set("spec.task.sequenceLayers", 1),
+                                                            _set("spec.data.order", "none")),
+        "spec", server_field="spec.task.sequenceLayers"),
     Bad("sequence-sizes-with-text-tower", _set("spec.task", {"userTower": "text", "sequenceHeads": 3}), "spec.task",
         server_field="spec.task.sequenceLayers"),
     # merge: one member of a union per method, generated from the methods' parameter definitions
@@ -372,6 +380,13 @@ VALID: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
                                                                           {"source": "pkg://b", "weight": 1}]})),
     *((f"compile-{b}-{p}", _set("spec.compile", {"backend": b, "precision": p}))
       for b, ps in BACKEND_PRECISIONS.items() for p in ps),
+    ("custom-dataset-named", _set("spec.data.dataset", "shop_2026-12.v1")),
+    ("order-free-with-pooled-tower", _all(_set("spec.data.order", "none"), _set("spec.task.userTower", "pooled"))),
+    ("order-free-with-sequence-tower-sized", _all(_set("spec.data.order", "none"), _set("spec.task", {
+        "userTower": "sequence", "sequenceLayers": 1, "sequenceHeads": 2}))),
+    ("order-free-auto-tower-heads-need-not-divide", _all(_set("spec.data.order", "none"),
+                                                         _set("spec.fusion.dim", 100))),
+    ("select-best-with-baseline-budget", _set("spec.evaluation", {"select": "best", "baselineEpochs": 50})),
     ("baselines-listed", _set("spec.evaluation", {"baselines": ["pop", "bpr"], "compareSingles": False})),
 ]
 

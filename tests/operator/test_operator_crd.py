@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from fusionrec.operator import consts, crd
 from fusionrec.operator.schema import check_structural, structural_schema
+from fusionrec.spec import DATASET_NAME
 
 from _operator_apiserver import Refused, admit
 
@@ -109,7 +110,7 @@ def test_nullable_enums_are_patterns(generated):
     nulls: a nullable string enum is an anchored pattern of its values instead (a null passes a pattern)."""
     dataset = _root(generated)["properties"]["spec"]["properties"]["data"]["properties"]["dataset"]
     assert dataset == {"type": "string", "description": dataset["description"], "nullable": True,
-                       "default": "ml-100k", "maxLength": 7, "pattern": "^(ml-100k)$"}
+                       "default": "ml-100k", "maxLength": 64, "pattern": DATASET_NAME}
 
     def walk(node: dict, path: str) -> None:
         assert not (node.get("nullable") and "enum" in node), path

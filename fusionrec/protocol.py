@@ -44,7 +44,8 @@ PROTOCOL_ORDER_FREE = {
     "rating": f"{PROTOCOL['rating']}; histories in a {RANDOM_ORDER}",
 }
 SPLIT_NAMES_ORDER_FREE = {"ranking": f"leave-one-out (random per-user hold-out, seed {CTR_SPLIT_SEED})",
-                          "ctr": f"{SPLIT_NAMES['ctr']}, random order", "rating": f"{SPLIT_NAMES['rating']}, random order"}
+                          "ctr": f"{SPLIT_NAMES['ctr']}, random order",
+                          "rating": f"{SPLIT_NAMES['rating']}, random order"}
 
 
 def protocol_text(task: str, order: str = "time") -> str:

@@ -65,12 +65,6 @@ def _rule(rule: str, message: str, *, field_path: str | None = None, reason: str
     return out
 
 
-# (model, field alias or None for the whole model) -> schema merged into that node. One entry per custom
-# validator in fusionrec/spec.py (test_operator_schema_rules.py fails when a validator has no entry), plus
-# nothing else: length limits and bounds come from the spec itself.
-_SET = {"x-kubernetes-list-type": "set"}
-_SEQUENCE_SIZES_DEFAULT = (f"((!has(self.sequenceLayers) || self.sequenceLayers == {SEQUENCE_DEFAULTS[0]}) && "
-                           f"(!has(self.sequenceHeads) || self.sequenceHeads == {SEQUENCE_DEFAULTS[1]}))")  # a list of unique scalars: the server refuses a duplicate itself
 def _cel_list(values: tuple[str, ...] | list[str]) -> str:
     return "[" + ", ".join(f"'{v}'" for v in values) + "]"
 
@@ -140,9 +134,9 @@ def _merge_extras() -> dict[tuple[type, str | None], dict[str, Any]]:
 # (model, field alias or None for the whole model) -> schema merged into that node. One entry per custom
 # validator in fusionrec/spec.py (test_operator_schema_rules.py fails when a validator has no entry), plus
 # nothing else: length limits and bounds come from the spec itself.
-_SET = {"x-kubernetes-list-type": "set"}
+_SET = {"x-kubernetes-list-type": "set"}  # a list of unique scalars: the server refuses a duplicate itself
 _SEQUENCE_SIZES_DEFAULT = (f"((!has(self.sequenceLayers) || self.sequenceLayers == {SEQUENCE_DEFAULTS[0]}) && "
-                           f"(!has(self.sequenceHeads) || self.sequenceHeads == {SEQUENCE_DEFAULTS[1]}))")  # a list of unique scalars: the server refuses a duplicate itself
+                           f"(!has(self.sequenceHeads) || self.sequenceHeads == {SEQUENCE_DEFAULTS[1]}))")
 SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
     (EncoderSpec, "source"): _MODEL_SOURCE,
     **_merge_extras(),

@@ -48,7 +48,8 @@ def train_and_evaluate(manifest: Manifest | FusionRecommenderSpec | str | Path, 
     model, result, test = cast(FusedRecommender, done.model), done.fit, done.test
     histories = user_histories(split, split.vocab.n_users)
     metrics = {
-        "task": spec.task.type, "protocol": protocol_text(spec.task.type, spec.data.order), "order": spec.data.order, "seed": spec.training.seed,
+        "task": spec.task.type, "protocol": protocol_text(spec.task.type, spec.data.order),
+        "order": spec.data.order, "seed": spec.training.seed,
         "data": {"name": dataset.name, "users": split.vocab.n_users, "items": split.vocab.n_items,
                  "interactions": len(dataset.interactions)},
         "test": test, "valid": result.best_valid, "best_epoch": result.best_epoch, "seconds": result.seconds,

@@ -42,7 +42,7 @@ from fusionrec.files import atomic_write_json, atomic_write_text
 from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.fused import FusedRecommender
 from fusionrec.model.saved import embedding_cache_dir
-from fusionrec.protocol import PROTOCOL, Results, RunResult, make_split
+from fusionrec.protocol import Results, RunResult, make_split, protocol_text
 from fusionrec.spec import DataSpec, EncoderSpec, FusionRecommenderSpec
 from fusionrec.train.evaluate import fit_and_evaluate, run_baseline
 
@@ -94,16 +94,18 @@ class Experiment:
     ablation: bool = False
     # Bumped when a model change invalidates earlier runs (2: N(0, 0.02) init of the sequence tower).
     revision: int = 2
+    tower: str = "sequence"  # task.userTower: pooled is the order-free tower (data.order none)
 
     def fingerprint(self) -> str:
         """What decides whether a stored run is still valid. A field added later is left out while it holds its
         default, so adding one does not invalidate every earlier run; `ablation` never changes a result."""
         text = repr(self)
-        for default in (", user_features=()", ", cross_layers=0", ", ablation=False", ", ablation=True"):
+        for default in (", user_features=()", ", cross_layers=0", ", ablation=False", ", ablation=True",
+                        ", tower='sequence'"):
             text = text.replace(default, "")
         return text
 
-    def spec(self, seed: int, epochs: int | None) -> FusionRecommenderSpec:
+    def spec(self, seed: int, epochs: int | None, data: dict[str, Any] | None = None) -> FusionRecommenderSpec:
         training = {**TRAINING, **self.training, "seed": seed}
         if epochs is not None:
             training["epochs"] = epochs
@@ -112,7 +114,8 @@ class Experiment:
         return FusionRecommenderSpec.model_validate({
             "version": "bench", "encoders": [ENCODERS[e] for e in self.encoders],
             "fusion": {"method": self.method, "dim": DIM, "hidden": 128, "dropout": 0.1},
-            "task": {"type": self.task, "userTower": "sequence", "useItemIds": self.ids,
+            "data": data or {},
+            "task": {"type": self.task, "userTower": self.tower, "useItemIds": self.ids,
                      "historyLength": self.history, "negatives": "full", "userFeatures": list(self.user_features),
                      "crossLayers": self.cross_layers,
                      **{OVERRIDE_FIELDS[k]: v for k, v in self.overrides.items()}},
@@ -147,6 +150,20 @@ EXPERIMENTS = [
     Experiment("ctr-hybrid-attention-ema-cross", "ctr", ALL, "attention", ids=True, task="ctr", history=10,
                overrides={"n_layers": 1}, training={**CTR_TRAINING, "emaDecay": CTR_EMA}, cross_layers=2),
 ]
+# data.order none (`--order none`): the same LMs with the order-free pooled user tower, and the sequence hybrid
+# beside them to show what reading a random order costs. Run with --only (see ORDER_FREE_ROWS).
+EXPERIMENTS += [
+    *(Experiment(f"{name}-pooled", "single", (name,), tower="pooled", ablation=True) for name in ALL),
+    Experiment("fused-attention-pooled", "fused", ALL, "attention", tower="pooled", ablation=True),
+    Experiment("hybrid-attention-pooled", "hybrid", ALL, "attention", ids=True, training=HYBRID_TRAINING,
+               tower="pooled", ablation=True),
+]
+ORDER_FREE_ROWS = (*(f"{name}-pooled" for name in ALL), "fused-attention-pooled", "hybrid-attention-pooled",
+                   "hybrid-attention", "pop", "bpr", "sasrec")
+# `evaluation.select: best`: the spec's fused model against each of its LMs alone, the same configuration
+# otherwise, shipped by validation. (fused row, its single rows) per configuration benchmarked.
+SELECTIONS = {"fused-attention": tuple(ALL),
+              "fused-attention-pooled": tuple(f"{name}-pooled" for name in ALL)}
 BASELINES = {"pop": "baseline", "bpr": "baseline", "sasrec": "baseline", "lr": "baseline-ctr", "fm": "baseline-ctr"}
 
 
@@ -167,8 +184,8 @@ class EncoderPool:
 
 
 def run_fused(experiment: Experiment, seed: int, dataset, splits, pool: EncoderPool,
-              epochs: int | None) -> tuple[RunResult, dict[str, Any]]:
-    spec = experiment.spec(seed, epochs)
+              epochs: int | None, data: dict[str, Any] | None = None) -> tuple[RunResult, dict[str, Any]]:
+    spec = experiment.spec(seed, epochs, data)
     split = splits[experiment.task]
     started = time.perf_counter()
     # Loading an LM draws from torch's generator (transformers initialises before it loads): load first, so a
@@ -193,14 +210,14 @@ COST = {"hybrid": 8, "ctr": 2, "fused": 1.3, "single": 1.2, "baseline": 1, "base
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(threads: int, max_users: int | None) -> None:
+def _init_worker(threads: int, max_users: int | None, data: dict[str, Any]) -> None:
     """Each process loads the data and its LMs once; torch runs `threads` threads in it."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{os.getpid()}] %(name)s %(message)s")
     torch.set_num_threads(threads)
     os.environ.setdefault("FUSIONREC_QUIET", "1")
-    dataset = load_dataset(DataSpec(max_users=max_users))
-    splits = {task: make_split(dataset, task) for task in ("ranking", "ctr")}
-    _worker.update(dataset=dataset, pool=EncoderPool(), splits=splits)
+    dataset = load_dataset(DataSpec.model_validate({**data, "maxUsers": max_users}))
+    splits = {task: make_split(dataset, task, data.get("order", "time")) for task in ("ranking", "ctr")}
+    _worker.update(dataset=dataset, pool=EncoderPool(), splits=splits, data=data)
 
 
 def _run_task(name: str, seed: int, epochs: int | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -210,22 +227,22 @@ def _run_task(name: str, seed: int, epochs: int | None) -> tuple[dict[str, Any],
     if experiment is None:
         split = splits["ranking" if BASELINES[name] == "baseline" else "ctr"]
         return asdict(run_baseline(name, dataset, seed, split)), None
-    run, extra = run_fused(experiment, seed, dataset, splits, _worker["pool"], epochs)
+    run, extra = run_fused(experiment, seed, dataset, splits, _worker["pool"], epochs, _worker["data"])
     return asdict(run), extra
 
 
 def run_tasks(tasks: list[tuple[str, int]], jobs: int, threads: int, max_users: int | None,
-              epochs: int | None) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+              epochs: int | None, data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
     """Yield each task's result as it finishes. Results do not depend on `jobs`: every run seeds itself after
     its LMs are loaded, so neither its process nor its position in the queue changes its numbers."""
     if jobs <= 1 or len(tasks) <= 1:
-        _init_worker(threads, max_users)
+        _init_worker(threads, max_users, data)
         for name, seed in tasks:
             yield _run_task(name, seed, epochs)
         return
     context = multiprocessing.get_context("spawn")  # fork after torch/ray imports is unsafe
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(threads, max_users)) as pool:
+                             initargs=(threads, max_users, data)) as pool:
         futures = [pool.submit(_run_task, name, seed, epochs) for name, seed in tasks]
         for future in as_completed(futures):
             yield future.result()
@@ -287,8 +304,12 @@ def check_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render(payload: dict[str, Any], results: Results, discussion: str) -> str:
-    lines = ["# Fused recommenders on MovieLens-100K", "",
-             f"Protocol (design.md section 4): ranking = {PROTOCOL['ranking']}; CTR = {PROTOCOL['ctr']}. "
+    order = payload.get("order", "time")
+    title = {"ml-100k": "MovieLens-100K", "ml-1m": "MovieLens-1M"}.get(payload["dataset"], payload["dataset"])
+    lines = [f"# Fused recommenders on {title}" + (" with no usable order (data.order none)" if order == "none"
+                                                   else ""), "",
+             f"Protocol (design.md section 4): ranking = {protocol_text('ranking', order)}; CTR = "
+             f"{protocol_text('ctr', order)}. "
              "Checkpoints are selected by validation (NDCG@10, AUC) only; values are test "
              f"metrics, mean ± sample std over seeds {', '.join(map(str, payload['seeds']))}.", "",
              "Produced by (runs already in the JSON are kept, so a benchmark can be run in pieces):", "",
@@ -308,12 +329,37 @@ def render(payload: dict[str, Any], results: Results, discussion: str) -> str:
         means = {m: np.mean([w[m] for w in extra["weights"]]) for m in extra["weights"][0]}
         if len(means) > 1:
             lines.append(f"| {name} | {extra['kind']} | " + " | ".join(f"{means.get(m, 0):.3f}" for m in ALL) + " |")
+    if payload.get("selection"):
+        lines += ["", "## What `evaluation.select: best` ships", "",
+                  "The fused configuration and each of its LMs alone (same settings otherwise) compete on validation "
+                  "NDCG@10, per seed; the winner is shipped and its test NDCG@10 is what users get.", "",
+                  "| fused configuration | seed | shipped | valid ndcg@10 | test ndcg@10 | fused test ndcg@10 |",
+                  "|---|---|---|---|---|---|"]
+        for row in payload["selection"]:
+            lines.append(f"| {row['fused']} | {row['seed']} | {row['shipped']} | {row['valid']:.4f} | "
+                         f"{row['test']:.4f} | {row['fused_test']:.4f} |")
     lines += ["", "## Targets", ""]
     for check in payload["targets"]:
         lines.append(f"- {'MET' if check['met'] else 'MISSED'}: {check['target']} — {check['detail']}")
     if discussion:
         lines += ["", discussion.rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def selections(results: Results) -> list[dict[str, Any]]:
+    """Per fused configuration of SELECTIONS and seed with every candidate run: what select: best ships."""
+    out = []
+    for fused, singles in SELECTIONS.items():
+        for seed in sorted({run.seed for run in results.runs}):
+            runs = {run.baseline: run for run in results.runs if run.seed == seed}
+            if fused not in runs or not all(name in runs for name in singles):
+                continue
+            candidates = [runs[fused], *(runs[name] for name in singles)]
+            shipped = max(candidates, key=lambda run: run.valid["ndcg@10"])
+            out.append({"fused": fused, "seed": seed, "shipped": shipped.baseline,
+                        "valid": shipped.valid["ndcg@10"], "test": shipped.test["ndcg@10"],
+                        "fused_test": runs[fused].test["ndcg@10"]})
+    return out
 
 
 # --- main -------------------------------------------------------------------------------------------------
@@ -329,8 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs in parallel, one process each (2 on this 2-core machine: one core per run)")
     parser.add_argument("--all", action="store_true", help="also the ablation rows (default: the protocol's rows)")
-    parser.add_argument("--out", default=str(RESULTS / "quality-ml100k"), help="path stem of the .json/.md")
+    parser.add_argument("--dataset", default="ml-100k", help="a prepared dataset (fusionrec data prepare NAME)")
+    parser.add_argument("--order", choices=("time", "none"), default="time",
+                        help="data.order: none = seeded random per-user hold-out (and --only ORDER_FREE_ROWS)")
+    parser.add_argument("--out", help="path stem of the .json/.md (default bench/results/quality-<dataset>"
+                                      "[-orderfree])")
     args = parser.parse_args(argv)
+    data = {"dataset": args.dataset, "order": args.order}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("FUSIONREC_QUIET", "1")
@@ -341,15 +392,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(known))
     if unknown:
         parser.error(f"unknown experiments {unknown}; known: {', '.join(known)}")
-    out = Path(args.out)
+    out = Path(args.out) if args.out else RESULTS / (
+        "quality-" + args.dataset.replace("-", "") + ("-orderfree" if args.order == "none" else ""))
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     previous = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    settings = {"training": TRAINING, "dim": DIM, "epochs": args.epochs, "max_users": args.max_users}
+    settings = {"training": TRAINING, "dim": DIM, "epochs": args.epochs, "max_users": args.max_users,
+                **{k: v for k, v in data.items() if v != {"dataset": "ml-100k", "order": "time"}[k]}}
     configs = {e.name: e.fingerprint() for e in EXPERIMENTS}
     # A run is kept only if the shared settings and its own experiment's definition are unchanged.
     kept = [run for run in previous.get("runs", []) if previous.get("settings") == settings
             and previous.get("configs", {}).get(run["baseline"]) == configs.get(run["baseline"])]
-    results = Results(dataset="ml-100k", seeds=seeds)
+    results = Results(dataset=args.dataset, seeds=seeds, order=args.order)
     results.runs = [RunResult(**run) for run in kept]
     kept_names = {run["baseline"] for run in kept}
     fusion: dict[str, Any] = {k: v for k, v in previous.get("fusion", {}).items() if k in kept_names}
@@ -366,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                    "environment": f"{platform.platform()}, torch {torch.__version__}, {args.jobs} run(s) in "
                                   f"parallel with {args.threads} torch thread(s) each, {os.cpu_count()} CPUs (shared)",
                    "wall_seconds": wall + time.perf_counter() - started, "fusion": fusion}
-        payload["targets"] = check_targets(payload["summary"])
+        payload["targets"] = check_targets(payload["summary"]) if data == {"dataset": "ml-100k", "order": "time"} \
+            else []
+        payload["selection"] = selections(results)
         atomic_write_json(json_path, payload)
         discussion = ""
         if md_path.is_file():
@@ -377,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tasks = sorted(((name, seed) for name in chosen for seed in seeds if (name, seed) not in done),
                    key=lambda task: -COST.get(GROUPS.get(task[0], ""), 1))  # longest first: the pool packs better
-    for run, extra in run_tasks(tasks, args.jobs, args.threads, args.max_users, args.epochs):
+    for run, extra in run_tasks(tasks, args.jobs, args.threads, args.max_users, args.epochs, data):
         results.runs.append(RunResult(**run))
         if extra is not None:
             entry = fusion.setdefault(run["baseline"], {"kind": extra["fusion_kind"], "weights": []})

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from fusionrec.model.fused import FusedRecommender
-from fusionrec.model.towers import UNKNOWN_FEEDBACK, SequenceUserTower, TextUserTower
+from fusionrec.model.towers import UNKNOWN_FEEDBACK, VECTOR_TOWERS, TextUserTower
 
 GRAPHS = ("user", "item")
 OUTPUT_NAME = "vectors"
@@ -77,7 +77,7 @@ class TextTowerGraph(nn.Module):
 
 
 class SequenceTowerGraph(nn.Module):
-    """History item vectors [B, L, D] and an int mask [B, L] -> user vectors [B, D]."""
+    """History item vectors [B, L, D] and an int mask [B, L] -> user vectors [B, D] (sequence or pooled tower)."""
 
     def __init__(self, model: FusedRecommender) -> None:
         super().__init__()
@@ -100,7 +100,7 @@ def build_graph(model: FusedRecommender, kind: str) -> tuple[nn.Module, GraphSig
     """The wrapper module and its signature for graph `kind` ("user" or "item"), in eval mode."""
     if kind not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, got {kind!r}")
-    if kind == "user" and isinstance(model.user_tower, SequenceUserTower):
+    if kind == "user" and isinstance(model.user_tower, VECTOR_TOWERS):
         module: nn.Module = SequenceTowerGraph(model)
         inputs = ["history_vectors", "history_mask"]
         dtypes = {"history_vectors": "float32", "history_mask": "int64"}

@@ -161,9 +161,9 @@ def random_split(dataset: Dataset, ratios: tuple[float, float, float] = (0.8, 0.
         if RATING not in frame:
             raise ValueError("a CTR/rating split needs a rating or label column")
         frame[LABEL] = (frame[RATING] >= positive_threshold).astype(np.int8)
-    order = np.random.default_rng(seed).permutation(len(frame))
+    shuffled = np.random.default_rng(seed).permutation(len(frame))
     n_train = int(round(ratios[0] * len(frame)))
     n_valid = int(round(ratios[1] * len(frame)))
-    parts = np.split(order, [n_train, n_train + n_valid])
+    parts = np.split(shuffled, [n_train, n_train + n_valid])
     train, valid, test = (frame.iloc[np.sort(idx)].reset_index(drop=True) for idx in parts)
     return RandomSplit(vocab=vocab, train=train, valid=valid, test=test, seed=seed)

@@ -26,7 +26,15 @@ from fusionrec.model.encoders import TextEncoder
 from fusionrec.model.fused_data import Batch, item_texts_in_order, pointwise_rows, ranking_batches
 from fusionrec.model.fusion import FusionWeights, build_fusion
 from fusionrec.model.heads import RankingHead, RatingHead, build_head
-from fusionrec.model.towers import UNKNOWN_FEEDBACK, ItemTower, SequenceUserTower, TextUserTower, left_pad
+from fusionrec.model.towers import (
+    UNKNOWN_FEEDBACK,
+    VECTOR_TOWERS,
+    ItemTower,
+    PooledUserTower,
+    SequenceUserTower,
+    TextUserTower,
+    left_pad,
+)
 from fusionrec.model.user_features import UserFeatures, encode_user_features
 from fusionrec.spec import FusionRecommenderSpec, FusionSpec
 
@@ -43,7 +51,7 @@ class FusedConfig:
     spec's. Written to an artifact's metrics["model"] for information, never read back to build."""
 
     task: Literal["ranking", "ctr", "rating"] = "ranking"
-    user_tower: Literal["sequence", "text"] = "sequence"
+    user_tower: Literal["sequence", "pooled", "text"] = "sequence"
     use_item_ids: bool = True
     history_length: int = 50
     negatives: Literal["full", "in_batch", "sampled"] = "full"
@@ -87,14 +95,16 @@ class FusedRecommender(nn.Module):
         self.n_users = n_users
         self.pad = self.n_items  # padding slot of every history tensor
         if config.user_tower == "sequence":
-            self.user_tower: SequenceUserTower | TextUserTower = SequenceUserTower(
+            self.user_tower: SequenceUserTower | PooledUserTower | TextUserTower = SequenceUserTower(
                 dim, config.history_length, config.dropout, config.n_layers, config.n_heads)
+        elif config.user_tower == "pooled":
+            self.user_tower = PooledUserTower(dim, config.history_length, config.dropout)
         else:
             self.user_tower = TextUserTower(dim, config.history_length)
         pointwise = config.task != "ranking"
         self.user_embedding = nn.Embedding(n_users, dim) if config.use_item_ids and pointwise else None
         # CTR/rating histories carry whether the user liked each item (0/1, or unknown): added to its vector.
-        self.feedback = nn.Embedding(UNKNOWN_FEEDBACK + 1, dim) if pointwise and config.user_tower == "sequence" \
+        self.feedback = nn.Embedding(UNKNOWN_FEEDBACK + 1, dim) if pointwise and config.user_tower != "text" \
             else None
         for table in (self.user_embedding, self.feedback):
             if table is not None:
@@ -231,7 +241,7 @@ class FusedRecommender(nn.Module):
 
     def _user_vectors(self, history: Tensor, table: Tensor, lookup: Tensor, feedback: Tensor | None = None) -> Tensor:
         """[B, L] left-padded histories (oldest first), [B, L] feedback ids (pointwise) -> [B, D] user vectors."""
-        if isinstance(self.user_tower, SequenceUserTower):
+        if isinstance(self.user_tower, VECTOR_TOWERS):
             vectors = table[lookup[history]]  # [B, L, D]
             if self.feedback is not None:
                 if feedback is None:
@@ -261,23 +271,25 @@ class FusedRecommender(nn.Module):
         """
         if self.config.task != "ranking":
             raise ValueError(f"training_batches is the ranking contract; this model's task is {self.config.task}")
-        targets = None if self.config.user_tower == "sequence" else self.config.text_windows_per_user
+        tower = self.config.user_tower
+        targets = None if tower != "text" else self.config.text_windows_per_user
         return ranking_batches(split, batch_size, rng, history_length=self.config.history_length,
-                               targets_per_user=targets, pad=self.pad, head=self.head, n_items=self.n_items)
+                               targets_per_user=targets, pad=self.pad, head=self.head, n_items=self.n_items,
+                               shuffle_histories=tower == "pooled")
 
     def calculate_loss(self, batch: Batch) -> Tensor:
         if self.config.task != "ranking":
             return self._pointwise_loss(batch)
         assert isinstance(self.head, RankingHead)  # build_head gives task "ranking" a RankingHead
         history, targets = batch["items"], batch["targets"]
-        sequence = isinstance(self.user_tower, SequenceUserTower)
+        sequence = isinstance(self.user_tower, VECTOR_TOWERS)
         real = targets != self.pad  # [B, L]
         flat_targets = targets[real] if sequence else targets[:, -1]  # [Q]
         candidates, target_index = self.head.candidates(flat_targets, batch.get("negatives"))
         needed = None if candidates is None else (torch.cat([history.flatten(), candidates]) if sequence
                                                   else candidates)
         table, lookup = self._item_table(needed)
-        if isinstance(self.user_tower, SequenceUserTower):  # `sequence`, narrowed for the checker
+        if isinstance(self.user_tower, VECTOR_TOWERS):  # `sequence`, narrowed for the checker
             states = self.user_tower.states(table[lookup[history]], history != self.pad)  # [B, L, D]
             queries = states[real]  # [Q, D]
         else:
@@ -330,7 +342,7 @@ class FusedRecommender(nn.Module):
         history, item = batch["history"], batch["item"]
         # The text tower reads history texts itself; only the sequence tower needs the history items' vectors
         # (with an unfrozen encoder, encoding them anyway cost 10x per step).
-        needed = torch.cat([history.flatten(), item]) if isinstance(self.user_tower, SequenceUserTower) else item
+        needed = torch.cat([history.flatten(), item]) if isinstance(self.user_tower, VECTOR_TOWERS) else item
         table, lookup = self._item_table(needed)
         users = self._user_vectors(history, table, lookup, batch.get("history_feedback"))  # [B, D]
         offset = self.user_offset(batch["user"])

@@ -28,16 +28,21 @@ log = logging.getLogger(__name__)
 Batch = dict[str, Tensor]
 
 
-def ranking_windows(train_sequences: list[np.ndarray], history_length: int,
-                    targets_per_user: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def ranking_windows(train_sequences: list[np.ndarray], history_length: int, targets_per_user: int | None,
+                    shuffle_with: np.random.Generator | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(history, targets) windows of item indices over each user's training sequence.
 
     targets_per_user None (the sequence tower): disjoint windows of `history_length`, newest first, in which every
     prefix predicts its next item (SASRec's all-positions objective). A number (the text tower): one target per
     window, the user's last `targets_per_user` training items, each with the `history_length` items before it.
+
+    `shuffle_with` reorders each user's items first (the order-free pooled tower): every epoch then predicts
+    other items from other subsets of the history, instead of always the same prefixes.
     """
     windows: list[tuple[np.ndarray, np.ndarray]] = []
     for seq in train_sequences:
+        if shuffle_with is not None:
+            seq = shuffle_with.permutation(seq)
         if targets_per_user is None:
             for end in range(len(seq) - 1, 0, -history_length):
                 start = max(0, end - history_length)
@@ -49,10 +54,12 @@ def ranking_windows(train_sequences: list[np.ndarray], history_length: int,
 
 
 def ranking_batches(split: LeaveOneOutSplit, batch_size: int, rng: np.random.Generator, *, history_length: int,
-                    targets_per_user: int | None, pad: int, head: object, n_items: int) -> Iterator[Batch]:
+                    targets_per_user: int | None, pad: int, head: object, n_items: int,
+                    shuffle_histories: bool = False) -> Iterator[Batch]:
     """One epoch of `ranking_windows`, shuffled by `rng`, as left-padded [B, L] `items` and `targets` (plus the
-    head's sampled `negatives` [K], when it samples them)."""
-    windows = ranking_windows(split.train_sequences, history_length, targets_per_user)
+    head's sampled `negatives` [K], when it samples them); `shuffle_histories` reorders each user's items too."""
+    windows = ranking_windows(split.train_sequences, history_length, targets_per_user,
+                              shuffle_with=rng if shuffle_histories else None)
     order = rng.permutation(len(windows))
     for begin in range(0, len(order), batch_size):
         chosen = [windows[i] for i in order[begin:begin + batch_size]]

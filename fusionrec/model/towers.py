@@ -198,6 +198,62 @@ class SequenceUserTower(nn.Module):
         return SequenceEncoder.last_state(self.states(vectors, mask), mask)
 
 
+class PooledUserTower(nn.Module):
+    """A user is an attention-weighted average of their recent items' fused vectors: no positions, so the order
+    of the history changes nothing (`data.order: none`, or a shop whose baskets have no meaningful order).
+
+    Each item gets a relevance logit from a learned query against a key of its vector; the softmax over the
+    history weights the vectors, and a linear map (initialised to the identity) turns the average into the user
+    vector. `states` gives the pooled vector after every prefix, so training scores every position at once, as
+    the sequence tower does.
+
+    Args:
+        dim: the fusion dimension.
+        history_length: most recent items read.
+        dropout: on the item vectors before pooling.
+    """
+
+    def __init__(self, dim: int, history_length: int, dropout: float) -> None:
+        super().__init__()
+        self.history_length = history_length
+        self.key = nn.Linear(dim, dim)
+        self.query = nn.Parameter(torch.zeros(dim))  # zero: training starts from the plain mean of the history
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(dim, dim)
+        nn.init.normal_(self.key.weight, std=0.02)
+        nn.init.zeros_(self.key.bias)
+        with torch.no_grad():
+            self.out.weight.copy_(torch.eye(dim))
+            self.out.bias.zero_()
+
+    def _logits(self, vectors: Tensor) -> Tensor:
+        """[B, L, D] -> [B, L] relevance of each history item."""
+        return torch.tanh(self.key(vectors)) @ self.query
+
+    def states(self, vectors: Tensor, mask: Tensor) -> Tensor:
+        """[B, L, D] item vectors and [B, L] bool mask -> [B, L, D] the pooled user after each prefix."""
+        vectors = self.drop(vectors)
+        length = vectors.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=vectors.device).tril()  # [L, L]
+        allowed = causal.unsqueeze(0) & mask.unsqueeze(1)  # [B, L (after), L (item)]
+        logits = self._logits(vectors).unsqueeze(1).expand(-1, length, -1)  # [B, L, L]
+        weights = torch.softmax(logits.masked_fill(~allowed, torch.finfo(logits.dtype).min), dim=-1)
+        weights = weights * allowed  # a prefix of padding alone pools nothing (its row is all zeros)
+        return self.out(weights @ vectors)  # [B, L, D]
+
+    def forward(self, vectors: Tensor, mask: Tensor) -> Tensor:
+        """[B, L, D] item vectors and [B, L] mask -> [B, D] the pooled user over the whole history."""
+        vectors = self.drop(vectors)
+        logits = self._logits(vectors)  # [B, L]
+        weights = torch.softmax(logits.masked_fill(~mask, torch.finfo(logits.dtype).min), dim=-1) * mask
+        return self.out((weights.unsqueeze(1) @ vectors).squeeze(1))  # [B, 1, L] @ [B, L, D] -> [B, D]
+
+
+# The towers that read the history's item vectors (the model gathers them from the item table); the text tower
+# reads the items' text instead.
+VECTOR_TOWERS = (SequenceUserTower, PooledUserTower)
+
+
 class TextUserTower(nn.Module):
     """A user is the fused text of their recent items, newest first, cut to each encoder's max length.
 

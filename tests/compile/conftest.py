@@ -69,6 +69,12 @@ def sequence_artifact(tiny_models, tmp_path_factory) -> Path:
     return train_artifact(tmp_path_factory.mktemp("sequence"), tiny_models, tower="sequence")
 
 
+@pytest.fixture(scope="session")
+def pooled_artifact(tiny_models, tmp_path_factory) -> Path:
+    """A trained ranking artifact with the order-free pooled user tower."""
+    return train_artifact(tmp_path_factory.mktemp("pooled"), tiny_models, tower="pooled")
+
+
 @pytest.fixture()
 def fresh_copy(tmp_path):
     """Copy an artifact folder so a test can compile it without touching the shared one."""

@@ -78,8 +78,9 @@ def test_compiled_user_tower_scores_like_full_sort_predict(compiled_text):
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_sequence_tower_compiles_with_history_vectors(sequence_artifact, fresh_copy):
-    path = fresh_copy(sequence_artifact)
+@pytest.mark.parametrize("tower", ["sequence", "pooled"])
+def test_vector_towers_compile_with_history_vectors(tower, request, fresh_copy):
+    path = fresh_copy(request.getfixturevalue(f"{tower}_artifact"))
     record = compile_artifact(path, threads=1, report=lambda line: None)
     assert record["graphs"]["user"]["signature"]["inputs"] == ["history_vectors", "history_mask"]
     assert record["graphs"]["item"]["signature"]["inputs"][-1] == "item_index"  # the hybrid's ID embedding

@@ -69,3 +69,48 @@ def test_random_split_sizes_labels_and_seed_determinism():
 def test_random_split_rejects_bad_ratios():
     with pytest.raises(ValueError, match="sum to 1"):
         random_split(_dataset([("u", "a", 1, 1.0)]), ratios=(0.8, 0.1, 0.2))
+
+
+def _many_users(n_users: int = 40, per_user: int = 12) -> Dataset:
+    # Timestamps rise with the item number: chronological leave-one-out always holds out item per_user - 1.
+    return _dataset([(f"u{u}", f"i{i}", i, 1.0) for u in range(n_users) for i in range(per_user)])
+
+
+def test_order_none_holds_out_a_seeded_random_item_per_user():
+    dataset = _many_users()
+    chronological = leave_one_out(dataset)
+    assert {item for _, item in _raw(chronological, chronological.test)} == {"i11"}
+    split = leave_one_out(dataset, order="none")
+    held_out = [item for _, item in _raw(split, split.test)]
+    assert len(held_out) == 40 and len(set(held_out)) > 5  # not the newest item: random per user
+    again = leave_one_out(dataset, order="none")
+    assert held_out == [item for _, item in _raw(again, again.test)]  # seeded
+    other = leave_one_out(dataset, order="none", seed=7)
+    assert held_out != [item for _, item in _raw(other, other.test)]
+    # Every interaction lands in exactly one part, and the history before test is the user's other items.
+    assert len(split.train) + len(split.valid) + len(split.test) == len(dataset.interactions)
+    for user, history in enumerate(split.history("test")):
+        test_item = split.test.loc[split.test[USER_IDX] == user, ITEM_IDX].item()
+        seen = split.vocab.item_ids[[*history, test_item]]
+        assert len(seen) == 12 and set(seen) == {f"i{i}" for i in range(12)}
+
+
+def test_order_none_shuffles_the_histories_of_the_random_split():
+    dataset = _many_users(n_users=10)
+    split = random_split(dataset, order="none")
+    chronological = random_split(dataset)
+    assert (split.train[ITEM_IDX].to_numpy() == chronological.train[ITEM_IDX].to_numpy()).all()  # same rows
+    assert not (split.train["timestamp"].to_numpy() == chronological.train["timestamp"].to_numpy()).all()
+    with pytest.raises(ValueError, match="order"):
+        leave_one_out(dataset, order="random")
+
+
+def test_every_title_names_the_random_order():
+    from fusionrec.protocol import Results, RunResult, protocol_text, split_name
+
+    assert "random per-user hold-out" in split_name("ranking", "none")
+    assert "chronological" in split_name("ranking") and "chronological" not in split_name("ranking", "none")
+    assert "data.order none" in protocol_text("ranking", "none")
+    results = Results(dataset="t", seeds=[1], order="none",
+                      runs=[RunResult("pop", "ranking", 1, {"ndcg@10": 0.1}, {"ndcg@10": 0.1}, 0, 1, 0.0)])
+    assert "random per-user hold-out" in results.render() and results.to_json()["order"] == "none"

@@ -13,7 +13,7 @@ from fusionrec.data.text import with_item_text
 from fusionrec.model.fused import FusedRecommender
 from fusionrec.model.fused_data import item_texts_in_order
 from fusionrec.model.fusion import FUSION_METHODS
-from fusionrec.model.towers import UNKNOWN_FEEDBACK, SequenceUserTower, TextUserTower
+from fusionrec.model.towers import UNKNOWN_FEEDBACK, PooledUserTower, SequenceUserTower, TextUserTower
 from fusionrec.spec import FusionRecommenderSpec, TrainingSpec
 from fusionrec.train.loop import fit
 
@@ -66,7 +66,8 @@ def build(spec, dataset, split):
 
 
 CASES = [("ranking", "sequence", False), ("ranking", "text", False), ("ranking", "sequence", True),
-         ("ctr", "sequence", True), ("rating", "sequence", False), ("ctr", "text", False)]
+         ("ctr", "sequence", True), ("rating", "sequence", False), ("ctr", "text", False),
+         ("ranking", "pooled", True), ("ctr", "pooled", True)]
 
 
 @pytest.mark.parametrize("task, tower, ids", CASES, ids=[f"{t}-{w}-{'ids' if i else 'text'}" for t, w, i in CASES])
@@ -156,7 +157,7 @@ def test_every_fusion_method_trains_inside_the_model(tiny_models, dataset, ranki
     assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("tower", ["sequence", "text"])
+@pytest.mark.parametrize("tower", ["sequence", "text", "pooled"])
 def test_fusion_weights_global_and_per_user(tiny_models, dataset, ranking_split, tower):
     model = build(make_spec(tiny_models, tower=tower), dataset, ranking_split)
     histories = ranking_split.history("test")[:4]
@@ -165,7 +166,8 @@ def test_fusion_weights_global_and_per_user(tiny_models, dataset, ranking_split,
     assert sum(report["global"].values()) == pytest.approx(1.0, abs=1e-5)
     assert report["per_user"].shape == (4, 3)
     torch.testing.assert_close(report["per_user"].sum(dim=1), torch.ones(4))
-    assert isinstance(model.user_tower, SequenceUserTower if tower == "sequence" else TextUserTower)
+    kinds = {"sequence": SequenceUserTower, "text": TextUserTower, "pooled": PooledUserTower}
+    assert isinstance(model.user_tower, kinds[tower])
     weighted = build(make_spec(tiny_models, method="weighted"), dataset, ranking_split)
     flat = weighted.fusion_weights(histories)
     assert flat["kind"] == "global" and torch.allclose(flat["per_user"], flat["per_user"][0].expand(4, 3))
@@ -252,3 +254,28 @@ def test_the_model_sizes_come_from_the_spec(tiny_models, dataset, pointwise_spli
     assert (model.config.n_layers, model.config.n_heads, model.config.head_hidden) == (1, 2, 32)
     assert len(model.user_tower.encoder.blocks) == 1
     assert model.head.mlp[0].out_features == 32
+
+
+def test_the_pooled_tower_ignores_the_order_of_the_history():
+    torch.manual_seed(0)
+    tower = PooledUserTower(dim=8, history_length=5, dropout=0.0).eval()
+    with torch.no_grad():
+        tower.query.normal_()  # not the initial plain mean: the weights must differ per item
+    vectors = torch.randn(2, 5, 8)
+    mask = torch.tensor([[False, True, True, True, True], [True] * 5])
+    shuffled = vectors[:, [0, 3, 1, 4, 2]]
+    torch.testing.assert_close(tower(vectors, mask), tower(shuffled, mask[:, [0, 3, 1, 4, 2]]))
+    # The prefix states: the last one is the whole history; a padded prefix pools nothing.
+    states = tower.states(vectors, mask)
+    torch.testing.assert_close(states[:, -1], tower(vectors, mask))
+    torch.testing.assert_close(states[0, 0], tower.out.bias)
+    torch.testing.assert_close(states[1, 1], tower(vectors[1:, :2], mask[1:, :2])[0])
+
+
+def test_auto_tower_is_pooled_without_order(tiny_models, dataset):
+    spec = make_spec(tiny_models, tower="auto")
+    assert spec.user_tower == "sequence"
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"order": "none"})})
+    assert spec.user_tower == "pooled"
+    split = leave_one_out(dataset, order="none")
+    assert isinstance(build(spec, dataset, split).user_tower, PooledUserTower)

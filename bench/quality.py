@@ -191,11 +191,12 @@ def run_fused(experiment: Experiment, seed: int, dataset, splits, pool: EncoderP
     # Loading an LM draws from torch's generator (transformers initialises before it loads): load first, so a
     # run's initial weights depend on its seed alone, not on whether it was the first to need that LM.
     encoders = pool.get(experiment.encoders)
+    loading = time.perf_counter() - started
     done = fit_and_evaluate(
         lambda: FusedRecommender.from_spec(spec, dataset, split, encoders=encoders),
         split, spec.training, device="cpu", log_every=5)
     weights = done.model.fusion_weights()
-    done.seconds = time.perf_counter() - started  # loading the LMs included
+    done.setup_seconds += loading  # loading the LMs is setup too (the seconds total includes it)
     log.info("%s seed %d: best epoch %d, test %s (%.0fs)", experiment.name, seed, done.fit.best_epoch,
              ", ".join(f"{k} {v:.4f}" for k, v in done.test.items() if k.endswith("@10") or "@" not in k),
              done.seconds)

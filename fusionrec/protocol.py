@@ -113,7 +113,9 @@ class RunResult:
     test: dict[str, float]
     best_epoch: int
     epochs_run: int
-    seconds: float
+    seconds: float  # setup + train; results written before the split have only this
+    setup_seconds: float | None = None  # building: loading and converting LMs, embedding the catalogue
+    train_seconds: float | None = None  # fitting and testing
 
 
 @dataclass
@@ -138,6 +140,9 @@ class Results:
                         values.setdefault(f"{stage}_{metric}", []).append(value)
                 values.setdefault("best_epoch", []).append(run.best_epoch)
                 values.setdefault("seconds", []).append(run.seconds)
+                for key in ("setup_seconds", "train_seconds"):
+                    if getattr(run, key) is not None:
+                        values.setdefault(key, []).append(getattr(run, key))
             out[name] = {"task": runs[0].task, "seeds": [run.seed for run in runs],
                          **{key: mean_std(vals) for key, vals in values.items()}}
         return out
@@ -150,7 +155,8 @@ class Results:
 
     def render(self, groups: Mapping[str, str] | None = None) -> str:
         """Markdown tables (one per task) of the protocol's columns as mean ± std over seeds; `groups` adds a
-        group column (model name -> group)."""
+        group column (model name -> group). Time is split into setup (building the model) and train (fitting
+        and testing); results recorded before that split show "-" in both."""
         summary = self.summary()
         parts = []
         for task, (valid, tests) in TABLE.items():
@@ -158,13 +164,14 @@ class Results:
             if not names:
                 continue
             header = ["model", *(["group"] if groups else []), f"valid {valid}", *(f"test {m}" for m in tests),
-                      "best epoch", "seconds"]
+                      "best epoch", "setup s", "train s"]
             lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for name in names:
                 row = summary[name]
                 cells = [name, *([groups.get(name, "?")] if groups else []), cell(row.get(f"valid_{valid}")),
                          *(cell(row.get(f"test_{m}")) for m in tests),
-                         cell(row["best_epoch"], digits=1), cell(row["seconds"], digits=1)]
+                         cell(row["best_epoch"], digits=1), cell(row.get("setup_seconds"), digits=1),
+                         cell(row.get("train_seconds"), digits=1)]
                 lines.append("| " + " | ".join(cells) + " |")
             seeds = ", ".join(map(str, self.seeds))
             parts.append(f"{task} ({self.dataset}, {split_name(task, self.order)}, seeds {seeds}):\n"
@@ -189,12 +196,15 @@ def cell(stats: dict[str, float] | float | None, digits: int = 4) -> str:
 def quality_table(comparison: dict[str, Any]) -> str:
     """One seed's comparison (fused, then singles, then baselines) as an aligned text table of the protocol's
     columns; `comparison` is comparison.json: {"task", "split", "seed", "rows": [{"model", "group", "valid",
-    "test", "seconds"}]}."""
+    "test", "setup_seconds", "train_seconds"}]}. Setup (building the model) and train (fitting and testing) are
+    separate columns because only the second compares models; a file written before the split shows "-"."""
     task = comparison["task"]
     valid_metric, test_metrics = TABLE[task]
-    header = ["model", "group", f"valid {valid_metric}", *(f"test {m}" for m in test_metrics), "seconds"]
-    rows = [[row["model"], row["group"], cell(row["valid"].get(valid_metric)),
-             *(cell(row["test"].get(m)) for m in test_metrics), f"{row.get('seconds', 0.0):.1f}"]
+    header = ["model", "group", f"valid {valid_metric}", *(f"test {m}" for m in test_metrics), "setup s", "train s"]
+    shipped = comparison.get("shipped")
+    rows = [[row["model"] + (" (shipped)" if shipped and row["model"] == shipped else ""), row["group"],
+             cell(row["valid"].get(valid_metric)), *(cell(row["test"].get(m)) for m in test_metrics),
+             cell(row.get("setup_seconds"), digits=1), cell(row.get("train_seconds"), digits=1)]
             for row in comparison["rows"]]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
 
@@ -204,3 +214,35 @@ def quality_table(comparison: dict[str, Any]) -> str:
 
     lines = [line(header), *(line(row) for row in rows)]
     return f"quality ({task}, {comparison['split']}, seed {comparison['seed']}):\n" + "\n".join(lines)
+
+
+def selection_note(comparison: Mapping[str, Any]) -> str | None:
+    """The line that says which model shipped and why, from comparison.json: with `select: best`, the winner
+    and its validation value; with `select: fused`, a warning when an encoder alone validated better than the
+    fused model (the fused model cannot beat its best member), naming both values and the setting that would
+    ship the better one. None when there is nothing to say (no singles were fitted, or the fused model won)."""
+    metric = comparison.get("metric")
+    rows = [row for row in comparison.get("rows", []) if row.get("group") in ("fused", "single")]
+    fused = next((row for row in rows if row.get("group") == "fused"), None)
+    singles = [row for row in rows if row.get("group") == "single" and metric in row.get("valid", {})]
+    if not metric or fused is None or metric not in fused.get("valid", {}):
+        return None
+    higher = comparison.get("higher_is_better", True)
+    shipped = comparison.get("shipped") or fused["model"]
+    if comparison.get("select") == "best":
+        winner = next((row for row in rows if row["model"] == shipped), fused)
+        others = ", ".join(f"{row['model']} {row['valid'][metric]:.4f}" for row in rows
+                           if row is not winner and metric in row.get("valid", {}))
+        why = "the fused model validated best" if winner is fused else \
+            f"it validated better than the fused model ({fused['valid'][metric]:.4f})"
+        return (f"shipped: {winner['model']} (evaluation.select: best): valid {metric} "
+                f"{winner['valid'][metric]:.4f}; {why}" + (f"; others: {others}" if others else ""))
+    if not singles:
+        return None
+    sign = 1.0 if higher else -1.0
+    best = max(singles, key=lambda row: sign * row["valid"][metric])
+    if sign * best["valid"][metric] <= sign * fused["valid"][metric]:
+        return None
+    return (f"warning: {best['model']} alone validated better than the shipped fused model (valid {metric} "
+            f"{best['valid'][metric]:.4f} vs {fused['valid'][metric]:.4f}); set evaluation.select: best to "
+            f"ship the best candidate")

@@ -19,6 +19,8 @@ bound in pyproject widened.
                         each deployment of a built (not deployed) application carries.
     deployed_deployments  `_get_global_client().get_serve_details()`: what the controller runs for an
                         application, per deployment (its deployment_config as deployed, target replica count).
+    train_controllers   `ray.train.v2.api.data_parallel_trainer.DataParallelTrainer._register_sigint_handler`:
+                        Ray Train's own Ctrl-C handler, replaced for a fit so Ctrl-C stops training cleanly.
 
 Importing this module imports no Ray: callers set Ray's environment first (auth mode, token, TMPDIR).
 """
@@ -26,7 +28,8 @@ Importing this module imports no Ray: callers set Ray's environment first (auth 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,3 +124,40 @@ def deployed_deployments(app_name: str) -> dict[str, dict[str, Any]]:
     details = _serve_client().get_serve_details()
     application = details.get("applications", {}).get(app_name)
     return dict(application["deployments"]) if application else {}
+
+
+@contextmanager
+def train_controllers() -> Iterator[list[Any]]:
+    """For the span of a Ray Train V2 `fit()`: record the run's controller actor instead of letting
+    `DataParallelTrainer._register_sigint_handler` install Ray's SIGINT handler, which it never removes. That
+    handler turns Ctrl-C into `ray.get(controller.abort.remote())` and `sys.exit`, and, left installed after the
+    run's Ray was shut down, a later Ctrl-C makes `ray.get` start a fresh local Ray only to fail with "Can't find
+    actor" (exit 1). Without it Ctrl-C is an ordinary KeyboardInterrupt in the driver, and the caller stops the
+    controllers yielded here (`stop_actors`)."""
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    controllers: list[Any] = []
+    original = DataParallelTrainer.__dict__["_register_sigint_handler"]
+
+    def record(self: Any, controller: Any) -> None:
+        controllers.append(controller)
+
+    DataParallelTrainer._register_sigint_handler = record  # type: ignore[method-assign]
+    try:
+        yield controllers
+    finally:
+        DataParallelTrainer._register_sigint_handler = original  # type: ignore[method-assign]
+
+
+def stop_actors(actors: list[Any]) -> None:
+    """Kill actors (a Ray Train controller: its worker group dies with it) if this process is still connected;
+    a cluster that is already gone has nothing left to stop."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # dead already, or the cluster went away
+            continue

@@ -402,11 +402,11 @@ class DataSpec(SpecModel):
                                    description="CSV escape character (default none), e.g. a backslash where quoted "
                                                "fields hold backslash-escaped quotes.")
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
-    item_text_template: str = Field(
-        "{title}. Genres: {genres}. Year: {year}",
-        max_length=TEMPLATE_MAX,
-        description="Python format template over item fields; a missing field drops its clause.",
-    )
+    item_text_template: str | None = Field(
+        None, max_length=TEMPLATE_MAX,
+        description="Python format template over item fields; a missing field drops its clause. Default: the "
+                    "template the dataset was prepared with (`fusionrec data prepare --template`), else "
+                    "'{title}. Genres: {genres}. Year: {year}'.")
     max_users: int | None = Field(None, ge=1, description="Use only the first N users (smoke tests, demos).")
 
     @model_validator(mode="after")

@@ -1,7 +1,8 @@
 """`python -m fusionrec.train --manifest M --output DIR [--address ADDR]`: what the operator's RayJob runs.
 
 A plain module entry point (no click group): exit 0 on success, 2 for bad input (the message names the field
-and the fix), 1 for anything else, with its traceback.
+and the fix), 130 when interrupted (SIGINT: training is stopped and nothing is written), 1 for anything else,
+with its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from fusionrec.errors import UserError
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -39,8 +42,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        version = _version_of(args.manifest)
+        print(f"interrupted: nothing published for version {version}; run again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(summary_table(result))
     return 0
+
+
+def _version_of(manifest: str) -> str:
+    """The manifest's spec.version for the interrupted line ("?" if it cannot be read again)."""
+    from fusionrec.spec import load_manifest
+
+    try:
+        return load_manifest(manifest).spec.version
+    except Exception:  # the line must still be printed
+        return "?"
 
 
 if __name__ == "__main__":

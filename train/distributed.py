@@ -9,7 +9,13 @@ last reported checkpoint, which also carries the best epoch's weights.
 The driver then downloads that checkpoint and lets `fusionrec.train.job.train_and_evaluate` resume from it:
 no epoch is left, so it restores the best epoch's weights (the best checkpoint's), evaluates on test and
 writes the versioned artifact with the full history. The artifact is written where the driver runs, so on
-a multi-node cluster workers never need the output folder, only the data and `storage_path`.
+a multi-node cluster workers never need the output folder, only the data and `storage_path`. That call is also
+where `evaluation.select: best` fits each encoder alone and picks what ships: once, in the driver, after the
+worker group is gone, so no rank ever fits a single or writes, and DDP only ever sees the fused model.
+
+Ctrl-C stops training: Ray Train's own SIGINT handler is kept out (`fusionrec.ray_compat.train_controllers`),
+the controller (and with it every worker) is killed, the Ray this run started is shut down, and the
+KeyboardInterrupt goes on to the caller before anything is written to the output folder.
 
 Everything that can be checked before training (spec, output and storage folders, GPUs, the cluster
 address) is checked first, so bad input fails in seconds with a `UserError`.
@@ -45,7 +51,9 @@ from fusionrec.model.fused import FusedRecommender
 from fusionrec.model.saved import embedding_cache_dir
 from fusionrec.model.sources import resolve_source
 from fusionrec.protocol import make_split, seed_everything
+from fusionrec.ray_compat import stop_actors, train_controllers
 from fusionrec.spec import FusionRecommenderSpec, Manifest, TrainingSpec, load_manifest
+from fusionrec.train.candidates import NEEDS
 from fusionrec.train.checkpoint import LATEST
 from fusionrec.train.job import train_and_evaluate
 from fusionrec.train.local_ray import check_reachable, ray_session, requested_address
@@ -54,7 +62,6 @@ from fusionrec.train.loop import EpochReport, FitHooks, fit, selection_metric
 log = logging.getLogger(__name__)
 
 TRAINING_FOLDER = "_training"  # under the output root; not a version (no MANIFEST.json), so never listed
-NEEDS = {"ranking": "ranks", "ctr": "labels", "rating": "ratings"}
 
 
 # Called on each worker before each batch it trains on, with (rank, epoch, samples it has taken this epoch): the
@@ -234,13 +241,18 @@ def train_distributed(manifest: Manifest | str | Path, output_root: str | Path, 
         _cluster_fits(training, connection.resources)
         log.info("training %s on %d worker(s), checkpoints in %s/%s", plan.spec.version, training.workers,
                  plan.storage_path, plan.name)
-        try:
-            result = build_trainer(plan, config).fit()
-        except TrainingFailedError as exc:
-            cause = _worker_failure(exc)
-            if cause is not None:
-                raise cause from None
-            raise RuntimeError(f"training failed after {training.max_failures} restart(s): {exc}") from exc
+        with train_controllers() as controllers:
+            try:
+                result = build_trainer(plan, config).fit()
+            except KeyboardInterrupt:
+                log.info("interrupted: stopping the training of %s", plan.spec.version)
+                stop_actors(controllers)
+                raise
+            except TrainingFailedError as exc:
+                cause = _worker_failure(exc)
+                if cause is not None:
+                    raise cause from None
+                raise RuntimeError(f"training failed after {training.max_failures} restart(s): {exc}") from exc
     if result.checkpoint is None:
         raise RuntimeError(f"training of {plan.spec.version} reported no checkpoint")
     final = plan.run_dir / "final"

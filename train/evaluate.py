@@ -28,6 +28,10 @@ from fusionrec.train.loop import FitHooks, FitResult, fit
 log = logging.getLogger(__name__)
 
 QUICK_EPOCHS = 2  # `--quick`: checks the pipeline, not the numbers
+# Default baseline budgets (evaluation.baselineEpochs unset): the registered epochs up to this many interactions,
+# scaled down in proportion above it, to no fewer than BUDGET_MIN_EPOCHS.
+BUDGET_FULL_UP_TO = 200_000
+BUDGET_MIN_EPOCHS = 20
 # The published baseline numbers are fp32 on CPU; on CUDA the loop trains under bf16 autocast, which moves them.
 BASELINE_DEVICE = "cpu"
 
@@ -35,16 +39,30 @@ BASELINE_DEVICE = "cpu"
 @dataclass
 class Evaluated:
     """A model fitted and tested: the fitted model, its fit (best validation metrics, best epoch, history), its
-    test metrics and the wall time of building, fitting and testing it."""
+    test metrics, and its time in two parts. Building (loading and converting LMs, embedding the catalogue) is
+    one-time work a served model never repeats and a cache can skip, so it is kept apart from the training
+    (`fit.seconds`, which a resumed fit carries over from its checkpoint) and testing that rows compare."""
 
     model: nn.Module
     fit: FitResult
     test: dict[str, float]
-    seconds: float
+    setup_seconds: float
+    test_seconds: float
+
+    @property
+    def train_seconds(self) -> float:
+        """Fitting (all epochs, including those a resumed fit restored) and testing."""
+        return self.fit.seconds + self.test_seconds
+
+    @property
+    def seconds(self) -> float:
+        """Setup and training together."""
+        return self.setup_seconds + self.train_seconds
 
     def run(self, name: str, task: str, seed: int) -> RunResult:
         return RunResult(baseline=name, task=task, seed=seed, valid=self.fit.best_valid, test=self.test,
-                         best_epoch=self.fit.best_epoch, epochs_run=len(self.fit.history), seconds=self.seconds)
+                         best_epoch=self.fit.best_epoch, epochs_run=len(self.fit.history), seconds=self.seconds,
+                         setup_seconds=self.setup_seconds, train_seconds=self.train_seconds)
 
 
 def fit_and_evaluate(build: Callable[[], nn.Module], split: LeaveOneOutSplit | RandomSplit, training: TrainingSpec,
@@ -57,39 +75,66 @@ def fit_and_evaluate(build: Callable[[], nn.Module], split: LeaveOneOutSplit | R
     its seed alone. `hooks`, `checkpoint_dir` and `resume` go to `fusionrec.train.loop.fit` (Ray Train, resumable
     runs).
     """
-    started = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     seed_everything(training.seed)
+    started = time.perf_counter()
     model = build()
+    setup = time.perf_counter() - started
     result = fit(model, split, training, device=device, log_every=log_every, hooks=hooks,
                  checkpoint_dir=checkpoint_dir, resume=resume)
+    started = time.perf_counter()
     test = evaluate_model(model, split, "test", device=device)
-    return Evaluated(model, result, test, time.perf_counter() - started)
+    return Evaluated(model, result, test, setup_seconds=setup, test_seconds=time.perf_counter() - started)
 
 
-def baseline_training(name: str, seed: int, quick: bool = False) -> TrainingSpec:
-    """The baseline's registered training settings with the run's seed (and at most `QUICK_EPOCHS` when quick)."""
+def baseline_budget(name: str, interactions: int | None = None, epochs: int | None = None) -> tuple[int, str]:
+    """(epoch budget, why) of a baseline: `epochs` (evaluation.baselineEpochs) when given, else its registered
+    (RecBole) budget up to `BUDGET_FULL_UP_TO` interactions, scaled down in proportion above that (to at least
+    `BUDGET_MIN_EPOCHS`, never above the registered one): an epoch over ml-1m's million interactions costs ten
+    of ml-100k's, and early stopping alone would let a 300-epoch BPR run for hours. A baseline that is not
+    trained (Pop counts in one pass) keeps its single epoch whatever is asked."""
+    baseline = get_baseline(name)
+    registered = baseline.training.epochs
+    if not baseline.trained:
+        return registered, "not trained: one counting pass"
+    if epochs is not None:
+        return epochs, "evaluation.baselineEpochs"
+    if interactions is None or interactions <= BUDGET_FULL_UP_TO:
+        return registered, "registered budget"
+    scaled = min(registered, max(BUDGET_MIN_EPOCHS, round(registered * BUDGET_FULL_UP_TO / interactions)))
+    return scaled, f"registered {registered} scaled to {interactions:,} interactions"
+
+
+def baseline_training(name: str, seed: int, quick: bool = False, *, interactions: int | None = None,
+                      epochs: int | None = None) -> TrainingSpec:
+    """The baseline's registered training settings with the run's seed and its epoch budget (`baseline_budget`
+    of the dataset's `interactions` and evaluation.baselineEpochs `epochs`), at most `QUICK_EPOCHS` when quick."""
     training = get_baseline(name).training
-    changes: dict[str, int] = {"seed": seed}
-    if quick:
-        changes["epochs"] = min(training.epochs, QUICK_EPOCHS)
-    return training.model_copy(update=changes)
+    budget, _ = baseline_budget(name, interactions, epochs)
+    return training.model_copy(update={"seed": seed, "epochs": min(budget, QUICK_EPOCHS) if quick else budget})
 
 
 def run_baseline(name: str, dataset: Dataset, seed: int, split: LeaveOneOutSplit | RandomSplit,
-                 quick: bool = False, device: str | torch.device = BASELINE_DEVICE) -> RunResult:
-    """Build, fit and test one baseline with one seed on an existing split of `dataset`."""
+                 quick: bool = False, device: str | torch.device = BASELINE_DEVICE,
+                 epochs: int | None = None) -> RunResult:
+    """Build, fit and test one baseline with one seed on an existing split of `dataset`; `epochs` is
+    evaluation.baselineEpochs (None: the budget by the dataset's size)."""
     baseline = get_baseline(name)
-    done = fit_and_evaluate(lambda: baseline.build(dataset, split), split, baseline_training(name, seed, quick),
-                            device=device, log_every=10)
+    interactions = len(dataset.interactions)
+    training = baseline_training(name, seed, quick, interactions=interactions, epochs=epochs)
+    _, why = baseline_budget(name, interactions, epochs)
+    log.info("%s seed %d: budget %d epochs (%s%s)", name, seed, training.epochs, why, ", quick" if quick else "")
+    done = fit_and_evaluate(lambda: baseline.build(dataset, split), split, training, device=device, log_every=10)
     log.info("%s seed %d: best epoch %d, test %s (%.1f s)", name, seed, done.fit.best_epoch,
              ", ".join(f"{k} {v:.4f}" for k, v in done.test.items()), done.seconds)
     return done.run(name, baseline.task, seed)
 
 
 def evaluate_baselines(dataset: Dataset, names: Sequence[str], seeds: Sequence[int], quick: bool = False,
-                       device: str | torch.device = BASELINE_DEVICE, order: str = "time") -> Results:
-    """Every named baseline with every seed; each task's split is made once and shared by all of them."""
+                       device: str | torch.device = BASELINE_DEVICE, order: str = "time",
+                       epochs: int | None = None) -> Results:
+    """Every named baseline with every seed; each task's split (by data.order `order`) is made once and shared by
+    all of them. `epochs`: evaluation.baselineEpochs (None: each baseline's budget by the dataset's size)."""
     baselines = [get_baseline(name) for name in names]  # unknown names fail before any fitting
     if not seeds:
         raise ValueError("seeds must name at least one seed")
@@ -98,5 +143,5 @@ def evaluate_baselines(dataset: Dataset, names: Sequence[str], seeds: Sequence[i
     for baseline in baselines:
         for seed in seeds:
             results.runs.append(run_baseline(baseline.name, dataset, seed, splits[baseline.task], quick=quick,
-                                             device=device))
+                                             device=device, epochs=epochs))
     return results

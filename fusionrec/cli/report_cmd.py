@@ -21,6 +21,8 @@ def report(artifact: Path, out: Path | None, as_json: bool) -> None:
     Plots: training and validation curves (best epoch marked); fusion weights per model, globally and
     across users; fused vs single encoders vs baselines (from comparison.json, else the model's own test
     metrics); serving latency p50/p95/p99 (from latency.json). A tampered artifact exits with code 2.
+    When comparison.json records the selection, one line says what shipped and why, or warns that an encoder
+    alone validated better than the shipped fused model.
 
     \b
     Examples:
@@ -33,8 +35,10 @@ def report(artifact: Path, out: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"index": str(written.index),
                                "images": {key: str(path) for key, path in written.images.items()},
-                               "notes": written.notes}, indent=2))
+                               "notes": written.notes, "selection": written.selection}, indent=2))
         return
     click.echo(f"wrote {written.index} ({len(written.images)} plots)")
+    if written.selection:
+        click.echo(written.selection)
     for note in written.notes.values():
         click.echo(f"  note: {note}")

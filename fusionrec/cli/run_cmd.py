@@ -7,10 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 EXIT_ROLLED_BACK = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 @click.command()
@@ -55,6 +57,8 @@ def run(manifest: Path, output: str | None, serve: bool, keep_serving: bool | No
       2  bad input: the message names the field and the fix
       3  the new version failed its canary checks and was rolled back;
          the old version keeps serving
+      130  interrupted (Ctrl-C): training stopped, Ray shut down, nothing
+         half-written published; running again resumes from the cached steps
 
     \b
     Examples:
@@ -86,6 +90,8 @@ def run(manifest: Path, output: str | None, serve: bool, keep_serving: bool | No
         with contextlib.redirect_stdout(sys.stderr):
             try:
                 runner.run()
+            except KeyboardInterrupt:
+                _interrupted(runner)
             except Exception as exc:  # reported in the summary, then raised again: exit 2 or a traceback
                 runner.report.error = exc.render() if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
                 failure = exc
@@ -103,3 +109,15 @@ def run(manifest: Path, output: str | None, serve: bool, keep_serving: bool | No
         runner.close()
     if runner.report.rolled_back:
         click.get_current_context().exit(EXIT_ROLLED_BACK)
+
+
+def _interrupted(runner: Any) -> None:
+    """Ctrl-C during the run: stop serving and the run's Ray (training already stopped itself), say in one line
+    what was and was not published, and exit 130 (click would print "Aborted!" and exit 1)."""
+    from fusionrec.runner.run import interrupted_line
+    from fusionrec.train.local_ray import sigint_deferred
+
+    with sigint_deferred():
+        runner.close()
+    click.echo(interrupted_line(runner.report), err=True)
+    click.get_current_context().exit(EXIT_INTERRUPTED)

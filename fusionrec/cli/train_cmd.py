@@ -6,6 +6,7 @@ import json
 
 import click
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as `fusionrec run` and `python -m fusionrec.train` exit
 
 @click.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
@@ -35,7 +36,14 @@ def train(manifest: str, output: str | None, address: str | None, overwrite: boo
     root = output or document.spec.storage.uri
     if "://" in root:
         raise UserError(f"spec.storage.uri {root!r} is not a local folder; pass --output", field="--output")
-    result = train_distributed(document, root, address=address, overwrite=overwrite, dashboard=dashboard)
+    try:
+        result = train_distributed(document, root, address=address, overwrite=overwrite, dashboard=dashboard)
+    except KeyboardInterrupt:
+        # train_distributed stopped the workers and its Ray on the way out; the artifact is published last, so
+        # an interrupted run left no version behind (click alone would print "Aborted!" and exit 1).
+        click.echo(f"interrupted: nothing published for version {document.spec.version}; run again to resume",
+                   err=True)
+        click.get_current_context().exit(EXIT_INTERRUPTED)
     if as_json:
         click.echo(json.dumps({"artifact": str(result.artifact), "test": result.test, "best_epoch": result.best_epoch,
                                "best_checkpoint": result.best_checkpoint, "history": result.history},

@@ -3,6 +3,8 @@
 `prepare_*` reads the raw files (with every check in the readers), renders item text with the template,
 writes `interactions.parquet`, `items.parquet`, `users.parquet` and `card.json` atomically into
 `$FUSIONREC_DATA_HOME/<name>/`, and returns a data card: the numbers a user should look at before training.
+The card also carries what the Parquet cannot say, e.g. that the source had no timestamps (all 0), which
+`check_order` turns into a refusal of the chronological split.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusionrec.data.datasets import ML100K, Located, atomic_directory, data_home, locate_ml100k
+from fusionrec.data.datasets import BUILT_INS, ML100K, Located, atomic_directory, built_in, data_home, locate
 from fusionrec.data.readers import clean_placeholders, read_atomic, read_files, read_movielens
 from fusionrec.data.schema import RATING, TIME, USER, Dataset
 from fusionrec.data.splits import leave_one_out, random_split
@@ -51,6 +53,7 @@ class DataCard:
     random_split: dict[str, int] | None
     location: str | None = None
     source: str | None = None
+    timestamps: bool = True  # False: the source had no time column; every timestamp is 0, use data.order none
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +72,8 @@ class DataCard:
             lines.append("field coverage " + ", ".join(f"{k} {v:.1%}" for k, v in self.field_coverage.items()))
         lines += [
             f"per user       min {per_user['min']:g}, median {per_user['median']:g}, max {per_user['max']:g}",
-            f"time range     {self.time_range['first']} .. {self.time_range['last']}",
+            f"time range     {self.time_range['first']} .. {self.time_range['last']}" if self.timestamps else
+            "time range     no timestamps: use data.order none",
         ]
         if self.rating:
             lines.append(f"rating         min {self.rating['min']:g}, mean {self.rating['mean']:.3f}, "
@@ -77,7 +81,8 @@ class DataCard:
         loo = self.leave_one_out
         lines.append(f"leave-one-out  train {loo['train']:,}, valid {loo['valid']:,}, test {loo['test']:,}"
                      + (f"  ({loo['users_not_evaluated']} users with < 3 interactions: train only)"
-                        if loo["users_not_evaluated"] else ""))
+                        if loo["users_not_evaluated"] else "")
+                     + ("" if self.timestamps else "  (random per-user order)"))
         if self.random_split:
             rs = self.random_split
             lines.append(f"random 80/10/10 train {rs['train']:,}, valid {rs['valid']:,}, test {rs['test']:,} "
@@ -91,8 +96,9 @@ def _utc(seconds: int) -> str:
     return pd.Timestamp(int(seconds), unit="s", tz="UTC").strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def data_card(dataset: Dataset, template: str = DEFAULT_TEMPLATE) -> DataCard:
-    """Compute the card. Text coverage uses the items' `text` column, rendering it when absent."""
+def data_card(dataset: Dataset, template: str = DEFAULT_TEMPLATE, timestamps: bool = True) -> DataCard:
+    """Compute the card. Text coverage uses the items' `text` column, rendering it when absent. Without
+    timestamps the leave-one-out sizes are those of the random per-user order (data.order none)."""
     inter = dataset.interactions
     n_users, n_items = dataset.n_users, dataset.n_items
     if TEXT in dataset.items.columns:
@@ -103,7 +109,7 @@ def data_card(dataset: Dataset, template: str = DEFAULT_TEMPLATE) -> DataCard:
         texts = pd.Series([""] * n_items, dtype=object)
     fields = ItemTextTemplate(template).fields if len(dataset.items.columns) > 1 else ()
     per_user = inter.groupby(USER, sort=False).size().to_numpy()
-    split = leave_one_out(dataset)
+    split = leave_one_out(dataset, order="time" if timestamps else "none")
     random = random_split(dataset) if RATING in inter.columns or "label" in inter.columns else None
     return DataCard(
         name=dataset.name, users=n_users, items=n_items, interactions=len(inter),
@@ -112,14 +118,15 @@ def data_card(dataset: Dataset, template: str = DEFAULT_TEMPLATE) -> DataCard:
         template=template,
         interactions_per_user={"min": float(per_user.min()), "median": float(np.median(per_user)),
                                "max": float(per_user.max())} if len(per_user) else {"min": 0, "median": 0, "max": 0},
-        time_range={"first": _utc(inter[TIME].min()), "last": _utc(inter[TIME].max())} if len(inter) else
-        {"first": "-", "last": "-"},
+        time_range={"first": _utc(inter[TIME].min()), "last": _utc(inter[TIME].max())}
+        if len(inter) and timestamps else {"first": "-", "last": "-"},
         rating={"min": float(inter[RATING].min()), "mean": float(inter[RATING].mean()),
                 "max": float(inter[RATING].max())} if RATING in inter.columns and len(inter) else None,
         leave_one_out={"train": len(split.train), "valid": len(split.valid), "test": len(split.test),
                        "users_not_evaluated": n_users - len(split.test)},
         random_split={"train": len(random.train), "valid": len(random.valid), "test": len(random.test),
                       "seed": random.seed} if random is not None else None,
+        timestamps=timestamps,
     )
 
 
@@ -130,7 +137,7 @@ def prepared_dir(name: str, root: str | Path | None = None) -> Path:
 
 
 def write_prepared(dataset: Dataset, out: Path, template: str = DEFAULT_TEMPLATE,
-                   source: str | None = None) -> DataCard:
+                   source: str | None = None, timestamps: bool = True) -> DataCard:
     """Render item text, write the Parquet files and the card into `out` in one atomic rename.
 
     A dataset without interactions is refused before anything is written: a prepared copy is trusted by every
@@ -141,7 +148,7 @@ def write_prepared(dataset: Dataset, out: Path, template: str = DEFAULT_TEMPLATE
                         + (f" {source}" if source else "") + "; nothing was written",
                         field="interactions", fix="pass an interactions file that holds rows")
     dataset = with_item_text(dataset, template)
-    card = data_card(dataset, template)
+    card = data_card(dataset, template, timestamps)
     card.location, card.source = str(out), source
     with atomic_directory(out) as staging:
         dataset.interactions.to_parquet(staging / FILES["interactions"], index=False)
@@ -153,51 +160,111 @@ def write_prepared(dataset: Dataset, out: Path, template: str = DEFAULT_TEMPLATE
     return card
 
 
-def read_ml100k(located: Located) -> Dataset:
-    """Read the located raw files; MovieLens placeholders ("unknown") become missing values."""
+def read_built_in(name: str, located: Located) -> Dataset:
+    """Read a built-in's located raw files; MovieLens placeholders ("unknown") become missing values."""
     if located.format == "movielens":
-        return read_movielens(located.folder, name=ML100K)
-    dataset = read_atomic(located.folder, ML100K)
-    return Dataset(ML100K, dataset.interactions, clean_placeholders(dataset.items), dataset.users)
+        return read_movielens(located.folder, name=name)
+    dataset = read_atomic(located.folder, name)
+    return Dataset(name, dataset.interactions, clean_placeholders(dataset.items), dataset.users)
+
+
+def read_ml100k(located: Located) -> Dataset:
+    return read_built_in(ML100K, located)
+
+
+def prepare_built_in(name: str, path: str | Path | None = None, out: str | Path | None = None,
+                     template: str = DEFAULT_TEMPLATE, download: bool = True) -> tuple[Dataset, DataCard]:
+    """Locate (or fetch) a built-in dataset (`fusionrec.data.datasets.BUILT_INS`), validate it and write it
+    prepared."""
+    title = built_in(name).title
+    with progress(desc=f"preparing {name}", total=3, unit="stage") as bar:
+        located = locate(name, path, download=download)
+        log.info("%s found (%s): %s", title, located.origin, located.folder)
+        bar.update()
+        dataset = read_built_in(name, located)
+        bar.update()
+        card = write_prepared(dataset, prepared_dir(name, out), template,
+                              source=f"{located.origin}: {located.folder}")
+        bar.update()
+    return load_prepared(name, out), card
 
 
 def prepare_ml100k(path: str | Path | None = None, out: str | Path | None = None,
                    template: str = DEFAULT_TEMPLATE, download: bool = True) -> tuple[Dataset, DataCard]:
-    """Locate (or fetch) MovieLens-100K, validate it and write it prepared."""
-    with progress(desc=f"preparing {ML100K}", total=3, unit="stage") as bar:
-        located = locate_ml100k(path, download=download)
-        log.info("MovieLens-100K found (%s): %s", located.origin, located.folder)
-        bar.update()
-        dataset = read_ml100k(located)
-        bar.update()
-        card = write_prepared(dataset, prepared_dir(ML100K, out), template,
-                              source=f"{located.origin}: {located.folder}")
-        bar.update()
-    return load_prepared(ML100K, out), card
+    return prepare_built_in(ML100K, path, out, template, download)
 
 
 def prepare_files(interactions: str | Path, items: str | Path | None = None, users: str | Path | None = None, *,
                   name: str = "custom", out: str | Path | None = None, format: str = "auto", delimiter: str = ",",
                   encoding: str = "utf-8", columns: ColumnMapping | None = None,
-                  template: str = DEFAULT_TEMPLATE, escapechar: str | None = None) -> tuple[Dataset, DataCard]:
-    """Prepare a shop's own export (CSV, Parquet, atomic or MovieLens files)."""
+                  template: str = DEFAULT_TEMPLATE, escapechar: str | None = None,
+                  timestamps: bool = True) -> tuple[Dataset, DataCard]:
+    """Prepare a shop's own export (CSV, Parquet, atomic or MovieLens files); `timestamps=False` for one
+    without a time column (recorded in the card, so a chronological split is refused later)."""
     target = prepared_dir(name, out)
     with progress(desc=f"preparing {name}", total=2, unit="stage") as bar:
         dataset = read_files(interactions, items, users, format=format, delimiter=delimiter, encoding=encoding,
-                             columns=columns, name=name, escapechar=escapechar)
+                             columns=columns, name=name, escapechar=escapechar, timestamps=timestamps)
         bar.update()
-        card = write_prepared(dataset, target, template, source=str(interactions))
+        card = write_prepared(dataset, target, template, source=str(interactions), timestamps=timestamps)
         bar.update()
     return load_prepared(name, out), card
 
 
 def is_prepared(name: str, root: str | Path | None = None) -> bool:
-    folder = prepared_dir(name, root)
+    return is_prepared_folder(prepared_dir(name, root))
+
+
+def is_prepared_folder(folder: str | Path) -> bool:
+    """Whether a folder holds a prepared dataset: its card and the Parquet files every dataset has."""
+    folder = Path(folder)
     return all((folder / f).is_file() for k, f in FILES.items() if k != "users")
 
 
+def read_card(folder: str | Path) -> dict:
+    """A prepared folder's card.json, {} when there is none or it is unreadable (a copy from before cards, or
+    one written by hand: the Parquet files are the data, the card only describes them)."""
+    try:
+        card = json.loads((Path(folder) / CARD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def prepared_name(folder: str | Path) -> str:
+    """A prepared folder's dataset name: the card's, else the folder's (`--out` may name the folder otherwise)."""
+    name = read_card(folder).get("name")
+    return name if isinstance(name, str) and _NAME.match(name) else Path(folder).resolve().name
+
+
+def not_prepared(name: str) -> UserError:
+    """The error for `data.dataset: NAME` that is neither prepared nor a built-in (the loader and the runner's
+    cache key raise the same one)."""
+    return UserError(f"dataset {name!r} is not prepared (no {prepared_dir(name)}) and is not a built-in "
+                     f"({', '.join(BUILT_INS)})", field="spec.data.dataset",
+                     fix=f"fusionrec data prepare {name} --interactions FILE --items FILE")
+
+
+def not_a_prepared_path(path: str | Path, dataset: str | None) -> UserError:
+    """The error for `data.path` that is not a prepared folder while `data.dataset` is no built-in whose raw
+    files it could hold."""
+    return UserError(f"{path} is not a prepared dataset (card.json, interactions.parquet and items.parquet) and "
+                     f"{dataset!r} is not a built-in whose raw files it could hold", field="spec.data.path",
+                     fix="give the folder `fusionrec data prepare` wrote, or name its files in data.interactions "
+                         "and data.items")
+
+
+def check_order(folder: str | Path, order: str, field: str = "spec.data.order") -> None:
+    """Refuse `order: time` on a dataset prepared without timestamps: every timestamp is 0, so the chronological
+    split would silently follow the file's row order instead of time."""
+    if order == "time" and read_card(folder).get("timestamps") is False:
+        raise UserError(f"dataset {prepared_name(folder)!r} was prepared without timestamps (all 0), so there is no "
+                        "time order to split by", field=field, fix="data.order: none")
+
+
 def load_prepared(name: str, root: str | Path | None = None) -> Dataset:
-    """Read a prepared dataset back (Parquet only: no parsing or validation to repeat)."""
+    """Read a prepared dataset back (Parquet only: no parsing or validation to repeat). `root` is the folder
+    itself (as `--out` named it), else `$FUSIONREC_DATA_HOME/<name>`."""
     folder = prepared_dir(name, root)
     missing = [f for k, f in FILES.items() if k != "users" and not (folder / f).is_file()]
     if missing:

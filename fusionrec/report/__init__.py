@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusionrec.errors import UserError
+from fusionrec.protocol import selection_note
 from fusionrec.report.html import render_page
 from fusionrec.report.inputs import COMPARISON_NAME, LATENCY_NAME, ReportInputs, comparison_or_self, read_inputs
 from fusionrec.report.plots import plot_comparison, plot_fusion_weights, plot_latency, plot_training
@@ -34,11 +35,14 @@ LATENCY_HINT = (f"No {LATENCY_NAME} in this artifact, so there is no latency plo
 
 @dataclass(frozen=True)
 class Report:
-    """What `render_report` wrote: the page, its plots by section, and the notes shown instead of plots."""
+    """What `render_report` wrote: the page, its plots by section, the notes shown instead of plots, and the
+    selection line (what shipped and why, or a warning that one encoder alone validated better than the
+    shipped fused model; None when comparison.json has nothing to say about it)."""
 
     index: Path
     images: dict[str, Path] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    selection: str | None = None
 
 
 def default_out(version: str) -> Path:
@@ -72,7 +76,7 @@ def render_report(artifact: Path, out: Path | None = None) -> Report:
         if images[key] is None:
             (out / name).unlink(missing_ok=True)  # a plot from an earlier report that this one does not draw
     return Report(index=out / INDEX_NAME, images={k: out / p.name for k, p in images.items() if p is not None},
-                  notes=notes)
+                  notes={k: v for k, v in notes.items() if k != "selection"}, selection=notes.get("selection"))
 
 
 def _draw(inputs: ReportInputs, folder: Path) -> tuple[dict[str, Path | None], dict[str, str]]:
@@ -90,6 +94,10 @@ def _draw(inputs: ReportInputs, folder: Path) -> tuple[dict[str, Path | None], d
     comparison = comparison_or_self(inputs)
     if inputs.comparison is None:
         notes["comparison"] = COMPARISON_HINT
+    else:
+        line = selection_note(inputs.comparison.model_dump())
+        if line:
+            notes["selection"] = line
     if comparison is not None and any(m in row.test for row in comparison.rows for m in inputs.main_metrics):
         images["comparison"] = plot_comparison(comparison, inputs.main_metrics, folder / IMAGE_NAMES["comparison"])
     elif comparison is None:

@@ -159,15 +159,21 @@ def _section_comparison(inputs: ReportInputs, images: dict[str, Path | None], no
         parts.append(f"<p>From <code>{COMPARISON_NAME}</code>: split {escape(given.split)}{seed}.</p>")
         if given.source:
             parts.append(f'<p class="note">Source: {escape(given.source)}</p>')
-    parts += [_note(notes, "comparison"), _image(images, "comparison", "test metrics of every compared model")]
+    parts += [_note(notes, "selection"), _note(notes, "comparison"),
+              _image(images, "comparison", "test metrics of every compared model")]
     if comparison is not None:
         metrics = ordered_metrics((m for row in comparison.rows for m in row.test), inputs.main_metrics)
         selection = inputs.selection_metric
+        # Setup (building the model) and train (fitting, testing) apart; a file from before the split has one total.
+        split = any(row.setup_seconds is not None or row.train_seconds is not None for row in comparison.rows)
         header = ["model", "group", *(f"test {m}" for m in metrics),
-                  *([f"valid {selection}"] if selection else []), "seconds"]
-        rows = [(row.model, row.group, *(row.test.get(m, math.nan) for m in metrics),
+                  *([f"valid {selection}"] if selection else []), *(["setup s", "train s"] if split else ["seconds"])]
+        shipped = inputs.comparison.shipped if inputs.comparison is not None else None
+        rows = [(row.model + (" (shipped)" if shipped and row.model == shipped else ""), row.group,
+                 *(row.test.get(m, math.nan) for m in metrics),
                  *([row.valid.get(selection, math.nan)] if selection else []),
-                 Fixed(row.seconds, 1)) for row in comparison.rows]
+                 *((Fixed(row.setup_seconds, 1), Fixed(row.train_seconds, 1)) if split else (Fixed(row.seconds, 1),)))
+                for row in comparison.rows]
         parts.append(table(header, rows, [row.group for row in comparison.rows]))
     return "\n".join(parts)
 

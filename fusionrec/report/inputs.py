@@ -46,18 +46,26 @@ class ComparisonRow(_Lenient):
     group: Literal["fused", "single", "baseline"]
     valid: dict[str, float] = Field(default_factory=dict)
     test: dict[str, float]
-    seconds: float | None = Field(None, ge=0)
+    seconds: float | None = Field(None, ge=0)  # setup + train (files from before the split have only this)
+    setup_seconds: float | None = Field(None, ge=0)  # building the model: LMs, catalogue embedding
+    train_seconds: float | None = Field(None, ge=0)  # fitting and testing
 
 
 class Comparison(_Lenient):
-    """comparison.json: `{task, split, rows: [...]}`, optionally the `seed` every row used and `source`
-    (where the numbers come from)."""
+    """comparison.json: `{task, split, rows: [...]}`, optionally the `seed` every row used, `source` (where the
+    numbers come from) and the selection: `select` (fused | best), the validation `metric` that selects,
+    whether `higher_is_better`, the row that `shipped`, and whether `fused_beats_members` by validation."""
 
     task: Literal["ranking", "ctr", "rating"]
     split: str
     rows: list[ComparisonRow] = Field(min_length=1)
     seed: int | None = None
     source: str | None = None
+    select: Literal["fused", "best"] | None = None
+    metric: str | None = None
+    higher_is_better: bool = True
+    shipped: str | None = None
+    fused_beats_members: bool | None = None
 
 
 class Latency(_Lenient):

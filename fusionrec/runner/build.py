@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fusionrec.artifact import SPEC_NAME, write_artifact
 from fusionrec.errors import UserError
@@ -26,6 +27,7 @@ from fusionrec.runner.inputs import (
 )
 from fusionrec.runner.steps import Done, RunContext, files_hash, has_files, run_step
 from fusionrec.spec import FusionRecommenderSpec, Manifest
+from fusionrec.train.candidates import selects_best, shipped_spec
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +38,14 @@ COMPILED_FILES = ("encoder.onnx", "item_encoder.onnx", "encoder.plan", "item_enc
 @dataclass(frozen=True)
 class Trained:
     """The spec the model was trained with (merged encoder in place), its encoders' content hashes, the
-    data's key, and the train step's record (artifact path and the hashes of the files it wrote)."""
+    data's key, and the train step's record (artifact path and the hashes of the files it wrote). `shipped` names
+    the candidate the artifact holds under `evaluation.select: best` (None: the fused model, no selection)."""
 
     spec: FusionRecommenderSpec
     sources: dict[str, str]
     data_key: str
     record: Record
+    shipped: str | None = None
 
     @property
     def hash(self) -> str:
@@ -50,7 +54,7 @@ class Trained:
 
 def prepare(ctx: RunContext) -> str:
     """Validate the data (a bad row fails here, in seconds) and return the key later steps use for it."""
-    from fusionrec.data.prepare import prepare_ml100k
+    from fusionrec.data.prepare import prepare_built_in
 
     data = ctx.spec.data
     files = data_files(data)
@@ -61,7 +65,7 @@ def prepare(ctx: RunContext) -> str:
     def work() -> Done:
         nonlocal files
         if files is None:
-            prepare_ml100k()
+            prepare_built_in(str(data.dataset))  # data_files is None only for a built-in not prepared yet
             files = data_files(data)
             if files is None:
                 raise RuntimeError(f"dataset {data.dataset} is still not prepared after preparing it")
@@ -114,7 +118,7 @@ def train(ctx: RunContext, data_key: str, merged: tuple[Path, str] | None) -> Tr
     spec = with_merged_encoder(ctx.spec, merged[0]) if merged else ctx.spec
     sources = {e.name: (merged[1] if merged and ctx.spec.merge and e.name == ctx.spec.merge.name else
                         source_fingerprint(e.source, ctx.hasher)) for e in spec.encoders}
-    key = step_key("train", trained_parts(spec, sources), {"data": data_key})
+    key = step_key("train", train_parts(spec, sources), {"data": data_key})
     target = ctx.target
 
     def verify(record: Record) -> bool:
@@ -133,16 +137,31 @@ def train(ctx: RunContext, data_key: str, merged: tuple[Path, str] | None) -> Tr
         artifact = ctx.refresh(target)
         files = {name: entry["sha256"] for name, entry in artifact.manifest["files"].items() if name != SPEC_NAME}
         test = ", ".join(f"{k} {v:.4f}" for k, v in result.test.items() if k.endswith("@10") or "@" not in k)
+        selection = artifact.metrics.get("selection") or {}
+        shipped = f"shipped {selection['shipped']} (select: best); " if selection.get("shipped") else ""
         return Done({"artifact": str(target), "version": spec.version, "files": files, "hash": files_hash(files),
-                     "train_seconds": round(seconds, 2)}, f"best epoch {result.best_epoch}; test {test}")
+                     "train_seconds": round(seconds, 2), "shipped": selection.get("shipped")},
+                    f"{shipped}best epoch {result.best_epoch}; test {test}")
 
     workers = spec.training.workers
     record = run_step(ctx, "train", key, work, verify,
                       announce=f"Ray Train, {workers} worker{'s' if workers > 1 else ''}, "
-                               f"{spec.training.epochs} epochs max",
+                               f"{spec.training.epochs} epochs max"
+                               + (", then each encoder alone (select: best)" if selects_best(spec) else ""),
                       cached_detail=f"same training as {reused}: its weights are reused" if reused else None)
-    _sync_spec(ctx, target, spec)
-    return Trained(spec=spec, sources=sources, data_key=data_key, record=record)
+    shipped = record.output.get("shipped")
+    _sync_spec(ctx, target, shipped_spec(spec, shipped))
+    return Trained(spec=spec, sources=sources, data_key=data_key, record=record, shipped=shipped)
+
+
+def train_parts(spec: FusionRecommenderSpec, sources: dict[str, str]) -> dict[str, Any]:
+    """The train step's key: what the model depends on and, when the job selects among candidates, that it
+    does (`select: best` may ship a single encoder). `select: fused` adds nothing, so keys from before the
+    setting existed still hit."""
+    parts = trained_parts(spec, sources)
+    if selects_best(spec):
+        parts["select"] = "best"
+    return parts
 
 
 def compile_version(ctx: RunContext, trained: Trained) -> Record:

@@ -1,5 +1,6 @@
 """What each step's key is made of: the files a data spec reads, the folders a model source names, and the
-spec a derived run (one encoder alone, or the merged encoder in place) trains with.
+spec a run with the merged encoder in place trains with (one encoder alone is
+`fusionrec.train.candidates.single_encoder_spec`: the training job fits those too, under `select: best`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ TRAINED_SECTIONS = ("encoders", "merge", "fusion", "task", "data", "training")
 
 
 def data_files(data: DataSpec) -> list[Path] | None:
-    """The files `load_dataset(data)` reads, or None when the built-in dataset is not prepared yet."""
+    """The files `load_dataset(data)` reads, or None when a built-in dataset (ml-100k, ml-1m) is not prepared yet.
+
+    A prepared folder, named by `data.dataset` or given as `data.path`, is keyed by its Parquet files alone: the
+    card describes them (and names the folder it was written to, which must not change the key). A name that is
+    neither prepared nor built in fails here, before any step runs, as `load_dataset` would later (so does
+    `order: time` on a dataset prepared without timestamps).
+    """
     if data.interactions:
         base = Path(data.path) if data.path else Path()
         names = [name for name in (data.interactions, data.items, data.users) if name]
@@ -28,17 +35,33 @@ def data_files(data: DataSpec) -> list[Path] | None:
                             fix="check spec.data.path and the file names (relative names are taken inside "
                                 "spec.data.path, else the current folder)")
         return files
+    from fusionrec.data.datasets import BUILT_INS
+    from fusionrec.data.prepare import is_prepared, is_prepared_folder, not_a_prepared_path, not_prepared, prepared_dir
+
     if data.path:
         path = Path(data.path)
         if not path.exists():
             raise UserError(f"spec.data.path {data.path} does not exist", field="spec.data.path",
-                            fix="give the folder with the dataset's files (or a recbole wheel), or drop the field")
+                            fix="give the folder `fusionrec data prepare` wrote (or a built-in's raw files or "
+                                "wheel), or drop the field")
+        if is_prepared_folder(path):
+            return _prepared_files(path, data.order)
+        if data.dataset not in BUILT_INS:
+            raise not_a_prepared_path(data.path, data.dataset)
         return [path]
-    from fusionrec.data.prepare import FILES, is_prepared, prepared_dir
-
-    if not is_prepared(str(data.dataset)):
+    name = str(data.dataset)
+    if is_prepared(name):
+        return _prepared_files(prepared_dir(name), data.order)
+    if name in BUILT_INS:
         return None
-    folder = prepared_dir(str(data.dataset))
+    raise not_prepared(name)
+
+
+def _prepared_files(folder: Path, order: str) -> list[Path]:
+    """The Parquet files of a prepared folder, after refusing `order: time` on one without timestamps."""
+    from fusionrec.data.prepare import FILES, check_order
+
+    check_order(folder, order)
     return [folder / name for name in FILES.values() if (folder / name).is_file()]
 
 
@@ -89,12 +112,6 @@ def trained_parts(spec: FusionRecommenderSpec, sources: dict[str, str]) -> dict[
     parts: dict[str, Any] = {section: document.get(section) for section in TRAINED_SECTIONS}
     parts["encoders"] = [{**encoder, "source": sources[encoder["name"]]} for encoder in parts["encoders"]]
     return parts
-
-
-def single_encoder_spec(spec: FusionRecommenderSpec, encoder: EncoderSpec) -> FusionRecommenderSpec:
-    """The same model with one encoder: same fusion dim, task, data and training, so the only difference from
-    the fused run is the set of language models."""
-    return spec.model_copy(update={"encoders": [encoder], "merge": None}, deep=True)
 
 
 def with_merged_encoder(spec: FusionRecommenderSpec, merged: Path) -> FusionRecommenderSpec:

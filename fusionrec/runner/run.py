@@ -223,3 +223,15 @@ class Runner:
         if self.serving is not None:
             self.serving.close()
             self.serving = None
+
+
+def interrupted_line(report: RunReport) -> str:
+    """The one line a Ctrl-C'd run ends with: what (if anything) this run published, and that running again
+    resumes (every finished step is cached). Training publishes its version only once it is complete, so a
+    run stopped before the train step finished published nothing."""
+    finished = {step.name for step in report.steps if step.status in ("ran", "cached")}
+    if "train" not in finished:
+        return f"interrupted: nothing published for version {report.version}; run again to resume"
+    pending = next((step.name for step in report.steps if step.status == "failed"), "next")
+    return (f"interrupted: version {report.version} is at {report.artifact} but its {pending} step did not "
+            f"finish; run again to resume")

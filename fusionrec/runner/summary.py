@@ -1,4 +1,5 @@
-"""What a run tells its user: the steps and their status, the quality table, the rollout, the endpoint and a
+"""What a run tells its user: the steps and their status, the quality table (with what shipped and why, or a
+warning when one encoder alone validated better than the shipped fused model), the rollout, the endpoint and a
 sample recommendation, as text for people and as one JSON document for machines (`fusionrec run --json`).
 """
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionrec.protocol import quality_table
+from fusionrec.protocol import quality_table, selection_note
 from fusionrec.runner.local_rollout import RolloutResult
 from fusionrec.runner.steps import StepResult
 
@@ -53,6 +54,9 @@ class RunReport:
             lines.append(f"  {step.status:<6}  {step.name:<{width}}  {step.seconds:7.1f}s")
         if self.comparison:
             lines += ["", quality_table(self.comparison)]
+            note = selection_note(self.comparison)  # what shipped and why, or that a single validated better
+            if note:
+                lines.append(note)
         if self.rollout is not None:
             walked = ", ".join(f"{s['weights'][self.rollout.candidate]}% {s['verdict']}" for s in self.rollout.steps)
             lines += ["", f"rollout {self.rollout.stable} -> {self.rollout.candidate}: {self.rollout.outcome}"

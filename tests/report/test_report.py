@@ -170,6 +170,45 @@ def test_default_out_is_reports_version_and_a_rerun_replaces_it(app, artifact, t
     assert "(4 plots)" in again.output and (tmp_path / "reports" / "v1" / "latency.png").is_file()
 
 
+def test_the_report_warns_when_a_single_validated_better_than_the_shipped_fused_model(app, artifact, tmp_path):
+    document = comparison_document(load_artifact(artifact).metrics)
+    fused_valid = document["rows"][0]["valid"]["ndcg@10"]
+    document["rows"][1]["valid"]["ndcg@10"] = fused_valid + 0.1
+    document["rows"][0].update(setup_seconds=10.0, train_seconds=2.5)
+    document["rows"][1].update(setup_seconds=1.0, train_seconds=3.0)
+    document.update(select="fused", metric="ndcg@10", higher_is_better=True, shipped="fused-attention",
+                    fused_beats_members=False)
+    add_files(artifact, {"comparison.json": json.dumps(document).encode()})
+    out = tmp_path / "report"
+
+    result = CliRunner().invoke(app, ["report", str(artifact), "--out", str(out)])
+
+    assert result.exit_code == 0, result.output
+    warning = next(line for line in result.output.splitlines() if line.startswith("warning:"))
+    assert "bert <only> & co" in warning and "evaluation.select: best" in warning
+    assert f"{fused_valid + 0.1:.4f} vs {fused_valid:.4f}" in warning
+    page = Page((out / "index.html").read_text())
+    assert any(note.startswith("warning:") for note in page.notes)
+    rows = page.table_starting("model", "group")
+    assert rows[0][-2:] == ["setup s", "train s"]
+    assert rows[1][0] == "fused-attention (shipped)" and rows[1][-2:] == ["10.0", "2.5"]
+    assert rows[3][-2:] == ["n/a", "n/a"]  # pop recorded no times
+
+
+def test_the_report_says_what_shipped_under_select_best(app, artifact, tmp_path):
+    document = comparison_document(load_artifact(artifact).metrics)
+    document["rows"][1]["valid"]["ndcg@10"] = document["rows"][0]["valid"]["ndcg@10"] + 0.1
+    document.update(select="best", metric="ndcg@10", shipped="bert <only> & co", fused_beats_members=False)
+    add_files(artifact, {"comparison.json": json.dumps(document).encode()})
+
+    result = CliRunner().invoke(app, ["report", str(artifact), "--out", str(tmp_path / "report"), "--json"])
+
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.output)["selection"]
+    assert line.startswith("shipped: bert <only> & co (evaluation.select: best)")
+    assert "validated better than the fused model" in line
+
+
 def test_tampered_artifact_exits_2_naming_the_file(app, artifact, tmp_path):
     metrics = artifact / "metrics.json"
     metrics.write_text(metrics.read_text().replace('"task"', '"TASK"'))

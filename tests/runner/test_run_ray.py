@@ -4,7 +4,9 @@ its process already runs, and leaves the application up, so the tests can query 
 - a first run trains, evaluates, compiles, serves and answers over HTTP;
 - the same manifest again skips every step;
 - a new version with a changed training field retrains and rolls out through the canary (weights recorded);
-- a version that fails its canary check (an impossible p99 limit) is rolled back, exit code 3.
+- a version that fails its canary check (an impossible p99 limit) is rolled back, exit code 3;
+- `evaluation.select: best` ships the candidate that validates best, and the evaluate step reuses the training
+  job's candidates instead of fitting the singles again.
 """
 
 from __future__ import annotations
@@ -102,6 +104,10 @@ def test_first_run_trains_evaluates_compiles_and_serves_over_http(first_run, clu
     assert [(r["model"], r["group"]) for r in comparison["rows"]] == [
         ("fused-attention", "fused"), ("bert", "single"), ("llama", "single"), ("pop", "baseline")]
     assert comparison["task"] == "ranking" and all("ndcg@10" in r["test"] for r in comparison["rows"])
+    assert comparison["select"] == "fused" and comparison["shipped"] == "fused-attention"
+    assert isinstance(comparison["fused_beats_members"], bool)
+    for row in comparison["rows"][:3]:  # fused and singles: setup (building) apart from training
+        assert row["setup_seconds"] >= 0 and row["train_seconds"] > 0
     latency = json.loads((artifact.path / "latency.json").read_text())
     assert latency["requests"] == 50 == len(latency["latencies_ms"]) and latency["endpoint"] == "/v1/recommend"
     assert {"encoder.onnx", "compile.json"} & set(artifact.files) == {"compile.json"}  # torch backend: no ONNX
@@ -153,3 +159,27 @@ def test_failing_new_version_is_rolled_back(second_version, tiny_models, shop, c
     assert summary["served_version"] == "v2" and ask(cluster.url, "u5")["model_version"] == "v2"
     served = json.loads((workspace / "runs" / ".fusionrec" / "served-shop-recs.json").read_text())
     assert served["current"] == "v2" and served["rollouts"][-1]["outcome"] == "RolledBack"
+
+
+def test_select_best_ships_the_best_candidate_without_fitting_singles_twice(first_run, tiny_models, shop,
+                                                                            workspace):
+    document = manifest_document(tiny_models, shop, workspace / "runs", version="v4")
+    document["spec"]["evaluation"]["select"] = "best"
+    code, summary, stderr = run(write_manifest(workspace, document), "--no-serve")
+    assert code == 0, stderr
+    status = steps(summary)
+    assert status["train"] == "ran", "select: best is part of the train step's key"
+    assert not any(name.startswith("single:") for name in status), "the job's candidates are reused"
+    comparison = summary["quality"]
+    assert comparison["select"] == "best"
+    rows = comparison["rows"]
+    assert [(r["model"], r["group"]) for r in rows] == [
+        ("fused-attention", "fused"), ("bert", "single"), ("llama", "single"), ("pop", "baseline")]
+    best = max(rows[:3], key=lambda r: r["valid"]["ndcg@10"])
+    assert comparison["shipped"] == best["model"]
+    assert comparison["fused_beats_members"] == (best["model"] == "fused-attention")
+    artifact = load_artifact(workspace / "runs" / "v4")
+    expected = ["bert", "llama"] if best["group"] == "fused" else [best["model"]]
+    assert [e.name for e in artifact.spec.encoders] == expected
+    assert artifact.metrics["selection"]["shipped"] == best["model"]
+    assert artifact.metrics["valid"] == pytest.approx(best["valid"])

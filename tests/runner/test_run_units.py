@@ -13,13 +13,15 @@ from click.testing import CliRunner
 
 from fusionrec.cli.main import cli
 from fusionrec.protocol import quality_table
+from fusionrec.runner.build import train_parts
 from fusionrec.runner.cache import FolderHasher, Record, StepCache, step_key
-from fusionrec.runner.inputs import single_encoder_spec, trained_parts, with_merged_encoder
+from fusionrec.runner.inputs import trained_parts, with_merged_encoder
 from fusionrec.runner.local_rollout import MIN_CANDIDATE_REQUESTS, keyed_requests
 from fusionrec.runner.local_serve import Version
 from fusionrec.runner.steps import Done, RunContext, run_step
 from fusionrec.serving.routing import TrafficSplit, request_key
 from fusionrec.spec import FusionRecommenderSpec, Manifest
+from fusionrec.train.candidates import single_encoder_spec
 
 from runkit import manifest_document, write_manifest
 
@@ -127,6 +129,15 @@ def test_train_key_follows_training_fields_not_serving_or_version(tiny_models, s
     assert [e.name for e in alone.encoders] == ["bert"] and alone.fusion == base.fusion
     assert alone.training == base.training
 
+    # The train step's key: `select: best` (which may ship a single) retrains; the default keeps old keys.
+    def train_key(spec: FusionRecommenderSpec) -> str:
+        return step_key("train", train_parts(spec, sources), {"data": "d"})
+
+    assert train_key(base) == key(base)
+    best = _spec(tiny_models, shop, tmp_path, evaluation={"select": "best"})
+    assert train_key(best) != train_key(base)
+    assert train_key(single_encoder_spec(best, best.encoders[0])) == key(single_encoder_spec(best, best.encoders[0]))
+
 
 def test_cache_records_are_checked(tmp_path):
     cache = StepCache(tmp_path)
@@ -222,18 +233,21 @@ def test_check_requests_land_on_the_version_the_router_picks(tmp_path):
 
 
 def test_quality_table_lists_fused_singles_and_baselines():
-    comparison = {"task": "ranking", "split": "leave-one-out", "seed": 7, "rows": [
+    comparison = {"task": "ranking", "split": "leave-one-out", "seed": 7, "shipped": "fused-attention", "rows": [
         {"model": "fused-attention", "group": "fused", "valid": {"ndcg@10": 0.2}, "seconds": 3.0,
-         "test": {"hr@10": 0.4, "ndcg@10": 0.25, "mrr@10": 0.2}},
+         "setup_seconds": 2.25, "train_seconds": 0.75, "test": {"hr@10": 0.4, "ndcg@10": 0.25, "mrr@10": 0.2}},
         {"model": "bert", "group": "single", "valid": {"ndcg@10": 0.1}, "seconds": 1.0,
-         "test": {"hr@10": 0.3, "ndcg@10": 0.15, "mrr@10": 0.1}},
-        {"model": "pop", "group": "baseline", "valid": {}, "seconds": 0.0,
+         "setup_seconds": 0.5, "train_seconds": 0.5, "test": {"hr@10": 0.3, "ndcg@10": 0.15, "mrr@10": 0.1}},
+        {"model": "pop", "group": "baseline", "valid": {}, "seconds": 0.0,  # a row from before the time split
          "test": {"hr@10": 0.1, "ndcg@10": 0.05, "mrr@10": 0.02}}]}
     lines = quality_table(comparison).splitlines()
     assert lines[0] == "quality (ranking, leave-one-out, seed 7):"
     assert lines[1].split()[:4] == ["model", "group", "valid", "ndcg@10"]
-    assert lines[2].split() == ["fused-attention", "fused", "0.2000", "0.4000", "0.2500", "0.2000", "3.0"]
-    assert lines[4].split()[2] == "-"
+    assert lines[1].split()[-4:] == ["setup", "s", "train", "s"]
+    assert lines[2].split() == ["fused-attention", "(shipped)", "fused", "0.2000", "0.4000", "0.2500", "0.2000",
+                                "2.2", "0.8"]
+    assert lines[3].split()[-2:] == ["0.5", "0.5"]
+    assert lines[4].split()[2] == "-" and lines[4].split()[-2:] == ["-", "-"]
 
 
 def test_a_busy_port_is_a_user_error_naming_the_option():

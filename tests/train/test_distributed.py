@@ -124,3 +124,27 @@ def test_a_lost_worker_resumes_from_the_last_checkpoint(uninterrupted, manifest,
     assert [row["loss"] for row in result.history] == pytest.approx([row["loss"] for row in clean.history],
                                                                     rel=1e-5)
     assert result.test == pytest.approx(clean.test, abs=1e-6)
+
+
+def test_select_best_on_two_workers_fits_the_singles_once_in_the_driver(ray_cluster, manifest, tmp_path):
+    """The workers train the fused model (DDP, both ranks); the driver then fits each encoder alone and writes
+    the winner: the fused candidate is the workers' best checkpoint, no rank fitted a single."""
+    document = manifest.spec.model_dump(mode="json", by_alias=True)
+    document["evaluation"]["select"] = "best"
+    selecting = Manifest.model_validate({"metadata": {"name": "shop"}, "spec": document})
+    result = train_distributed(selecting, tmp_path / "runs", embeddings=tmp_path / "embeddings")
+
+    assert result.last_metrics["world_size"] == 2
+    metrics = load_artifact(result.artifact).metrics
+    selection = metrics["selection"]
+    rows = {row["model"]: row for row in selection["candidates"]}
+    assert list(rows) == ["fused-attention", "bert", "mpnet", "llama"]
+    fused = rows["fused-attention"]
+    if selection["shipped"] == "fused-attention":  # then the history is the workers' (a single's otherwise)
+        at_best = next(r for r in metrics["history"] if r["epoch"] == fused["best_epoch"])
+        assert fused["valid"]["ndcg@10"] == pytest.approx(at_best["valid_ndcg@10"])
+        assert len(metrics["history"]) == EPOCHS
+    assert fused["train_seconds"] > 0 and all(r["best_epoch"] >= 1 for r in rows.values())
+    shipped = rows[selection["shipped"]]
+    assert shipped["valid"]["ndcg@10"] == max(r["valid"]["ndcg@10"] for r in rows.values())
+    assert metrics["valid"] == pytest.approx(shipped["valid"])

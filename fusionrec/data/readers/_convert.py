@@ -76,7 +76,7 @@ def _checked(table: RawTable, column: str, what: str, text: pd.Series, numeric: 
     return values
 
 
-def timestamps(table: RawTable, column: str) -> np.ndarray:
+def to_seconds(table: RawTable, column: str) -> np.ndarray:
     """Seconds since the epoch as int64. Numbers are taken as seconds (fractions floored); a column with no
     number in it at all is read as dates (ISO 8601 or a Parquet timestamp), converted to UTC seconds."""
     series = table.frame[column]
@@ -110,9 +110,15 @@ def labels(table: RawTable, column: str) -> np.ndarray:
     return values.astype(np.int8)
 
 
-def interactions_frame(table: RawTable, mapping: ColumnMapping) -> pd.DataFrame:
-    """The contract's interaction columns, in file order, indexed by record number (for later errors)."""
-    required = {USER: mapping.user_id, ITEM: mapping.item_id, TIME: mapping.timestamp}
+def interactions_frame(table: RawTable, mapping: ColumnMapping, timestamps: bool = True) -> pd.DataFrame:
+    """The contract's interaction columns, in file order, indexed by record number (for later errors).
+
+    `timestamps=False` (data without any time column): every row gets timestamp 0, so the contract holds and
+    nothing downstream invents an order; the prepared card records it, and loading refuses `data.order: time`.
+    """
+    required = {USER: mapping.user_id, ITEM: mapping.item_id}
+    if timestamps:
+        required[TIME] = mapping.timestamp
     # A column mapped explicitly must exist; a file already using the contract's name needs no mapping.
     explicit = mapping.model_fields_set
     if mapping.rating and (RATING in explicit or mapping.rating in table.frame.columns):
@@ -123,7 +129,7 @@ def interactions_frame(table: RawTable, mapping: ColumnMapping) -> pd.DataFrame:
         required[LABEL] = LABEL
     table.require(required, "interactions")
     columns = {USER: ids(table, mapping.user_id, "user"), ITEM: ids(table, mapping.item_id, "item"),
-               TIME: timestamps(table, mapping.timestamp)}
+               TIME: to_seconds(table, mapping.timestamp) if timestamps else np.zeros(len(table.frame), np.int64)}
     if RATING in required:
         columns[RATING] = ratings(table, required[RATING])
     if LABEL in required:

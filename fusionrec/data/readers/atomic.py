@@ -131,11 +131,12 @@ def _features(path: Path, what: str, id_field: str, encoding: str) -> pd.DataFra
 def read_atomic(folder: str | Path | None = None, name: str | None = None, *, inter: str | Path | None = None,
                 item: str | Path | None = None, user: str | Path | None = None,
                 columns: ColumnMapping | None = None, dataset_name: str | None = None,
-                encoding: str = "utf-8") -> Dataset:
+                encoding: str = "utf-8", timestamps: bool = True) -> Dataset:
     """Read a RecBole atomic dataset from a folder (+ dataset name) or from explicit file paths.
 
     `columns` maps the interaction fields when they are not RecBole's defaults (user_id, item_id, rating,
-    timestamp); item and user files are keyed by the same id field names.
+    timestamp); item and user files are keyed by the same id field names. `timestamps=False`: the `.inter` file
+    has no time field (every interaction gets timestamp 0).
     """
     if inter is not None:
         files = AtomicFiles(Path(inter), Path(item) if item else None, Path(user) if user else None)
@@ -145,7 +146,7 @@ def read_atomic(folder: str | Path | None = None, name: str | None = None, *, in
         raise UserError("read_atomic needs a folder or an .inter file", field="path")
     mapping = columns or ColumnMapping()
     inter_table, _ = read_typed_table(files.inter, "interactions", encoding)
-    interactions = interactions_frame(inter_table, mapping)
+    interactions = interactions_frame(inter_table, mapping, timestamps)
     items = _features(files.item, "items", mapping.item_id, encoding) if files.item else None
     users = _features(files.user, "users", mapping.user_id, encoding) if files.user else None
     return assemble(dataset_name or name or files.inter.stem, interactions, inter_table, items,

@@ -66,12 +66,14 @@ def read_any_table(path: str | Path, what: str, *, format: str = "auto", delimit
 
 def read_table(interactions: str | Path, items: str | Path | None = None, users: str | Path | None = None, *,
                format: str = "auto", delimiter: str = ",", encoding: str = "utf-8",
-               columns: ColumnMapping | None = None, name: str = "custom", escapechar: str | None = None) -> Dataset:
-    """Read a CSV/Parquet export. Columns not in the contract are kept as item/user features."""
+               columns: ColumnMapping | None = None, name: str = "custom", escapechar: str | None = None,
+               timestamps: bool = True) -> Dataset:
+    """Read a CSV/Parquet export. Columns not in the contract are kept as item/user features; `timestamps=False`:
+    the file has no time column (every interaction gets timestamp 0)."""
     mapping = columns or ColumnMapping()
     inter_table = read_any_table(interactions, "interactions", format=format, delimiter=delimiter,
                                  encoding=encoding, escapechar=escapechar)
-    inter_frame = interactions_frame(inter_table, mapping)
+    inter_frame = interactions_frame(inter_table, mapping, timestamps)
     item_frame = user_frame = None
     if items is not None:
         item_table = read_any_table(items, "items", format=format, delimiter=delimiter, encoding=encoding,

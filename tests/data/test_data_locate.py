@@ -29,18 +29,6 @@ def _fake_wheel(path: Path) -> Path:
 REAL_FIND_SPEC = importlib.util.find_spec
 
 
-def _no_network(command, **kwargs):
-    raise AssertionError(f"this test must not run {command}")
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """An empty data home, no recbole installed, and no pip unless a test fakes it."""
-    monkeypatch.setenv("FUSIONREC_DATA_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(datasets.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "recbole" else REAL_FIND_SPEC(name, *a))
-    monkeypatch.setattr(datasets.subprocess, "run", _no_network)
-    return tmp_path / "home"
 
 
 def test_extract_takes_only_the_ml100k_folder(tmp_path, home):

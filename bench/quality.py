@@ -44,6 +44,7 @@ from fusionrec.model.fused import FusedRecommender
 from fusionrec.model.saved import embedding_cache_dir
 from fusionrec.protocol import Results, RunResult, make_split, protocol_text
 from fusionrec.spec import DataSpec, EncoderSpec, FusionRecommenderSpec
+from fusionrec.train.candidates import best_index
 from fusionrec.train.evaluate import fit_and_evaluate, run_baseline
 
 log = logging.getLogger("bench.quality")
@@ -356,7 +357,7 @@ def selections(results: Results) -> list[dict[str, Any]]:
             if fused not in runs or not all(name in runs for name in singles):
                 continue
             candidates = [runs[fused], *(runs[name] for name in singles)]
-            shipped = max(candidates, key=lambda run: run.valid["ndcg@10"])
+            shipped = candidates[best_index([asdict(run) for run in candidates], "ndcg@10", higher_is_better=True)]
             out.append({"fused": fused, "seed": seed, "shipped": shipped.baseline,
                         "valid": shipped.valid["ndcg@10"], "test": shipped.test["ndcg@10"],
                         "fused_test": runs[fused].test["ndcg@10"]})

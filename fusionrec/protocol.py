@@ -21,7 +21,7 @@ import torch
 from fusionrec.data.sampling import histories_from_frame
 from fusionrec.data.schema import Dataset
 from fusionrec.data.splits import RANDOM_SPLIT_SEED, LeaveOneOutSplit, RandomSplit, leave_one_out, random_split
-from fusionrec.metrics import RANKING_CUTOFFS, evaluate_pointwise, evaluate_ranking
+from fusionrec.metrics import RANKING_CUTOFFS, evaluate_pointwise, evaluate_ranking, selection_value
 
 CTR_SPLIT_SEED = RANDOM_SPLIT_SEED  # the protocol's random split is fixed; seeds vary the model, never the data
 DEFAULT_METRIC = {"ranks": "ndcg@10", "labels": "auc", "ratings": "rmse"}
@@ -239,9 +239,8 @@ def selection_note(comparison: Mapping[str, Any]) -> str | None:
                 f"{winner['valid'][metric]:.4f}; {why}" + (f"; others: {others}" if others else ""))
     if not singles:
         return None
-    sign = 1.0 if higher else -1.0
-    best = max(singles, key=lambda row: sign * row["valid"][metric])
-    if sign * best["valid"][metric] <= sign * fused["valid"][metric]:
+    best = max(singles, key=lambda row: selection_value(row["valid"][metric], higher))
+    if selection_value(best["valid"][metric], higher) <= selection_value(fused["valid"][metric], higher):
         return None
     return (f"warning: {best['model']} alone validated better than the shipped fused model (valid {metric} "
             f"{best['valid'][metric]:.4f} vs {fused['valid'][metric]:.4f}); set evaluation.select: best to "

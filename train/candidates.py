@@ -12,13 +12,12 @@ reads rows with `candidate_row` before any model is built.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fusionrec.metrics import parse_metric
+from fusionrec.metrics import parse_metric, selection_value
 from fusionrec.spec import EncoderSpec, FusionRecommenderSpec
 
 if TYPE_CHECKING:
@@ -46,13 +45,16 @@ def selects_best(spec: FusionRecommenderSpec) -> bool:
     return spec.evaluation.select == "best" and len(spec.encoders) >= 2
 
 
-def shipped_spec(spec: FusionRecommenderSpec, shipped: str | None) -> FusionRecommenderSpec:
-    """The spec of the model that shipped under the name `shipped`: the run's own spec for the fused model (or
-    no selection), else the named encoder's single-encoder spec."""
+def shipped_spec(spec: FusionRecommenderSpec, shipped: str | None, group: str | None) -> FusionRecommenderSpec:
+    """The spec of the model that shipped: the run's own spec for the fused model (or no selection), else the
+    named encoder's single-encoder spec. The group decides, not the name: an encoder may be called
+    "fused-attention"."""
+    if group != SINGLE:
+        return spec
     for encoder in spec.encoders:
-        if shipped == encoder.name and shipped != fused_name(spec) and len(spec.encoders) > 1:
+        if shipped == encoder.name:
             return single_encoder_spec(spec, encoder)
-    return spec
+    raise ValueError(f"the shipped single {shipped!r} is none of the encoders {[e.name for e in spec.encoders]}")
 
 
 def selection_metric_of(spec: FusionRecommenderSpec) -> tuple[str, bool]:
@@ -72,11 +74,8 @@ def candidate_row(model: str, group: str, done: Evaluated) -> dict[str, Any]:
 
 
 def score(row: Mapping[str, Any], metric: str, higher_is_better: bool) -> float:
-    """A row's validation value as a number to maximise; a missing or non-finite value ranks last."""
-    value = row.get("valid", {}).get(metric)
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        return -math.inf
-    return float(value) if higher_is_better else -float(value)
+    """A row's validation value as a number to maximise (`fusionrec.metrics.selection_value`)."""
+    return selection_value(row.get("valid", {}).get(metric), higher_is_better)
 
 
 def best_index(rows: Sequence[Mapping[str, Any]], metric: str, higher_is_better: bool) -> int:
@@ -110,10 +109,12 @@ class Selection:
     shipped: str
     rows: list[dict[str, Any]]
     metric: str
+    group: str = FUSED  # of the shipped candidate
 
     def record(self) -> dict[str, Any]:
-        """metrics.json's "selection": what was compared, on which metric, and what shipped."""
-        return {"select": "best", "metric": self.metric, "shipped": self.shipped, "candidates": self.rows}
+        """metrics.json's "selection": what was compared, on which metric, and what shipped (name and group)."""
+        return {"select": "best", "metric": self.metric, "shipped": self.shipped, "shipped_group": self.group,
+                "candidates": self.rows}
 
 
 def select_best(spec: FusionRecommenderSpec, fused: Evaluated,
@@ -129,6 +130,6 @@ def select_best(spec: FusionRecommenderSpec, fused: Evaluated,
             done = fit_single(alone)
         row = candidate_row(encoder.name, SINGLE, done)
         best.rows.append(row)
-        if score(row, metric, higher) > score(candidate_row(best.shipped, FUSED, best.done), metric, higher):
-            best.spec, best.done, best.shipped = alone, done, encoder.name
+        if score(row, metric, higher) > score(candidate_row(best.shipped, best.group, best.done), metric, higher):
+            best.spec, best.done, best.shipped, best.group = alone, done, encoder.name, SINGLE
     return best

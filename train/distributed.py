@@ -84,7 +84,9 @@ class RunPlan:
 @dataclass
 class DistributedResult:
     """The written artifact, its test metrics and history (from metrics.json), the Ray checkpoint that was
-    selected, and the last epoch's reported metrics (throughput, world size, `resumed_after`...)."""
+    selected, and the last epoch's reported metrics (throughput, world size, `resumed_after`...). When
+    `evaluation.select: best` shipped an encoder alone, `shipped` names it and there is no Ray checkpoint of it
+    (the checkpoints are the fused model's): everything else describes the shipped model."""
 
     artifact: Path
     test: dict[str, float]
@@ -92,6 +94,7 @@ class DistributedResult:
     best_epoch: int
     best_checkpoint: str | None
     last_metrics: dict[str, Any] = field(default_factory=dict)
+    shipped: str | None = None
 
 
 # --- preflight --------------------------------------------------------------------------------------------
@@ -264,9 +267,12 @@ def train_distributed(manifest: Manifest | str | Path, output_root: str | Path, 
     metric, order = selection(plan.spec)
     ranked = sorted(result.best_checkpoints, key=lambda pair: pair[1].get(metric, math.nan),
                     reverse=order == "max")
+    chosen = metrics.get("selection") or {}
+    single = chosen.get("shipped_group") == "single"
     return DistributedResult(artifact=artifact, test=metrics["test"], history=metrics["history"],
-                             best_epoch=metrics["best_epoch"], best_checkpoint=ranked[0][0].path if ranked else None,
-                             last_metrics=dict(result.metrics or {}))
+                             best_epoch=metrics["best_epoch"],
+                             best_checkpoint=ranked[0][0].path if ranked and not single else None,
+                             last_metrics=dict(result.metrics or {}), shipped=chosen.get("shipped"))
 
 
 # --- on each worker ---------------------------------------------------------------------------------------
@@ -392,4 +398,6 @@ def summary_table(result: DistributedResult) -> str:
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
     test = ", ".join(f"{key} {value:.4f}" for key, value in result.test.items())
     lines += [f"* best epoch {result.best_epoch} (validation); test: {test}", f"artifact: {result.artifact}"]
+    if result.shipped:
+        lines.append(f"shipped: {result.shipped} (evaluation.select: best)")
     return "\n".join(lines)

@@ -46,7 +46,8 @@ def train(manifest: str, output: str | None, address: str | None, overwrite: boo
         click.get_current_context().exit(EXIT_INTERRUPTED)
     if as_json:
         click.echo(json.dumps({"artifact": str(result.artifact), "test": result.test, "best_epoch": result.best_epoch,
-                               "best_checkpoint": result.best_checkpoint, "history": result.history},
+                               "best_checkpoint": result.best_checkpoint, "shipped": result.shipped,
+                               "history": result.history},
                               indent=2, default=str))
         return
     click.echo(summary_table(result))

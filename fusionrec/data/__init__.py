@@ -82,9 +82,10 @@ def load_dataset(spec: DataSpec) -> Dataset:
     if spec.interactions:
         base = Path(spec.path) if spec.path else Path()  # relative file names are taken inside spec.path
         items, users = (str(base / f) if f else None for f in (spec.items, spec.users))
-        if prepare.is_prepared_folder(base):
-            prepare.check_order(base, spec.order)
-            prepared = base
+        folder = (base / spec.interactions).parent  # a prepared copy's interactions.parquet, however it is named
+        if prepare.is_prepared_folder(folder):
+            prepare.check_order(folder, spec.order)
+            prepared = folder
         dataset = read_files(str(base / spec.interactions), items, users, format=spec.format,
                              delimiter=spec.delimiter, encoding=spec.encoding, columns=spec.columns,
                              name=files_name(spec), escapechar=spec.escapechar)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusionrec.data.datasets import BUILT_INS, ML100K, Located, atomic_directory, built_in, data_home, locate
+from fusionrec.data.datasets import BUILT_INS, Located, atomic_directory, built_in, data_home, locate
 from fusionrec.data.readers import clean_placeholders, read_atomic, read_files, read_movielens
 from fusionrec.data.schema import RATING, TIME, USER, Dataset
 from fusionrec.data.splits import leave_one_out, random_split
@@ -168,10 +168,6 @@ def read_built_in(name: str, located: Located) -> Dataset:
     return Dataset(name, dataset.interactions, clean_placeholders(dataset.items), dataset.users)
 
 
-def read_ml100k(located: Located) -> Dataset:
-    return read_built_in(ML100K, located)
-
-
 def prepare_built_in(name: str, path: str | Path | None = None, out: str | Path | None = None,
                      template: str = DEFAULT_TEMPLATE, download: bool = True) -> tuple[Dataset, DataCard]:
     """Locate (or fetch) a built-in dataset (`fusionrec.data.datasets.BUILT_INS`), validate it and write it
@@ -187,11 +183,6 @@ def prepare_built_in(name: str, path: str | Path | None = None, out: str | Path 
                               source=f"{located.origin}: {located.folder}")
         bar.update()
     return load_prepared(name, out), card
-
-
-def prepare_ml100k(path: str | Path | None = None, out: str | Path | None = None,
-                   template: str = DEFAULT_TEMPLATE, download: bool = True) -> tuple[Dataset, DataCard]:
-    return prepare_built_in(ML100K, path, out, template, download)
 
 
 def prepare_files(interactions: str | Path, items: str | Path | None = None, users: str | Path | None = None, *,

@@ -113,6 +113,13 @@ def leave_one_out(dataset: Dataset, vocab: Vocab | None = None, order: str = "ti
     if RATING in frame:
         columns[RATING] = frame[RATING].to_numpy(dtype=np.float64)
     table = pd.DataFrame(columns)
+    if order == "none":
+        # Without an order a repeated item is no "later" event: holding out one of its rows would leave the
+        # answer in the user's training history. Each (user, item) pair counts once.
+        repeated = table.duplicated([USER_IDX, ITEM_IDX])
+        if repeated.any():
+            log.info("data.order none: %d repeated (user, item) interactions counted once", int(repeated.sum()))
+            table = table[~repeated]
     # Stable sort: timestamp ties keep the order in the file, as the protocol says.
     table = table.sort_values([USER_IDX, TIME], kind="stable").reset_index(drop=True)
     position_from_end = table.groupby(USER_IDX, sort=False).cumcount(ascending=False).to_numpy()

@@ -7,6 +7,7 @@ per row and its 0/1 label; "ratings" metrics read a predicted rating and the tru
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,3 +51,12 @@ def parse_metric(text: str) -> tuple[Metric, int | None]:
     if metric.needs != "ranks" and k is not None:
         raise ValueError(f"metric {text!r} takes no cutoff; use {metric.name}")
     return metric, k
+
+
+def selection_value(value: Any, higher_is_better: bool) -> float:
+    """A validation value as a number where more is better, so models compare with max() whichever way their
+    metric points; a missing or non-finite value ranks last. Every "which model validated best" in the project
+    (shipping with evaluation.select, the fused-vs-members check, reports, benches) compares through this."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return -math.inf
+    return float(value) if higher_is_better else -float(value)

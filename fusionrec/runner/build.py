@@ -140,7 +140,8 @@ def train(ctx: RunContext, data_key: str, merged: tuple[Path, str] | None) -> Tr
         selection = artifact.metrics.get("selection") or {}
         shipped = f"shipped {selection['shipped']} (select: best); " if selection.get("shipped") else ""
         return Done({"artifact": str(target), "version": spec.version, "files": files, "hash": files_hash(files),
-                     "train_seconds": round(seconds, 2), "shipped": selection.get("shipped")},
+                     "train_seconds": round(seconds, 2), "shipped": selection.get("shipped"),
+                     "shipped_group": selection.get("shipped_group", "fused")},
                     f"{shipped}best epoch {result.best_epoch}; test {test}")
 
     workers = spec.training.workers
@@ -150,14 +151,15 @@ def train(ctx: RunContext, data_key: str, merged: tuple[Path, str] | None) -> Tr
                                + (", then each encoder alone (select: best)" if selects_best(spec) else ""),
                       cached_detail=f"same training as {reused}: its weights are reused" if reused else None)
     shipped = record.output.get("shipped")
-    _sync_spec(ctx, target, shipped_spec(spec, shipped))
+    _sync_spec(ctx, target, shipped_spec(spec, shipped, record.output.get("shipped_group")))
     return Trained(spec=spec, sources=sources, data_key=data_key, record=record, shipped=shipped)
 
 
 def train_parts(spec: FusionRecommenderSpec, sources: dict[str, str]) -> dict[str, Any]:
     """The train step's key: what the model depends on and, when the job selects among candidates, that it
-    does (`select: best` may ship a single encoder). `select: fused` adds nothing, so keys from before the
-    setting existed still hit."""
+    does (`select: best` may ship a single encoder). `select: fused` adds nothing. (The new data and task fields,
+    data.order, task.userTower auto, a null itemTextTemplate, are in the dumped sections, so every key made before
+    them misses once and that run retrains: a key may change more often than needed, never less.)"""
     parts = trained_parts(spec, sources)
     if selects_best(spec):
         parts["select"] = "best"

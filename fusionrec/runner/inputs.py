@@ -34,6 +34,10 @@ def data_files(data: DataSpec) -> list[Path] | None:
             raise UserError(f"data file {missing[0]} does not exist", field="spec.data.interactions",
                             fix="check spec.data.path and the file names (relative names are taken inside "
                                 "spec.data.path, else the current folder)")
+        from fusionrec.data.prepare import check_order, is_prepared_folder
+
+        if is_prepared_folder(files[0].parent):  # a prepared copy's files named one by one
+            check_order(files[0].parent, data.order)
         return files
     from fusionrec.data.datasets import BUILT_INS
     from fusionrec.data.prepare import is_prepared, is_prepared_folder, not_a_prepared_path, not_prepared, prepared_dir

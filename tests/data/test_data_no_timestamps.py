@@ -63,7 +63,9 @@ def test_order_time_is_refused_and_order_none_loads(baskets, tmp_path):
 
     prepare_files(inter, items, name="shop", columns=ColumnMapping(user_id="customer", item_id="sku"),
                   timestamps=False)
-    for spec in (DataSpec(dataset="shop"), DataSpec(path=str(prepared_dir("shop")))):
+    direct = DataSpec(interactions=str(prepared_dir("shop") / "interactions.parquet"),
+                      items=str(prepared_dir("shop") / "items.parquet"))
+    for spec in (DataSpec(dataset="shop"), DataSpec(path=str(prepared_dir("shop"))), direct):
         for call in (load_dataset, data_files):
             with pytest.raises(UserError) as info:
                 call(spec)

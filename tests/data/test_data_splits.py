@@ -114,3 +114,14 @@ def test_every_title_names_the_random_order():
     results = Results(dataset="t", seeds=[1], order="none",
                       runs=[RunResult("pop", "ranking", 1, {"ndcg@10": 0.1}, {"ndcg@10": 0.1}, 0, 1, 0.0)])
     assert "random per-user hold-out" in results.render() and results.to_json()["order"] == "none"
+
+
+def test_order_none_never_leaves_the_held_out_item_in_training():
+    """Repeat purchases: with no order, each (user, item) pair counts once, so the answer is never in the history."""
+    rows = [(f"u{u}", f"i{(u + i) % 7}", i, 1.0) for u in range(30) for i in range(14)]  # every item twice
+    split = leave_one_out(_dataset(rows), order="none")
+    for stage in ("valid", "test"):
+        targets = split.targets(stage)
+        for user, item in zip(targets[USER_IDX], targets[ITEM_IDX]):
+            assert item not in split.history(stage)[user]
+    assert len(split.train) + len(split.valid) + len(split.test) == 30 * 7

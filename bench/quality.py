@@ -323,7 +323,10 @@ def render(payload: dict[str, Any], results: Results, discussion: str) -> str:
              f"(to {DIM} dims), the fusion, a 2-layer causal transformer user tower over the last 50 items "
              "(CTR rows: 1 layer, 10 items), item "
              "IDs in the hybrid, and the head (full-catalogue softmax for ranking; biased two-tower + MLP with "
-             "BCE for CTR; the -cross row adds 2 DCN-v2 cross layers, task.crossLayers).", "", "## Results", "",
+             "BCE for CTR; the -cross row adds 2 DCN-v2 cross layers, task.crossLayers)."
+             + (" Rows named -pooled use the order-free pooled user tower instead (task.userTower pooled: "
+                "attention pooling over the fused vectors of the last 50 items, no positions)."
+                if any(name.endswith("-pooled") for name in payload["summary"]) else ""), "", "## Results", "",
              results.render(groups=GROUPS)]
     lines += ["", "## Fusion weights (over the catalogue, mean over seeds)", "",
               "| model | kind | " + " | ".join(ALL) + " |", "|---|---|" + "---|" * len(ALL)]

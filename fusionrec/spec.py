@@ -12,6 +12,7 @@ from __future__ import annotations
 import keyword
 import re
 import types
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
@@ -316,7 +317,10 @@ class TaskSpec(SpecModel):
         description="userTower sequence: attention heads per block; fusion.dim must be divisible by it.")
     head_hidden: int = Field(HEAD_HIDDEN_DEFAULT, ge=8, le=16384,
                              description="ctr/rating: hidden width of the head's MLP (a ranking head has none).")
-    negatives: Literal["in_batch", "sampled", "full"] = Field("full", description="Softmax negatives.")
+    negatives: Literal["in_batch", "sampled", "full"] | None = Field(
+        None, description="Softmax negatives of a ranking head: full (the whole catalogue), in_batch, or sampled "
+        "(in-batch plus numNegatives uniform draws). Default: full, or sampled when an encoder is fine-tuned "
+        "(a full softmax would run the whole catalogue through the LM every step).")
     num_negatives: int = Field(256, ge=1, le=100_000)
     user_features: list[Annotated[str, Field(min_length=1, max_length=COLUMN_MAX)]] = Field(
         default_factory=list, max_length=32,
@@ -349,6 +353,14 @@ class TaskSpec(SpecModel):
                              f"{self.user_tower} leave them at {SEQUENCE_DEFAULTS[0]} and {SEQUENCE_DEFAULTS[1]}")
         return self
 
+    def negatives_for(self, fine_tuned: bool) -> Literal["in_batch", "sampled", "full"]:
+        """`negatives` with its default resolved, the same on the CLI, a Ray worker and a cluster (which see the
+        field unset, dumped as null, and pruned or left null by the API server): the value given, else
+        `sampled` for a ranking head when an encoder is fine-tuned, else `full`."""
+        if self.negatives is not None:
+            return self.negatives
+        return "sampled" if fine_tuned and self.type == "ranking" else "full"
+
 
 # --- data ---------------------------------------------------------------------------------------------------
 
@@ -366,12 +378,27 @@ class ColumnMapping(SpecModel):
     user_id: str = Field("user_id", min_length=1, max_length=COLUMN_MAX)
     item_id: str = Field("item_id", min_length=1, max_length=COLUMN_MAX)
     timestamp: str = Field("timestamp", min_length=1, max_length=COLUMN_MAX)
-    rating: str | None = Field("rating", min_length=1, max_length=COLUMN_MAX)
-    label: str | None = Field(None, min_length=1, max_length=COLUMN_MAX)
+    rating: str | None = Field(
+        None, min_length=1, max_length=COLUMN_MAX,
+        description="The rating column; a column named here must exist. Default: the file's `rating` column "
+                    "when it has one, else none.")
+    label: str | None = Field(
+        None, min_length=1, max_length=COLUMN_MAX,
+        description="The 0/1 label column; a column named here must exist. Default: the file's `label` column "
+                    "when it has one, else none.")
     rename: list[ColumnRename] = Field(
         default_factory=list, max_length=64,
         description="Any other item/user columns to rename, e.g. [{name: title, column: Book-Title}] "
                     "(CLI: --map title=Book-Title).")
+
+    def optional_column(self, field: Literal["rating", "label"], present: Collection[str]) -> str | None:
+        """The file's column for an optional contract field, the same however the spec travelled (unset, or
+        dumped and validated again as null): the column named, which must then exist; else the contract's
+        own name when the file has that column; else None."""
+        named: str | None = getattr(self, field)
+        if named is not None:
+            return named
+        return field if field in present else None
 
 
 DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a prepared dataset's folder name under the data home
@@ -419,9 +446,27 @@ class DataSpec(SpecModel):
 # --- training, compile, serving -----------------------------------------------------------------------------
 
 
+# The validation metric that selects the checkpoint (and stops early) when earlyStopping.metric is not given.
+SELECTION_METRIC_DEFAULTS: dict[str, str] = {"ranking": "ndcg@10", "ctr": "auc", "rating": "rmse"}
+
+
 class EarlyStoppingSpec(SpecModel):
-    metric: str = Field("ndcg@10", max_length=SHORT_MAX, pattern=r"^(ndcg|hr|mrr|recall)@\d+$|^(auc|logloss|rmse|mae)$")
+    metric: str | None = Field(
+        None, max_length=SHORT_MAX, pattern=r"^(ndcg|hr|mrr|recall)@\d+$|^(auc|logloss|rmse|mae)$",
+        description="Validation metric that selects the checkpoint and stops early: ndcg@K, hr@K, mrr@K or "
+                    "recall@K (ranking), auc or logloss (ctr), rmse or mae (rating). Default: the task's own, "
+                    "ndcg@10 (ranking), auc (ctr), rmse (rating).")
     patience: int = Field(3, ge=1, le=1000)
+
+    def metric_for(self, task: str) -> str:
+        """`metric` with its default resolved for a task type (ranking, ctr, rating), the same on the CLI, a Ray
+        worker and a cluster: the metric given, else the task's own (SELECTION_METRIC_DEFAULTS). Whether the
+        task can measure a given metric is the training loop's check (`fusionrec.train.loop.selection_metric`)."""
+        if self.metric is not None:
+            return self.metric
+        if task not in SELECTION_METRIC_DEFAULTS:
+            raise ValueError(f"unknown task type {task!r}; one of {', '.join(SELECTION_METRIC_DEFAULTS)}")
+        return SELECTION_METRIC_DEFAULTS[task]
 
 
 class TrainingSpec(SpecModel):
@@ -646,6 +691,10 @@ class FusionRecommenderSpec(SpecModel):
             raise ValueError("task.sequenceLayers and task.sequenceHeads apply to userTower sequence; userTower auto "
                              "is pooled when data.order is none: set userTower sequence, or leave them at "
                              f"{SEQUENCE_DEFAULTS[0]} and {SEQUENCE_DEFAULTS[1]}")
+        if self.evaluation.select == "best" and len(self.encoders) >= 2 and self.training.workers > 1:
+            raise ValueError(f"evaluation.select: best fits each encoder alone in one process, so it compares like "
+                             f"with like only when the fused model trains in one too; with training.workers="
+                             f"{self.training.workers} set workers to 1, or select: fused")
         if self.user_tower == "sequence" and self.fusion.dim % heads:
             raise ValueError(f"task.sequenceHeads={heads} must divide fusion.dim={self.fusion.dim} (each head "
                              "reads dim/heads of the vector); change either")

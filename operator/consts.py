@@ -51,6 +51,11 @@ SERVE_IMPORT_PATH = "fusionrec.serving.app:build_app"
 SERVE_PORT = 8000
 RAY_METRICS_PORT = 8080
 
+# The datasets a training pod fetches and prepares itself when `spec.data` names no files (the keys of
+# fusionrec.data.datasets.BUILT_INS, which the operator does not import: tests/operator check they agree). Any
+# other `data.dataset` needs its prepared folder on shared storage (`data.path`): the pods have no data home.
+BUILT_IN_DATASETS = ("ml-100k", "ml-1m")
+
 # KubeRay limits the RayJob name so that the names it derives (RayCluster, submitter Job, Services) stay
 # valid DNS labels.
 RAYJOB_NAME_MAX = 47

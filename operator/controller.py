@@ -29,7 +29,12 @@ from fusionrec.operator.builders import (
     build_rayservice,
     build_service_monitor,
 )
-from fusionrec.operator.builders.common import check_cluster_spec, rayjob_name, serve_endpoint
+from fusionrec.operator.builders.common import (
+    check_cluster_spec,
+    check_cluster_training,
+    rayjob_name,
+    serve_endpoint,
+)
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.cron import CronSchedule
 from fusionrec.operator.kube import KubeApi, KubeApiError, owner_uids
@@ -74,6 +79,7 @@ def parse_manifest(body: dict[str, Any]) -> Manifest:
     document = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
     manifest = manifest_from_dict(document, source=f"FusionRecommender {meta.get('namespace')}/{meta.get('name')}")
     check_cluster_spec(manifest.metadata.name, manifest.spec.storage.uri, manifest.spec.serving.auth)
+    check_cluster_training(manifest.spec)
     if manifest.spec.training.schedule:
         try:
             CronSchedule.parse(manifest.spec.training.schedule)

@@ -199,6 +199,9 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
               f"{_SEQUENCE_SIZES_DEFAULT.replace('self.', 'self.task.')}",
               "task.sequenceLayers and task.sequenceHeads apply to userTower sequence; userTower auto is pooled when "
               "data.order is none", field_path=".task.sequenceLayers"),
+        _rule("!(self.evaluation.select == 'best' && size(self.encoders) >= 2 && self.training.workers > 1)",
+              "evaluation.select: best fits each encoder alone in one process: set training.workers to 1, or "
+              "select: fused", field_path=".evaluation.select"),
         _rule("!(self.task.userTower == 'sequence' || (self.task.userTower == 'auto' && self.data.order != 'none')) "
               "|| self.fusion.dim % self.task.sequenceHeads == 0",
               "task.sequenceHeads must divide fusion.dim", field_path=".task.sequenceHeads"),

@@ -15,9 +15,10 @@ import pytest  # noqa: E402  (the environment above must be set before anything 
 
 # Two tiers: `make test-fast` runs `-m "not slow"` (under 5 minutes on a quiet 2-core machine), `make test` runs
 # both. Slow is whatever trains a real model or to a quality bar (`integration`), starts Ray (`ray`) or needs the
-# control plane (`e2e`), plus unit tests marked `slow` by hand for taking more than a few seconds. Those are
-# budgeted in epochs; their timeout only catches a hang, so it is generous where a loaded machine is slow.
-SLOW_TIER_MARKERS = ("integration", "ray", "e2e")
+# control plane (`e2e`) or the loopback S3 server (`storage`), plus unit tests marked `slow` by hand for taking more
+# than a few seconds. Those are budgeted in epochs; their timeout only catches a hang, so it is generous where a
+# loaded machine is slow.
+SLOW_TIER_MARKERS = ("integration", "ray", "e2e", "storage")
 SLOW_TIER_HANG_TIMEOUT_S = 2400
 
 

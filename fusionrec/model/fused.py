@@ -162,13 +162,12 @@ class FusedRecommender(nn.Module):
                              f"spec.encoders {[e.name for e in spec.encoders]} (dim {spec.fusion.dim})")
         frozen = all(e.frozen for e in encoders)
         task = spec.task
-        negatives = task.negatives
-        if task.type == "ranking" and negatives == "full" and not frozen:
-            if "negatives" in task.model_fields_set:
+        negatives = task.negatives_for(fine_tuned=not frozen)
+        if task.type == "ranking" and not frozen:
+            if task.negatives == "full":
                 log.warning("task.negatives=full with a fine-tuned encoder runs the whole catalogue through "
                             "the LM every step; in_batch or sampled is much cheaper")
-            else:
-                negatives = "sampled"
+            elif task.negatives is None:
                 log.info("an encoder is fine-tuned: softmax over sampled negatives (task.negatives not set)")
         if task.user_features and user_feature_values < 2:
             raise ValueError(f"spec.task.userFeatures {task.user_features} need the size of their id space "

@@ -22,13 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fusionrec.artifact import Artifact, load_artifact
 from fusionrec.errors import UserError, format_validation_error
+from fusionrec.spec import SELECTION_METRIC_DEFAULTS
 
 COMPARISON_NAME = "comparison.json"
 LATENCY_NAME = "latency.json"
 # The test metrics drawn as bars per task (the table shows every metric).
 MAIN_METRICS = {"ranking": ("ndcg@10", "hr@10"), "ctr": ("auc",), "rating": ("rmse",)}
-# The metric that selects the checkpoint when the spec leaves earlyStopping.metric at its default.
-DEFAULT_SELECTION = {"ranking": "ndcg@10", "ctr": "auc", "rating": "rmse"}
 QUANTILE_KEYS = ("p5", "p25", "p50", "p75", "p95")
 
 
@@ -229,7 +228,7 @@ def _selection_metric(artifact: Artifact, task: str, history: list[dict[str, Any
     """The validation metric that chose the checkpoint: the spec's, else the task's default, if the
     history recorded it."""
     stopping = artifact.spec.training.early_stopping
-    chosen = stopping.metric if "metric" in stopping.model_fields_set else DEFAULT_SELECTION.get(task)
+    chosen = stopping.metric_for(task) if task in SELECTION_METRIC_DEFAULTS else stopping.metric
     recorded = {key[len("valid_"):] for row in history for key in row if key.startswith("valid_")}
     return chosen if chosen in recorded else None
 

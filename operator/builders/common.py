@@ -15,7 +15,7 @@ from typing import Any
 from fusionrec.errors import UserError
 from fusionrec.operator import consts
 from fusionrec.operator.config import OperatorConfig
-from fusionrec.spec import AuthSpec
+from fusionrec.spec import AuthSpec, FusionRecommenderSpec
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -174,3 +174,28 @@ def check_cluster_spec(name: str, storage_uri: str, auth: AuthSpec) -> None:
             fix="kubectl create secret generic <name> --from-literal=tokens=$(openssl rand -hex 32), then set "
                 "spec.serving.auth.secretRef: <name>; or set spec.serving.auth.disabled: true to serve without "
                 "auth (only behind an ingress that authenticates)")
+
+
+def check_cluster_training(spec: FusionRecommenderSpec) -> None:
+    """What the training RayJob cannot do yet that `fusionrec run` can; raises UserError naming the field and
+    the fix (the pydantic spec accepts both, since the CLI supports them)."""
+    if spec.evaluation.select == "best" and len(spec.encoders) >= 2:
+        # train/candidates.py: with select best, the job fits each encoder alone in the Ray driver once the
+        # workers are done; on a cluster the driver is the RayJob's head pod (builders/training.py: no GPU, the
+        # operator's small headCpu/headMemory), which cannot train a language model.
+        raise UserError(
+            "spec.evaluation.select: best is not supported on a cluster yet: the training job fits each encoder "
+            "alone in the Ray driver after the workers finish, and on a cluster the driver runs on the RayJob's "
+            "head pod (no GPU, little CPU and memory)", field="spec.evaluation.select",
+            fix="set spec.evaluation.select: fused (the report still says when one encoder alone validated "
+                "better), or run the manifest locally with `fusionrec run`")
+    data = spec.data
+    if data.dataset is not None and data.dataset not in consts.BUILT_IN_DATASETS and not data.path \
+            and not data.interactions:
+        raise UserError(
+            f"spec.data.dataset {data.dataset!r} is not a built-in dataset ({', '.join(consts.BUILT_IN_DATASETS)}) "
+            "and spec.data names no files: the training pods have no prepared-data home to find it in",
+            field="spec.data.dataset",
+            fix=f"copy the prepared dataset (the folder `fusionrec data prepare {data.dataset} --out FOLDER` wrote) "
+                "to a PersistentVolumeClaim and set spec.data.path: pvc://<claim>/<folder>, or give "
+                "spec.data.interactions (and items, users) on shared storage")

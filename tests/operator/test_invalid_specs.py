@@ -176,6 +176,9 @@ INVALID: list[Bad] = [
     Bad("dataset-name-with-a-slash", _set("spec.data.dataset", "../ml-1m"), "spec.data.dataset"),
     Bad("data-order-unknown", _set("spec.data.order", "random"), "spec.data.order"),
     Bad("evaluation-select-unknown", _set("spec.evaluation.select", "worst"), "spec.evaluation.select"),
+    Bad("select-best-with-several-workers", _all(_set("spec.evaluation.select", "best"),
+                                                  _set("spec.training.workers", 2)),
+        "spec", server_field="spec.evaluation.select"),
     Bad("baseline-epochs-zero", _set("spec.evaluation.baselineEpochs", 0), "spec.evaluation.baselineEpochs"),
     Bad("data-without-any-source", _set("spec.data", {"dataset": None}), "spec.data",
         server_field="spec.data.interactions"),
@@ -189,6 +192,7 @@ INVALID: list[Bad] = [
         "spec.data.columns.rename[0].column"),
     # task
     Bad("task-type-unknown", _set("spec.task.type", "regression"), "spec.task.type"),
+    Bad("task-negatives-unknown", _set("spec.task.negatives", "all"), "spec.task.negatives"),
     Bad("user-features-for-ranking", _set("spec.task", {"type": "ranking", "userFeatures": ["age"]}), "spec.task",
         server_field="spec.task.userFeatures"),
     Bad("user-features-repeat", _set("spec.task", {"type": "ctr", "userFeatures": ["age", "gender", "age"]}),
@@ -341,6 +345,13 @@ VALID: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
         _set("spec.evaluation", {"baselines": None}))),
     ("dataset-and-interactions", _set("spec.data", {"dataset": "ml-100k", "interactions": "s3://b/i.csv"})),
     ("dataset-only", _set("spec.data", {"dataset": "ml-100k"})),
+    # null = the task's / model's / file's default, the same as left out (never filled by the server)
+    ("task-dependent-defaults-null", _all(_set("spec.task.negatives", None),
+                                          _set("spec.training.earlyStopping", {"metric": None}),
+                                          _set("spec.data.columns", {"rating": None, "label": None}))),
+    ("task-dependent-defaults-given", _all(_set("spec.task.negatives", "in_batch"),
+                                           _set("spec.training.earlyStopping", {"metric": "recall@20"}),
+                                           _set("spec.data.columns", {"rating": "stars"}))),
     ("max-length-strings-and-lists", _max_strings),
     ("version-dotted", _set("spec.version", "2024.06.1-rc1")),
     ("version-one-char", _set("spec.version", "7")),
@@ -386,7 +397,8 @@ VALID: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
         "userTower": "sequence", "sequenceLayers": 1, "sequenceHeads": 2}))),
     ("order-free-auto-tower-heads-need-not-divide", _all(_set("spec.data.order", "none"),
                                                          _set("spec.fusion.dim", 100))),
-    ("select-best-with-baseline-budget", _set("spec.evaluation", {"select": "best", "baselineEpochs": 50})),
+    ("select-best-with-baseline-budget", _all(_set("spec.evaluation", {"select": "best", "baselineEpochs": 50}),
+                                              _set("spec.training.workers", 1))),
     ("baselines-listed", _set("spec.evaluation", {"baselines": ["pop", "bpr"], "compareSingles": False})),
 ]
 

@@ -340,6 +340,73 @@ async def test_a_recommender_with_auth_disabled_is_valid(h, cr):
     assert status.condition(ConditionType.SPEC_VALID).status == "True"
 
 
+async def _refused(h: Harness, cr: dict[str, Any], field: str) -> str:
+    """Reconcile twice: both refuse naming `field`, with one condition, one event and no training child."""
+    await h.create(cr)
+    for _ in range(2):
+        with pytest.raises(InvalidSpec, match=field):
+            await h.reconcile()
+    stored = FusionRecommenderStatus.from_body(h.get(consts.FUSIONRECOMMENDERS, NAME))
+    condition = stored.condition(ConditionType.SPEC_VALID)
+    assert stored.phase == Phase.FAILED and condition.status == "False" and condition.reason == "InvalidSpec"
+    assert field in condition.message
+    assert h.reasons() == ["InvalidSpec"] and field in h.events[0][2] and h.events[0][0] == "Warning"
+    assert h.get(consts.RAYJOBS, "shop-recs-train-v1") is None
+    assert h.get(consts.CONFIGMAPS, "shop-recs-v1-manifest") is None
+    return condition.message
+
+
+@pytest.mark.asyncio
+async def test_select_best_is_refused_on_a_cluster_with_the_fix(h, cr):
+    """The singles of `select: best` are fitted in the Ray driver, which is the RayJob's GPU-less head pod."""
+    cr["spec"]["evaluation"] = {"select": "best"}
+    cr["spec"]["training"]["workers"] = 1  # several workers are refused by the schema itself
+    message = await _refused(h, cr, "spec.evaluation.select")
+    assert "head pod" in message and "select: fused" in message and "fusionrec run" in message
+
+
+@pytest.mark.asyncio
+async def test_select_best_with_one_encoder_selects_nothing_and_is_valid(h, cr):
+    cr["spec"]["evaluation"] = {"select": "best"}
+    cr["spec"]["encoders"] = cr["spec"]["encoders"][:1]
+    await h.create(cr)
+    status = await h.reconcile()
+    assert status.condition(ConditionType.SPEC_VALID).status == "True"
+    assert h.get(consts.RAYJOBS, "shop-recs-train-v1") is not None
+
+
+@pytest.mark.asyncio
+async def test_a_prepared_dataset_without_a_path_is_refused_with_the_fix(h, cr):
+    """The pods have no prepared-data home: a dataset that is not a built-in needs its folder on a PVC."""
+    cr["spec"]["data"] = {"dataset": "shop"}
+    message = await _refused(h, cr, "spec.data.dataset")
+    assert "'shop'" in message and "pvc://<claim>/<folder>" in message
+    assert "spec.data.path" in message and "fusionrec data prepare shop --out" in message
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("data", [
+    {"dataset": "shop", "path": "pvc://fusionrec-data/shop"},
+    {"dataset": "shop", "interactions": "s3://bucket/inter.parquet"},
+    {"dataset": "ml-100k"},
+    {"dataset": "ml-1m"},
+    {},  # the default dataset, ml-100k
+], ids=["prepared-on-a-pvc", "files", "ml-100k", "ml-1m", "default"])
+async def test_a_dataset_the_pods_can_find_is_valid(h, cr, data):
+    cr["spec"]["data"] = data
+    await h.create(cr)
+    status = await h.reconcile()
+    assert status.condition(ConditionType.SPEC_VALID).status == "True"
+    assert h.get(consts.RAYJOBS, "shop-recs-train-v1") is not None
+
+
+def test_the_operators_built_in_datasets_are_fusionrec_datas():
+    """The operator keeps its own copy (it must not import fusionrec.data); the two must agree."""
+    from fusionrec.data.datasets import BUILT_INS
+
+    assert consts.BUILT_IN_DATASETS == tuple(BUILT_INS)
+
+
 @pytest.mark.asyncio
 async def test_schedule_starts_a_retrain(h, cr):
     cr["spec"]["training"]["schedule"] = "0 13 * * *"

@@ -227,3 +227,43 @@ async def test_failed_training_keeps_serving_and_bad_metrics_roll_back(world, de
                    e["involvedObject"]["name"] == NAME for e in posted)
 
     await world.wait(rolled_back_event, "a Warning event RolledBack is posted")
+
+
+async def test_what_a_cluster_cannot_run_is_refused_with_a_condition_and_an_event(world, design_cr):
+    """`evaluation.select: best` (singles fitted on the GPU-less head pod) and a prepared dataset with no
+    path (no data home in the pods) are refused by the running operator: SpecValid=False naming the field
+    and the fix, a Warning event, and no RayJob; fixing the spec lets training start."""
+    doc = cr(design_cr, [100])
+    doc["spec"]["evaluation"] = {"select": "best"}
+    doc["spec"]["training"]["workers"] = 1  # several workers with select: best the schema refuses itself
+    await world.kube.create(consts.FUSIONRECOMMENDERS, NS, doc)
+
+    def refused(field: str) -> Callable[[], bool]:
+        def check() -> bool:
+            condition = world.condition("SpecValid")
+            return condition.get("status") == "False" and field in condition.get("message", "")
+        return check
+
+    def warned(field: str) -> Callable[[], bool]:
+        def check() -> bool:
+            posted = [r.data for r in list(world.emulator) if r.method == "POST" and r.url.path.endswith("/events")]
+            return any(e.get("reason") == "InvalidSpec" and e.get("type") == "Warning" and field in e["message"]
+                       for e in posted)
+        return check
+
+    await world.wait(refused("spec.evaluation.select"), "SpecValid=False names spec.evaluation.select")
+    assert "select: fused" in world.condition("SpecValid")["message"]
+    await world.wait(warned("spec.evaluation.select"), "an InvalidSpec Warning event names the field")
+    assert world.get(consts.RAYJOBS, f"{NAME}-train-v1") is None
+    await world.set_spec(evaluation={"select": "fused"})
+    await world.wait(lambda: world.get(consts.RAYJOBS, f"{NAME}-train-v1"), "the RayJob once the spec is fixed")
+    await world.wait(lambda: world.condition("SpecValid").get("status") == "True", "SpecValid=True again")
+
+    await world.set_spec(version="v2", data={"dataset": "shop", "interactions": None, "items": None})
+    await world.wait(refused("spec.data.dataset"), "SpecValid=False names spec.data.dataset")
+    assert "pvc://<claim>/<folder>" in world.condition("SpecValid")["message"]
+    await world.wait(warned("spec.data.dataset"), "an InvalidSpec Warning event names the field")
+    assert world.get(consts.RAYJOBS, f"{NAME}-train-v2") is None
+    await world.set_spec(data={"path": "pvc://fusionrec-data/shop"})
+    await world.wait(lambda: world.get(consts.RAYJOBS, f"{NAME}-train-v2"), "the RayJob once the spec is fixed")
+    await world.wait(lambda: world.condition("SpecValid").get("status") == "True", "SpecValid=True again")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from fusionrec.artifact import load_artifact
@@ -126,15 +127,19 @@ def test_a_lost_worker_resumes_from_the_last_checkpoint(uninterrupted, manifest,
     assert result.test == pytest.approx(clean.test, abs=1e-6)
 
 
-def test_select_best_on_two_workers_fits_the_singles_once_in_the_driver(ray_cluster, manifest, tmp_path):
-    """The workers train the fused model (DDP, both ranks); the driver then fits each encoder alone and writes
-    the winner: the fused candidate is the workers' best checkpoint, no rank fitted a single."""
+def test_select_best_through_ray_train_fits_the_singles_once_in_the_driver(ray_cluster, manifest, tmp_path):
+    """The Ray Train worker trains the fused model; the driver then fits each encoder alone and writes the
+    winner: the fused candidate is the worker's best checkpoint, no worker fitted a single. (Several workers
+    are refused with select: best: the singles, fitted in one process, would not compare like with like.)"""
     document = manifest.spec.model_dump(mode="json", by_alias=True)
     document["evaluation"]["select"] = "best"
+    with pytest.raises(ValidationError, match="training.workers"):
+        Manifest.model_validate({"metadata": {"name": "shop"}, "spec": document})
+    document["training"]["workers"] = 1
     selecting = Manifest.model_validate({"metadata": {"name": "shop"}, "spec": document})
     result = train_distributed(selecting, tmp_path / "runs", embeddings=tmp_path / "embeddings")
 
-    assert result.last_metrics["world_size"] == 2
+    assert result.last_metrics["world_size"] == 1
     metrics = load_artifact(result.artifact).metrics
     selection = metrics["selection"]
     rows = {row["model"]: row for row in selection["candidates"]}

@@ -17,14 +17,12 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TAG=kube-up
+# shellcheck source=../lib/loopback.sh
+source "$HERE/../lib/loopback.sh"
 TIMEOUT="${KUBE_UP_TIMEOUT:-180}"
 CONTROLLERS="${KUBE_UP_CONTROLLERS:-garbagecollector,namespace,serviceaccount,serviceaccount-token,root-ca-cert-publisher,clusterrole-aggregation}"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager)   # start order; stop runs it backwards
-
-log() { echo "[kube-up $(date +%H:%M:%S)] $*" >&2; }
-die() { echo "kube-up: $*" >&2; exit 1; }
-now() { date +%s.%N; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
@@ -78,27 +76,6 @@ install_etcd_server() {
 }
 
 # --- ports --------------------------------------------------------------------------------------------------------
-
-free_ports() {  # N -> N distinct free loopback ports, one a line
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print("\n".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
-
-port_free() {  # PORT -> exit 0 when 127.0.0.1:PORT can be bound
-  python3 - "$1" <<'PY'
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)
-PY
-}
 
 pick_ports() {
   local auto=() i=0 var

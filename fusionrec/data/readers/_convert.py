@@ -120,13 +120,11 @@ def interactions_frame(table: RawTable, mapping: ColumnMapping, timestamps: bool
     if timestamps:
         required[TIME] = mapping.timestamp
     # A column mapped explicitly must exist; a file already using the contract's name needs no mapping.
-    explicit = mapping.model_fields_set
-    if mapping.rating and (RATING in explicit or mapping.rating in table.frame.columns):
-        required[RATING] = mapping.rating
-    if mapping.label:
-        required[LABEL] = mapping.label
-    elif LABEL not in explicit and LABEL in table.frame.columns:
-        required[LABEL] = LABEL
+    present = set(table.frame.columns)
+    for contract, column in ((RATING, mapping.optional_column("rating", present)),
+                             (LABEL, mapping.optional_column("label", present))):
+        if column is not None:
+            required[contract] = column
     table.require(required, "interactions")
     columns = {USER: ids(table, mapping.user_id, "user"), ITEM: ids(table, mapping.item_id, "item"),
                TIME: to_seconds(table, mapping.timestamp) if timestamps else np.zeros(len(table.frame), np.int64)}

@@ -1,0 +1,28 @@
+# Shared by tools/kube/kube-up.sh and tools/s3/s3-up.sh (sourced, not run): time stamps and loopback ports for the
+# servers the tests start. Each script sets TAG (its name in messages) before sourcing.
+
+log() { echo "[$TAG $(date +%H:%M:%S)] $*" >&2; }
+die() { echo "$TAG: $*" >&2; exit 1; }
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+free_ports() {  # N -> N distinct free loopback ports, one a line (held together while chosen, so all differ)
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print("\n".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+port_free() {  # PORT -> exit 0 when 127.0.0.1:PORT can be bound
+  python3 - "$1" <<'PY'
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+PY
+}

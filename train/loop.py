@@ -114,14 +114,18 @@ class _Progress:
     seconds: float = 0.0
 
 
+# The task type whose default selection metric a model evaluated on `needs` gets (EarlyStoppingSpec.metric_for).
+_TASK_OF_NEEDS = {"ranks": "ranking", "labels": "ctr", "ratings": "rating"}
+
+
 def selection_metric(training: TrainingSpec, needs: str) -> str:
     """`training.earlyStopping.metric`, checked against what the task can measure ("ranks", "labels",
-    "ratings"); left at its default, it becomes the task's own default (ndcg@10, auc, rmse)."""
-    chosen, k = parse_metric(training.early_stopping.metric)
+    "ratings"); not given (null), it is the task's own default (ndcg@10, auc, rmse), resolved by
+    `EarlyStoppingSpec.metric_for` alike in process, on a Ray worker and on a cluster."""
+    metric = training.early_stopping.metric_for(_TASK_OF_NEEDS[needs])
+    chosen, k = parse_metric(metric)
     if chosen.needs == needs:
         return f"{chosen.name}@{k}" if k is not None else chosen.name
-    if "metric" not in training.early_stopping.model_fields_set:
-        return DEFAULT_METRIC[needs]
     raise UserError(f"training.earlyStopping.metric is {training.early_stopping.metric!r}, which needs "
                     f"{chosen.needs} but this task is evaluated on {needs}", field="training.earlyStopping.metric",
                     fix=f"use e.g. {DEFAULT_METRIC[needs]!r}")

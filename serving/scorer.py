@@ -99,10 +99,13 @@ class VersionScorer:
         """Load and verify an artifact (manifest checked, pickles refused) and rebuild its model, once; when the
         artifact was compiled (`fusionrec compile`), its user tower runs on the compiled backend and the torch
         model is dropped once the item index has been checked against it (the torch backend keeps, inside its
-        graph, the modules the tower runs)."""
+        graph, the modules the tower runs). `path` may be a published version in object storage (s3://, gs://):
+        it is fetched and verified into the local artifact cache first (`fusionrec.serving.artifacts`), and an
+        unpublished one is refused."""
         from fusionrec.model.saved import USERS_NAME, load_model
+        from fusionrec.serving.artifacts import local_artifact
 
-        model, artifact = load_model(path, embeddings=embeddings)
+        model, artifact = load_model(local_artifact(path), embeddings=embeddings)
         items = pd.read_parquet(artifact.items_path)
         users = pd.read_parquet(artifact.path / USERS_NAME)
         scorer = cls(model, artifact, items, users, use_faiss=use_faiss)  # the index checked on the whole model

@@ -1,8 +1,10 @@
-"""`python -m fusionrec.train --manifest M --output DIR [--address ADDR]`: what the operator's RayJob runs.
+"""`python -m fusionrec.train --manifest M --output DIR|s3://B/P|gs://B/P [--address ADDR]`: what the operator's
+RayJob runs. An object-storage output gets the version trained in a local staging folder, then published to
+`<output>/<version>/` (fusionrec.storage.publish_folder: verified, PUBLISHED marker last).
 
 A plain module entry point (no click group): exit 0 on success, 2 for bad input (the message names the field
-and the fix), 130 when interrupted (SIGINT: training is stopped and nothing is written), 1 for anything else,
-with its traceback.
+and the fix), 130 when interrupted (SIGINT: training is stopped and nothing is written), 1 for a failed upload
+to object storage (its message) and for anything else (with its traceback).
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fusionrec.train",
                                      description="Fine-tune a FusionRecommender manifest under Ray Train.")
     parser.add_argument("--manifest", required=True, help="FusionRecommender YAML manifest.")
-    parser.add_argument("--output", required=True, help="Folder of versioned artifacts.")
+    parser.add_argument("--output", required=True,
+                        help="Folder of versioned artifacts, or s3://bucket/prefix / gs://bucket/prefix: the "
+                             "version is then published to <output>/<version>/ (credentials and endpoint from "
+                             "the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3...).")
+    parser.add_argument("--work-dir", default=None,
+                        help="With an s3:// or gs:// output: where the local staging folder is made (default: "
+                             "the system's temp folder); deleted once the version is published.")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to submit to (host:port, ray://..., auto); default RAY_ADDRESS, "
                              "else a local Ray sized to this machine.")
@@ -34,14 +42,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    from fusionrec.storage import StorageError
     from fusionrec.train.distributed import summary_table, train_distributed
 
     try:
         result = train_distributed(args.manifest, args.output, address=args.address, overwrite=args.overwrite,
-                                   dashboard=args.dashboard)
+                                   dashboard=args.dashboard, work_dir=args.work_dir)
     except UserError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # a transfer failed (a retry may succeed); its text holds no credentials
+        print(f"error: publishing failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         version = _version_of(args.manifest)
         print(f"interrupted: nothing published for version {version}; run again to resume", file=sys.stderr)

@@ -17,8 +17,15 @@ Ctrl-C stops training: Ray Train's own SIGINT handler is kept out (`fusionrec.ra
 the controller (and with it every worker) is killed, the Ray this run started is shut down, and the
 KeyboardInterrupt goes on to the caller before anything is written to the output folder.
 
+An `--output` in object storage (s3://bucket/prefix, gs://bucket/prefix) is published, not written: the run
+trains into a local staging folder (a temp folder under `work_dir`), writes the artifact there as for a local
+output, then `fusionrec.storage.publish_folder` uploads it to `<output>/<version>/`, verifies it and writes the
+PUBLISHED marker last, so a reader never sees half a version. Published versions are immutable: an existing one
+is refused up front, --overwrite included.
+
 Everything that can be checked before training (spec, output and storage folders, GPUs, the cluster
-address) is checked first, so bad input fails in seconds with a `UserError`.
+address, credentials and bucket of an object-storage output) is checked first, so bad input fails in seconds
+with a `UserError`.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from fusionrec.model.sources import resolve_source
 from fusionrec.protocol import make_split, seed_everything
 from fusionrec.ray_compat import stop_actors, train_controllers
 from fusionrec.spec import FusionRecommenderSpec, Manifest, TrainingSpec, load_manifest
+from fusionrec.storage import MANIFEST_NAME, StorageError, publish_folder
 from fusionrec.train.candidates import NEEDS
 from fusionrec.train.checkpoint import LATEST
 from fusionrec.train.job import train_and_evaluate
@@ -72,29 +80,35 @@ BatchHook = Callable[[int, int, int], None]
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What preflight settled: where checkpoints go, this run's name and its local folder."""
+    """What preflight settled: where checkpoints go, this run's name and its local folder. With an object-storage
+    output, `output_root` is the local staging folder the artifact is written to, `publish_to` the URI it is
+    published under, and `staging` whether that folder is a temporary one of this run (deleted once published)."""
 
     spec: FusionRecommenderSpec
     name: str
     output_root: Path
     storage_path: str
     run_dir: Path
+    publish_to: str | None = None
+    staging: bool = False
 
 
 @dataclass
 class DistributedResult:
-    """The written artifact, its test metrics and history (from metrics.json), the Ray checkpoint that was
-    selected, and the last epoch's reported metrics (throughput, world size, `resumed_after`...). When
-    `evaluation.select: best` shipped an encoder alone, `shipped` names it and there is no Ray checkpoint of it
-    (the checkpoints are the fused model's): everything else describes the shipped model."""
+    """The written artifact (its local folder; with an object-storage output, the published version's URI, also
+    in `published`, once the local staging copy is gone), its test metrics and history (from metrics.json), the
+    Ray checkpoint that was selected, and the last epoch's reported metrics (throughput, world size,
+    `resumed_after`...). When `evaluation.select: best` shipped an encoder alone, `shipped` names it and there is
+    no Ray checkpoint of it (the checkpoints are the fused model's): everything else describes the shipped model."""
 
-    artifact: Path
+    artifact: Path | str
     test: dict[str, float]
     history: list[dict[str, float]]
     best_epoch: int
     best_checkpoint: str | None
     last_metrics: dict[str, Any] = field(default_factory=dict)
     shipped: str | None = None
+    published: str | None = None
 
 
 # --- preflight --------------------------------------------------------------------------------------------
@@ -135,13 +149,73 @@ def check_gpus(training: TrainingSpec, *, remote: bool) -> None:
                         fix="set training.gpusPerWorker: 0 to train on CPUs, or pass --address of a GPU cluster")
 
 
+def object_storage_output(output_root: str | Path) -> str | None:
+    """The output as a URI when it is in object storage (any `scheme://` but file://: `fusionrec.storage`
+    refuses the schemes it does not know), else None: a local folder, written in place."""
+    text = os.fspath(output_root)
+    return text.rstrip("/") if "://" in text and not text.startswith("file://") else None
+
+
+def local_output(output_root: str | Path) -> Path:
+    """A local output folder (a path or file:///path) as an absolute path."""
+    text = os.fspath(output_root)
+    return Path(text.removeprefix("file://") if text.startswith("file://") else text).expanduser().resolve()
+
+
+def check_publishable(uri: str, version: str) -> None:
+    """Before training: the URI resolves (scheme, credentials in the environment), its bucket exists and the
+    version is not published yet (published versions are immutable, so --overwrite cannot replace one)."""
+    from pyarrow import fs as pafs
+
+    from fusionrec.storage import is_published, resolve
+
+    root = resolve(uri)
+    bucket = root.path.split("/", 1)[0]
+    try:
+        missing = root.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound
+        published = not missing and is_published(root.child(version))
+    except StorageError as exc:
+        raise UserError(f"--output {uri}: {exc}", field="--output",
+                        fix="check the endpoint (AWS_ENDPOINT_URL_S3), credentials and bucket") from None
+    except OSError as exc:  # get_file_info outside storage's own error wrapping
+        raise UserError(f"--output {uri}: cannot reach bucket {bucket!r}: {type(exc).__name__}", field="--output",
+                        fix="check the endpoint (AWS_ENDPOINT_URL_S3), credentials and bucket") from None
+    if missing:
+        raise UserError(f"--output {uri}: bucket {bucket!r} does not exist (or these credentials cannot see it)",
+                        field="--output", fix="create the bucket first, or correct the URI")
+    if published:
+        raise UserError(f"version {version!r} is already published at {uri}/{version}; published versions are "
+                        "immutable", field="spec.version", fix="bump spec.version")
+
+
 def preflight(manifest: Manifest | str | Path, output_root: str | Path, *, address: str | None = None,
-              overwrite: bool = False) -> RunPlan:
-    """Every check that needs no cluster: spec, output folder, existing version, storage, GPUs, address."""
+              overwrite: bool = False, work_dir: str | Path | None = None) -> RunPlan:
+    """Every check that needs no cluster: spec, output folder, existing version, storage, GPUs, address.
+
+    An object-storage output (s3://, gs://) is checked for credentials, bucket and an already published version,
+    and the run's local staging folder is made: a temp folder under `work_dir` (default: the system's temp
+    folder)."""
 
     document = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     spec = document.spec
-    root = Path(output_root).expanduser().resolve()
+    publish_to = object_storage_output(output_root)
+    if publish_to is not None:
+        check_publishable(publish_to, spec.version)
+        parent = local_output(work_dir) if work_dir is not None else None
+        if parent is not None:
+            _check_writable(parent, "--work-dir")
+        root = Path(tempfile.mkdtemp(prefix=f"fusionrec-stage-{spec.version}-", dir=parent)).resolve()
+        try:
+            return _plan(document, root, address=address, overwrite=overwrite, publish_to=publish_to)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+    return _plan(document, local_output(output_root), address=address, overwrite=overwrite, publish_to=None)
+
+
+def _plan(document: Manifest, root: Path, *, address: str | None, overwrite: bool,
+          publish_to: str | None) -> RunPlan:
+    spec = document.spec
     _check_writable(root, "--output")
     if (root / spec.version).exists() and not overwrite:
         raise UserError(f"version {spec.version!r} already exists at {root / spec.version}", field="spec.version",
@@ -155,7 +229,10 @@ def preflight(manifest: Manifest | str | Path, output_root: str | Path, *, addre
     name = f"{document.metadata.name}-{spec.version}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_dir = root / TRAINING_FOLDER / name
     _check_writable(run_dir, "--output")
-    return RunPlan(spec, name, root, storage, run_dir)
+    if publish_to is not None and target is not None and "://" not in storage:
+        log.warning("checkpoints go to %s on the driver; on a multi-node cluster set training.storagePath to "
+                    "shared storage (s3://...)", storage)
+    return RunPlan(spec, name, root, storage, run_dir, publish_to=publish_to, staging=publish_to is not None)
 
 
 def check_inputs(spec: FusionRecommenderSpec, *, remote: bool) -> None:
@@ -222,18 +299,40 @@ def _worker_failure(exc: BaseException) -> UserError | None:
 
 def train_distributed(manifest: Manifest | str | Path, output_root: str | Path, *, address: str | None = None,
                       overwrite: bool = False, embeddings: Path | None = None, dashboard: bool = False,
-                      verify_sync: bool = False, before_batch: BatchHook | None = None) -> DistributedResult:
-    """Fine-tune the manifest's model under Ray Train and write `<output_root>/<spec.version>/`.
+                      verify_sync: bool = False, before_batch: BatchHook | None = None,
+                      work_dir: str | Path | None = None) -> DistributedResult:
+    """Fine-tune the manifest's model under Ray Train and write `<output_root>/<spec.version>/`; an
+    `output_root` in object storage (s3://, gs://) gets the version published there instead (see the module).
 
     Args:
         address: a Ray cluster (host:port, ray://..., auto); None uses `RAY_ADDRESS`, else a local Ray.
         embeddings: frozen encoders' embedding cache (default: `fusionrec.model.saved.embedding_cache_dir`).
         verify_sync: every epoch, compare a digest of each rank's weights (reported as `ranks_in_sync`).
         before_batch: run on every worker before each of its batches (see `BatchHook`).
+        work_dir: with an object-storage output, where the local staging folder is made (default: the system's
+            temp folder); that folder is deleted once the version is published, or when the run fails.
     """
 
+    plan = preflight(manifest, output_root, address=address, overwrite=overwrite, work_dir=work_dir)
+    keep = False
+    try:
+        return _train_planned(plan, address=address, overwrite=overwrite, embeddings=embeddings,
+                              dashboard=dashboard, verify_sync=verify_sync, before_batch=before_batch)
+    except StorageError:
+        # Trained and written, but the upload failed: the local copy is all there is of this training.
+        artifact = plan.output_root / plan.spec.version
+        keep = plan.staging and (artifact / MANIFEST_NAME).is_file()
+        if keep:
+            log.error("publishing failed; the trained version stays at %s (publish it with "
+                      "fusionrec.storage.publish_folder, or delete it)", artifact)
+        raise
+    finally:
+        if plan.staging and not keep:
+            shutil.rmtree(plan.output_root, ignore_errors=True)
 
-    plan = preflight(manifest, output_root, address=address, overwrite=overwrite)
+
+def _train_planned(plan: RunPlan, *, address: str | None, overwrite: bool, embeddings: Path | None,
+                   dashboard: bool, verify_sync: bool, before_batch: BatchHook | None) -> DistributedResult:
     check_inputs(plan.spec, remote=requested_address(address) is not None)
     training = plan.spec.training
     cache = Path(embeddings or embedding_cache_dir()).expanduser().resolve()
@@ -269,10 +368,21 @@ def train_distributed(manifest: Manifest | str | Path, output_root: str | Path, 
                     reverse=order == "max")
     chosen = metrics.get("selection") or {}
     single = chosen.get("shipped_group") == "single"
-    return DistributedResult(artifact=artifact, test=metrics["test"], history=metrics["history"],
+    published = None
+    if plan.publish_to is not None:
+        log.info("publishing %s to %s", plan.spec.version, plan.publish_to)
+        published = publish_folder(artifact, plan.publish_to, name=plan.spec.version)
+    return DistributedResult(artifact=published or artifact, test=metrics["test"], history=metrics["history"],
                              best_epoch=metrics["best_epoch"],
-                             best_checkpoint=ranked[0][0].path if ranked and not single else None,
-                             last_metrics=dict(result.metrics or {}), shipped=chosen.get("shipped"))
+                             best_checkpoint=_kept(plan, ranked[0][0].path) if ranked and not single else None,
+                             last_metrics=dict(result.metrics or {}), shipped=chosen.get("shipped"),
+                             published=published)
+
+
+def _kept(plan: RunPlan, checkpoint: str) -> str | None:
+    """A checkpoint's path, unless it is inside the staging folder that is deleted once the run is published."""
+    inside = plan.staging and "://" not in checkpoint and Path(checkpoint).resolve().is_relative_to(plan.output_root)
+    return None if inside else checkpoint
 
 
 # --- on each worker ---------------------------------------------------------------------------------------
@@ -397,7 +507,8 @@ def summary_table(result: DistributedResult) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
     test = ", ".join(f"{key} {value:.4f}" for key, value in result.test.items())
-    lines += [f"* best epoch {result.best_epoch} (validation); test: {test}", f"artifact: {result.artifact}"]
+    lines += [f"* best epoch {result.best_epoch} (validation); test: {test}",
+              f"{'published' if result.published else 'artifact'}: {result.artifact}"]
     if result.shipped:
         lines.append(f"shipped: {result.shipped} (evaluation.select: best)")
     return "\n".join(lines)

@@ -11,33 +11,40 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as `fusionrec run` and `python -m fusion
 @click.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--output", type=click.Path(file_okay=False),
-              help="Folder of versioned artifacts (default: the manifest's spec.storage.uri).")
+              help="Folder of versioned artifacts, or s3://bucket/prefix / gs://bucket/prefix to publish the "
+                   "version there (default: the manifest's spec.storage.uri).")
+@click.option("--work-dir", type=click.Path(file_okay=False),
+              help="With an s3:// or gs:// output: where the local staging folder is made (default: the system's "
+                   "temp folder); deleted once the version is published.")
 @click.option("--address", help="Ray cluster to submit to (host:port, ray://..., auto); default RAY_ADDRESS, "
                                 "else a local Ray sized to this machine.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing version.")
 @click.option("--dashboard", is_flag=True, help="Start the Ray dashboard with a local Ray.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifact, test metrics and history as JSON.")
-def train(manifest: str, output: str | None, address: str | None, overwrite: bool, dashboard: bool,
-          as_json: bool) -> None:
+def train(manifest: str, output: str | None, work_dir: str | None, address: str | None, overwrite: bool,
+          dashboard: bool, as_json: bool) -> None:
     """Train, evaluate and write a model version: DDP over `training.workers` Ray Train workers, best
     checkpoint by validation, restarts from the last checkpoint on a lost worker.
 
     \b
     Examples:
       fusionrec train examples/movielens.yaml --output runs
+      fusionrec train m.yaml --output s3://models/shop    # publishes s3://models/shop/<version>/
       fusionrec train m.yaml --address ray://head:10001
       fusionrec train m.yaml --json | jq .test
     """
-    from fusionrec.errors import UserError
     from fusionrec.spec import load_manifest
+    from fusionrec.storage import StorageError
     from fusionrec.train.distributed import summary_table, train_distributed
 
     document = load_manifest(manifest)
-    root = output or document.spec.storage.uri
-    if "://" in root:
-        raise UserError(f"spec.storage.uri {root!r} is not a local folder; pass --output", field="--output")
+    root = output or document.spec.storage.uri  # a folder, or s3:// / gs:// (published there)
     try:
-        result = train_distributed(document, root, address=address, overwrite=overwrite, dashboard=dashboard)
+        result = train_distributed(document, root, address=address, overwrite=overwrite, dashboard=dashboard,
+                                   work_dir=work_dir)
+    except StorageError as exc:  # a transfer failed (a retry may succeed); its text holds no credentials
+        click.echo(f"error: publishing failed: {exc}", err=True)
+        click.get_current_context().exit(1)
     except KeyboardInterrupt:
         # train_distributed stopped the workers and its Ray on the way out; the artifact is published last, so
         # an interrupted run left no version behind (click alone would print "Aborted!" and exit 1).
@@ -47,7 +54,7 @@ def train(manifest: str, output: str | None, address: str | None, overwrite: boo
     if as_json:
         click.echo(json.dumps({"artifact": str(result.artifact), "test": result.test, "best_epoch": result.best_epoch,
                                "best_checkpoint": result.best_checkpoint, "shipped": result.shipped,
-                               "history": result.history},
+                               "published": result.published, "history": result.history},
                               indent=2, default=str))
         return
     click.echo(summary_table(result))

@@ -156,7 +156,7 @@ class Results:
     def render(self, groups: Mapping[str, str] | None = None) -> str:
         """Markdown tables (one per task) of the protocol's columns as mean ± std over seeds; `groups` adds a
         group column (model name -> group). Time is split into setup (building the model) and train (fitting
-        and testing); results recorded before that split show "-" in both."""
+        and testing), then their total; results recorded before that split show "-" in both and the total."""
         summary = self.summary()
         parts = []
         for task, (valid, tests) in TABLE.items():
@@ -164,14 +164,14 @@ class Results:
             if not names:
                 continue
             header = ["model", *(["group"] if groups else []), f"valid {valid}", *(f"test {m}" for m in tests),
-                      "best epoch", "setup s", "train s"]
+                      "best epoch", "setup s", "train s", "seconds"]
             lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for name in names:
                 row = summary[name]
                 cells = [name, *([groups.get(name, "?")] if groups else []), cell(row.get(f"valid_{valid}")),
                          *(cell(row.get(f"test_{m}")) for m in tests),
                          cell(row["best_epoch"], digits=1), cell(row.get("setup_seconds"), digits=1),
-                         cell(row.get("train_seconds"), digits=1)]
+                         cell(row.get("train_seconds"), digits=1), cell(row.get("seconds"), digits=1)]
                 lines.append("| " + " | ".join(cells) + " |")
             seeds = ", ".join(map(str, self.seeds))
             parts.append(f"{task} ({self.dataset}, {split_name(task, self.order)}, seeds {seeds}):\n"

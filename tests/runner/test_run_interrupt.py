@@ -24,6 +24,13 @@ pytestmark = pytest.mark.ray
 STARTED = "epoch 1/"  # a training worker finished its first epoch: training is under way
 
 
+def _interruptible() -> None:
+    """In the child: SIGINT back to its default. A test run started in the background by a shell without job
+    control (`(make test &)`, CI scripts) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt:
+    the run would train on as if Ctrl-C had not been pressed (a terminal's foreground job never has it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _processes_naming(text: str) -> list[str]:
     """Command lines of live processes that mention `text` (Ray's processes name their session folder)."""
     found = []
@@ -57,7 +64,7 @@ def test_ctrl_c_during_training_stops_ray_publishes_nothing_and_exits_130(tiny_m
     with log_path.open("w") as log:
         process = subprocess.Popen([sys.executable, "-m", "fusionrec", "run", str(manifest), "--no-serve"],
                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_interruptible)
     try:
         deadline = time.monotonic() + 300
         while STARTED not in log_path.read_text() and process.poll() is None and time.monotonic() < deadline:

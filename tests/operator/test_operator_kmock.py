@@ -251,19 +251,17 @@ async def test_what_a_cluster_cannot_run_is_refused_with_a_condition_and_an_even
                        for e in posted)
         return check
 
-    await world.wait(refused("spec.evaluation.select"), "SpecValid=False names spec.evaluation.select")
-    assert "select: fused" in world.condition("SpecValid")["message"]
-    await world.wait(warned("spec.evaluation.select"), "an InvalidSpec Warning event names the field")
-    assert world.get(consts.RAYJOBS, f"{NAME}-train-v1") is None
-    await world.set_spec(evaluation={"select": "fused"})
-    await world.wait(lambda: world.get(consts.RAYJOBS, f"{NAME}-train-v1"), "the RayJob once the spec is fixed")
-    await world.wait(lambda: world.condition("SpecValid").get("status") == "True", "SpecValid=True again")
-
-    await world.set_spec(version="v2", data={"dataset": "shop", "interactions": None, "items": None})
-    await world.wait(refused("spec.data.dataset"), "SpecValid=False names spec.data.dataset")
-    assert "pvc://<claim>/<folder>" in world.condition("SpecValid")["message"]
-    await world.wait(warned("spec.data.dataset"), "an InvalidSpec Warning event names the field")
-    assert world.get(consts.RAYJOBS, f"{NAME}-train-v2") is None
-    await world.set_spec(data={"path": "pvc://fusionrec-data/shop"})
-    await world.wait(lambda: world.get(consts.RAYJOBS, f"{NAME}-train-v2"), "the RayJob once the spec is fixed")
-    await world.wait(lambda: world.condition("SpecValid").get("status") == "True", "SpecValid=True again")
+    cases = [  # (field, words of the fix, spec that fixes it, version: a refused spec's next version)
+        ("spec.evaluation.select", "select: fused", {"evaluation": {"select": "fused"}}, "v1"),
+        ("spec.data.dataset", "pvc://<claim>/<folder>", {"data": {"path": "pvc://fusionrec-data/shop"}}, "v2"),
+    ]
+    for field, fix, fixed, version in cases:
+        if version != "v1":  # the first case's spec is the one created above
+            await world.set_spec(version=version, data={"dataset": "shop", "interactions": None, "items": None})
+        await world.wait(refused(field), f"SpecValid=False names {field}")
+        assert fix in world.condition("SpecValid")["message"]
+        await world.wait(warned(field), "an InvalidSpec Warning event names the field")
+        assert world.get(consts.RAYJOBS, f"{NAME}-train-{version}") is None
+        await world.set_spec(**fixed)
+        await world.wait(lambda v=version: world.get(consts.RAYJOBS, f"{NAME}-train-{v}"), "the RayJob once fixed")
+        await world.wait(lambda: world.condition("SpecValid").get("status") == "True", "SpecValid=True again")

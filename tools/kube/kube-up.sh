@@ -335,18 +335,6 @@ do_status() {
   return $rc
 }
 
-[ $# -eq 2 ] || usage
-cmd="$1"
-if [ "$cmd" = start ]; then mkdir -p "$2"; fi
-if [ ! -d "$2" ]; then
-  case "$cmd" in stop|status) log "no such folder: $2 (nothing to do)"; [ "$cmd" = stop ]; exit ;; esac
-  die "not a folder: $2"
-fi
-DIR="$(cd "$2" && pwd)"
-case "$cmd" in
-  start) do_start ;;
-  stop) do_stop ;;
-  env) echo "$DIR/admin.kubeconfig" ;;
-  status) do_status ;;
-  *) usage ;;
-esac
+do_env() { echo "$DIR/admin.kubeconfig"; }
+
+run_command "$@"

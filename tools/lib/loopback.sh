@@ -1,5 +1,6 @@
-# Shared by tools/kube/kube-up.sh and tools/s3/s3-up.sh (sourced, not run): time stamps and loopback ports for the
-# servers the tests start. Each script sets TAG (its name in messages) before sourcing.
+# Shared by tools/kube/kube-up.sh and tools/s3/s3-up.sh (sourced, not run): time stamps, loopback ports and the
+# command-line dispatch of the servers the tests start. Each script sets TAG (its name in messages) before sourcing
+# and defines usage, do_start, do_stop, do_env and do_status, then ends with `run_command "$@"`.
 
 log() { echo "[$TAG $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "$TAG: $*" >&2; exit 1; }
@@ -25,4 +26,22 @@ try:
 except OSError:
     sys.exit(1)
 PY
+}
+
+run_command() {  # start|stop|env|status DIR: DIR made for start; a missing DIR is nothing to stop
+  [ $# -eq 2 ] || usage
+  local cmd="$1"
+  if [ "$cmd" = start ]; then mkdir -p "$2"; fi
+  if [ ! -d "$2" ]; then
+    case "$cmd" in stop|status) log "no such folder: $2 (nothing to do)"; [ "$cmd" = stop ]; exit ;; esac
+    die "not a folder: $2"
+  fi
+  DIR="$(cd "$2" && pwd)"
+  case "$cmd" in
+    start) do_start ;;
+    stop) do_stop ;;
+    env) do_env ;;
+    status) do_status ;;
+    *) usage ;;
+  esac
 }

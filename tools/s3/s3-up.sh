@@ -247,18 +247,6 @@ do_status() {
   if pid="$(live_pid)"; then echo "weed running (pid $pid)"; else echo "weed not running"; return 1; fi
 }
 
-[ $# -eq 2 ] || usage
-cmd="$1"
-if [ "$cmd" = start ]; then mkdir -p "$2"; fi
-if [ ! -d "$2" ]; then
-  case "$cmd" in stop|status) log "no such folder: $2 (nothing to do)"; [ "$cmd" = stop ]; exit ;; esac
-  die "not a folder: $2"
-fi
-DIR="$(cd "$2" && pwd)"
-case "$cmd" in
-  start) do_start ;;
-  stop) do_stop ;;
-  env) [ -f "$DIR/env" ] || die "no $DIR/env: not started"; cat "$DIR/env" ;;
-  status) do_status ;;
-  *) usage ;;
-esac
+do_env() { [ -f "$DIR/env" ] || die "no $DIR/env: not started"; cat "$DIR/env"; }
+
+run_command "$@"

@@ -402,7 +402,6 @@ class ColumnMapping(SpecModel):
 
 
 DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a prepared dataset's folder name under the data home
-DATA_ORDERS = ("time", "none")
 
 
 class DataSpec(SpecModel):

@@ -6,8 +6,8 @@ encoder: same fusion dim, task, data, seed, split and training) and ships whiche
 the training job, not the local runner, so `fusionrec run` and the operator's RayJob (`python -m fusionrec.train`)
 ship the same model from the same manifest; the runner only reads the candidates back.
 
-This module imports no torch or Ray at import time: the runner keys its steps with `single_encoder_spec` and
-reads rows with `candidate_row` before any model is built.
+This module builds no model and imports no Ray: the runner keys its steps with `single_encoder_spec` and reads
+rows with `candidate_row` before any model is built.
 """
 
 from __future__ import annotations
@@ -124,12 +124,14 @@ def select_best(spec: FusionRecommenderSpec, fused: Evaluated,
     dropped as soon as a better candidate is fitted."""
     metric, higher = selection_metric_of(spec)
     best = Selection(spec, fused, fused_name(spec), [candidate_row(fused_name(spec), FUSED, fused)], metric)
+    leading = score(best.rows[0], metric, higher)
     for encoder in spec.encoders:
         alone = single_encoder_spec(spec, encoder)
         with worker_threads(alone):
             done = fit_single(alone)
         row = candidate_row(encoder.name, SINGLE, done)
         best.rows.append(row)
-        if score(row, metric, higher) > score(candidate_row(best.shipped, best.group, best.done), metric, higher):
+        if score(row, metric, higher) > leading:
+            leading = score(row, metric, higher)
             best.spec, best.done, best.shipped, best.group = alone, done, encoder.name, SINGLE
     return best

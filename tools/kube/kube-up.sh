@@ -195,12 +195,6 @@ live_pid() {
   echo "$pid"
 }
 
-launch() {  # NAME BIN ARGS...  (own session, stdin closed, output to DIR/logs/NAME.log)
-  local name="$1"; shift
-  setsid "$@" </dev/null >"$DIR/logs/$name.log" 2>&1 &
-  echo $! > "$DIR/pids/$name.pid"
-}
-
 fail_with_log() {  # NAME MESSAGE
   echo "kube-up: $1: $2" >&2
   echo "---- last 40 lines of $DIR/logs/$1.log ----" >&2

@@ -28,6 +28,22 @@ except OSError:
 PY
 }
 
+# NAME COMMAND...: start COMMAND in its own session, stdin closed, output to DIR/logs/NAME.log, its pid in
+# DIR/pids/NAME.pid; return once the forked shell has exec'd it. Until then /proc/PID/cmdline is this script's own
+# line, which the scripts' live_pid (does PID's command line name DIR/?) reads as "not ours": on a loaded machine
+# that raced the first readiness check into "exited during start-up" while the server was starting fine.
+launch() {
+  local name="$1" pid i
+  shift
+  setsid "$@" </dev/null >"$DIR/logs/$name.log" 2>&1 &
+  pid=$!
+  echo "$pid" > "$DIR/pids/$name.pid"
+  for i in $(seq 200); do   # at most 10 s; a process that is already gone is the readiness check's to report
+    cmp -s "/proc/$pid/cmdline" "/proc/$$/cmdline" 2>/dev/null || return 0
+    sleep 0.05
+  done
+}
+
 run_command() {  # start|stop|env|status DIR: DIR made for start; a missing DIR is nothing to stop
   [ $# -eq 2 ] || usage
   local cmd="$1"

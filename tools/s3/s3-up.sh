@@ -191,16 +191,14 @@ JSON
   log "binary: $WEED_BIN"
   log "ports: s3 $S3_PORT (grpc $S3_GRPC_PORT), master $MASTER_PORT ($MASTER_GRPC_PORT), volume $VOLUME_PORT ($VOLUME_GRPC_PORT), filer $FILER_PORT ($FILER_GRPC_PORT)"
 
-  # Own session, stdin closed, logs under DIR (glog would otherwise write files to /tmp).
-  setsid "$WEED_BIN" -logdir="$DIR/logs" server -dir="$DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  # glog writes under DIR/logs (it would otherwise write files to /tmp).
+  launch weed "$WEED_BIN" -logdir="$DIR/logs" server -dir="$DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -master.port="$MASTER_PORT" -master.port.grpc="$MASTER_GRPC_PORT" -master.telemetry=false \
     -master.volumeSizeLimitMB=64 -volume.max=32 -volume.preStopSeconds=0 \
     -volume.port="$VOLUME_PORT" -volume.port.grpc="$VOLUME_GRPC_PORT" \
     -filer -filer.port="$FILER_PORT" -filer.port.grpc="$FILER_GRPC_PORT" -filer.localSocket="$filer_sock" \
     -s3 -s3.port="$S3_PORT" -s3.port.grpc="$S3_GRPC_PORT" -s3.localSocket="$s3_sock" -s3.config="$DIR/s3.json" \
-    -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false \
-    </dev/null >"$DIR/logs/weed.log" 2>&1 &
-  echo $! > "$DIR/pids/weed.pid"
+    -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false
 
   wait_until "master" probe "http://127.0.0.1:$MASTER_PORT/cluster/healthz"
   wait_until "volume server" volume_joined

@@ -38,7 +38,7 @@ WITH_KUBE := trap '$(KUBE_UP) stop "$(KUBE_DIR)"' EXIT; trap 'exit 130' INT; tra
 S3_DIR ?= $(CURDIR)/.cache/s3
 S3_UP  := bash tools/s3/s3-up.sh
 
-.PHONY: install install-models install-quickstart system-deps tools data quickstart lint test test-fast e2e kube-up kube-down s3-up s3-down clean
+.PHONY: install install-models install-quickstart system-deps tools data quickstart quickstart-s3 lint test test-fast e2e kube-up kube-down s3-up s3-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,15 @@ data: install
 # print the table, the endpoint and a sample recommendation; then stop (`fusionrec serve runs/quickstart/v1` serves again).
 quickstart: install-quickstart
 	$(BIN)/fusionrec run examples/quickstart.yaml --no-keep-serving
+
+# The quickstart with its versions in object storage: the loopback S3 server under $(S3_DIR) (stopped on any exit),
+# the bucket, then `fusionrec run examples/quickstart-s3.yaml`: train and compile in a local work folder, publish the
+# version to s3://fusionrec-quickstart/runs/v1, serve it from there. The server starts empty each time.
+quickstart-s3: install-quickstart
+	trap '$(S3_UP) stop "$(S3_DIR)"' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	$(S3_UP) start "$(S3_DIR)" || exit 1; . "$(S3_DIR)/env"; \
+	$(BIN)/python tools/s3/create-bucket.py fusionrec-quickstart || exit 1; \
+	$(BIN)/fusionrec run examples/quickstart-s3.yaml --no-keep-serving
 
 # ruff (lint + import order) over the tree and mypy over the package ([tool.ruff], [tool.mypy] in pyproject.toml);
 # the import-layering contracts run as a test (tests/test_layering.py). `.ci/run` runs this before `make test`.

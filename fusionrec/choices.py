@@ -21,10 +21,10 @@ from typing import Any
 # --- model sources ---------------------------------------------------------------------------------------------
 
 # Schemes a model (`encoders[].source`, `merge.base`, `merge.models[].source`) may use; a plain path is local.
-MODEL_SOURCE_SCHEMES = ("pkg", "hf", "pvc", "file")
-MODEL_SOURCE_FIX = ("use a local folder, file://, pkg://<package>[/subdir], hf://org/name or pvc://<claim>/<path>; "
-                    "for a model in object storage (s3://, gs://), copy its folder to a PVC or run "
-                    "`fusionrec models pull` on it")
+MODEL_SOURCE_SCHEMES = ("pkg", "hf", "pvc", "file", "s3", "gs")
+MODEL_SOURCE_FIX = ("use a local folder, file://, pkg://<package>[/subdir], hf://org/name, pvc://<claim>/<path>, "
+                    "s3://<bucket>/<prefix> or gs://<bucket>/<prefix>; or run `fusionrec models pull` on a machine "
+                    "that reaches the model and give its folder")
 
 
 def model_source_problem(source: str) -> str | None:

@@ -117,7 +117,8 @@ class EncoderSpec(SpecModel):
         min_length=1,
         max_length=URI_MAX,
         description="Local HF folder, pkg://<package>[/subdir] (a Python package that ships a model), "
-        "hf://org/name (needs a hub) or pvc://<claim>/<path> on a cluster.",
+        "hf://org/name (needs a hub), pvc://<claim>/<path> on a cluster, or an HF folder in object storage "
+        "(s3://<bucket>/<prefix>, gs://<bucket>/<prefix>; fetched once into the model cache).",
     )
     pooling: Literal["mean", "cls", "last"] = Field("mean", description="mean, cls, or last non-pad token.")
     max_length: int = Field(64, ge=4, le=8192, description="Tokens per text after truncation.")
@@ -145,8 +146,8 @@ class MergeModelRef(SpecModel):
     """A checkpoint taking part in a merge, by encoder name or by source, with its weight."""
 
     source: str = Field(min_length=1, max_length=URI_MAX,
-                        description="An encoder name of this spec, a local HF folder, or a pkg://, hf:// or pvc:// "
-                                    "source of a same-shape checkpoint.")
+                        description="An encoder name of this spec, a local HF folder, or a pkg://, hf://, pvc://, "
+                                    "s3:// or gs:// source of a same-shape checkpoint.")
     weight: float = Field(1.0, ge=0.0, description="Relative weight (linear, task arithmetic, TIES, DARE).")
 
     @field_validator("source")
@@ -491,7 +492,7 @@ class TrainingSpec(SpecModel):
                                  "periodic retraining on a cluster, e.g. '0 3 * * *'.")
     max_failures: int = Field(2, ge=0, le=100, description="Worker failures tolerated; resumes from checkpoint.")
     storage_path: str | None = Field(None, max_length=URI_MAX,
-                                     description="Checkpoint storage (local folder or s3:// URI).")
+                                     description="Checkpoint storage (local folder, s3:// or gs:// URI).")
 
     @field_validator("schedule")
     @classmethod
@@ -510,12 +511,52 @@ Precision = Literal["fp32", "fp16", "bf16", "int8"]
 assert set(get_args(Backend)) == set(BACKEND_PRECISIONS) and get_args(Precision) == PRECISIONS
 
 
+IndexKind = Literal["auto", "exact", "hnsw", "ivf"]
+
+
+class IndexSpec(SpecModel):
+    """The item index /v1/recommend searches, built by `fusionrec compile` and stored with its measured recall@10."""
+
+    # field -> the kinds that read it; any other kind refuses a value other than the default (KIND_FIELDS' rule)
+    KIND_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "min_items": ("auto",), "min_recall": ("auto", "hnsw", "ivf"), "hnsw_m": ("hnsw",),
+        "ef_construction": ("hnsw",), "ef_search": ("hnsw",), "nlist": ("auto", "ivf"), "nprobe": ("auto", "ivf")}
+
+    kind: IndexKind = Field("auto", description="auto: ivf for catalogues of at least minItems items, exact below; "
+                            "exact: every item scored; hnsw or ivf: that approximate faiss index at any size.")
+    min_items: int = Field(200_000, ge=1, le=2_000_000_000,
+                           description="auto: the catalogue size from which an approximate index is built.")
+    min_recall: float = Field(0.9, gt=0, le=1, description="Lowest recall@10 of an approximate index against exact "
+                              "search (held-out users, seen items excluded) that compile ships.")
+    hnsw_m: int = Field(32, ge=4, le=128, description="hnsw: graph links per item (costs 8*M bytes per item).")
+    ef_construction: int = Field(100, ge=8, le=4096, description="hnsw: candidates kept while linking an item.")
+    ef_search: int = Field(256, ge=1, le=65_536, description="hnsw: candidates kept while searching.")
+    nlist: int = Field(0, ge=0, le=1_048_576, description="ivf: clusters; 0 = about 4*sqrt(items).")
+    nprobe: int = Field(32, ge=1, le=1_048_576, description="ivf: clusters searched per query (at most nlist).")
+
+    @classmethod
+    def applies_to(cls, name: str) -> str:
+        """'<alias> applies to kind a, b or c': the message of the KIND_FIELDS rule, here and in the CRD."""
+        *others, last = cls.KIND_FIELDS[name]
+        return f"{to_camel(name)} applies to kind {', '.join(others) + ' or ' if others else ''}{last}"
+
+    @model_validator(mode="after")
+    def _parameters_of_the_kind(self) -> IndexSpec:
+        for name, kinds in self.KIND_FIELDS.items():
+            if self.kind not in kinds and getattr(self, name) != type(self).model_fields[name].default:
+                raise ValueError(f"compile.index.{self.applies_to(name)}; with kind {self.kind} leave it out")
+        if self.nlist and self.nprobe > self.nlist:
+            raise ValueError(f"compile.index.nprobe ({self.nprobe}) must be at most nlist ({self.nlist})")
+        return self
+
+
 class CompileSpec(SpecModel):
     backend: Backend = Field("onnxruntime", description="onnxruntime: fp32 or int8; tensorrt and torch: fp32, fp16 "
                              "or bf16 (fusionrec.choices.BACKEND_PRECISIONS).")
     precision: Precision = "fp32"
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads per replica; 0 = all cores.")
     opset: int = Field(17, ge=13, le=23)
+    index: IndexSpec = Field(default_factory=IndexSpec)
 
     @model_validator(mode="after")
     def _backend_compiles_precision(self) -> CompileSpec:
@@ -638,8 +679,17 @@ class EvaluationSpec(SpecModel):
 
 
 class StorageSpec(SpecModel):
+    """Where versioned artifacts live. No credential is ever in the spec (it is shown, logged and stored)."""
+
     uri: str = Field("./runs", min_length=1, max_length=URI_MAX,
-                     description="Where versioned artifacts live (local folder, pvc://, s3://).")
+                     description="Where versioned artifacts live (local folder, pvc://, s3://, gs://).")
+    credentials_secret: str | None = Field(
+        None, min_length=1, max_length=SECRET_NAME_MAX, pattern=_VERSION,  # _VERSION: a DNS-1123 subdomain
+        description="Cluster only: a Secret in this namespace holding the object-storage credentials of the "
+        "training and serving pods. s3://: its keys become their environment (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY; optionally AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL_S3); gs://: key "
+        "gcloud-application-credentials.json, a service-account key file. Leave it out for s3:// through the "
+        "pods' own identity (IRSA, EKS Pod Identity). `fusionrec` on a workstation reads its environment instead.")
 
 
 # --- the whole spec and the manifest around it --------------------------------------------------------------

@@ -16,6 +16,10 @@ or corrupted transfer leaves nothing a later run would trust. An artifact folder
 it is checked against the files and published as is, so a fetched artifact opens with `load_artifact`. Like
 artifacts, pickled files and names reaching outside the folder are refused in both directions.
 
+Readers that open files on disk (a prepared data set in `data.path`, a model source) get a local folder for any
+URI from `local_copy`: a published version fetched as above, or a folder uploaded with other tools copied
+object by object, with what was copied recorded so that a change in storage is fetched again.
+
 Everything goes through pyarrow.fs (already a dependency: S3FileSystem with endpoint_override, GcsFileSystem,
 LocalFileSystem), so local paths and file:// take the same code path as s3:// and gs://. Credentials and the
 endpoint come from the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
@@ -38,11 +42,11 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -50,17 +54,19 @@ import pyarrow as pa
 from pyarrow import fs as pafs
 
 from fusionrec import __version__
-from fusionrec.artifact.layout import FORMAT_VERSION, MANIFEST_NAME, check_name, walk
+from fusionrec.artifact.layout import FORMAT_VERSION, MANIFEST_NAME, PICKLE_SUFFIXES, check_name, walk
 from fusionrec.artifact.reading import _read_manifest
 from fusionrec.errors import UserError
 from fusionrec.files import atomic_directory, atomic_write_bytes, sha256_file
 
-__all__ = ["MANIFEST_NAME", "PUBLISHED_NAME", "Location", "StorageError", "fetch_folder", "is_published",
-           "list_published", "publish_folder", "resolve"]
+__all__ = ["COPY_RECORD", "MANIFEST_NAME", "PUBLISHED_NAME", "Location", "StorageError", "check_bucket",
+           "fetch_folder", "is_published", "is_remote", "list_published", "local_copy", "publish_folder",
+           "read_published_file", "resolve", "shown_uri"]
 
 log = logging.getLogger(__name__)
 
 PUBLISHED_NAME = "PUBLISHED"
+COPY_RECORD = ".fusionrec-copy.json"  # beside a copied plain folder: what it was copied from (hidden: not data)
 _TMP_PREFIX = ".tmp-"  # hidden: never a version name, so never listed
 _CHUNK = 8 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -151,7 +157,9 @@ def _s3_filesystem(bucket: str) -> Any:
     for seconds off AWS and then fails with a message that does not say what to set.
     """
     key_id, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    options: dict[str, Any] = {"connect_timeout": 10.0}
+    # request_timeout: a server-side copy (publishing moves each verified object) answers only once it is done, and
+    # S3-compatible servers send nothing meanwhile; the SDK's default (3 s without a byte) failed a 700 MB copy.
+    options: dict[str, Any] = {"connect_timeout": 10.0, "request_timeout": 300.0}
     if key_id and secret:
         options.update(access_key=key_id, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"))
     elif key_id or secret:
@@ -240,6 +248,17 @@ def publish_folder(local_folder: str | os.PathLike[str], uri: str | os.PathLike[
     log.info("published %s: %d files, %.1f MB in %.1f s", target.uri, len(manifest["files"]), total / 1e6,
              time.monotonic() - started)
     return target.uri
+
+
+def check_bucket(uri: str | os.PathLike[str] | Location) -> None:
+    """That the bucket of `uri` exists and these credentials reach it (a local root needs nothing): checked before
+    work whose result is published there, so a typo fails in seconds rather than after training.
+
+    Raises:
+        UserError: a bad URI, no credentials, or no such bucket.
+        StorageError: the endpoint could not be reached or refused the request.
+    """
+    _check_bucket(uri if isinstance(uri, Location) else resolve(uri))
 
 
 def _check_bucket(root: Location) -> None:
@@ -336,7 +355,7 @@ def list_published(uri: str | os.PathLike[str]) -> list[str]:
     return [n for n in names if is_published(root.child(n))]
 
 
-def fetch_folder(uri: str | os.PathLike[str], local_cache: str | os.PathLike[str]) -> Path:
+def fetch_folder(uri: str | os.PathLike[str] | Location, local_cache: str | os.PathLike[str]) -> Path:
     """Download the published version `<uri>` to `<local_cache>/<name>` and return that path.
 
     The download goes to a hidden temporary folder beside it; the manifest is checked against the marker and
@@ -349,7 +368,7 @@ def fetch_folder(uri: str | os.PathLike[str], local_cache: str | os.PathLike[str
             or altered in storage).
         StorageError: a transfer failed.
     """
-    source = resolve(uri)
+    source = uri if isinstance(uri, Location) else resolve(uri)
     name = source.path.rstrip("/").rsplit("/", 1)[-1]
     _check_version_name(name)
     marker = _read_marker(source)
@@ -375,6 +394,38 @@ def fetch_folder(uri: str | os.PathLike[str], local_cache: str | os.PathLike[str
     log.info("fetched %s to %s: %d files in %.1f s", source.uri, dest, len(manifest["files"]),
              time.monotonic() - started)
     return dest
+
+
+def read_published_file(uri: str | os.PathLike[str], name: str) -> bytes:
+    """One file of the published version `<uri>`, checked against its manifest (and the manifest against the
+    marker) without downloading the rest: a small record read to decide something before, or instead of,
+    fetching the whole version.
+
+    Raises:
+        UserError: `<uri>` is not published, `name` is not one of its files, or what was read does not match.
+        StorageError: a transfer failed.
+    """
+    source = resolve(uri)
+    check_name(name)
+    marker = _read_marker(source)
+    manifest_bytes = _read_object(source.child(MANIFEST_NAME))
+    if hashlib.sha256(manifest_bytes).hexdigest() != marker:
+        raise UserError(f"{source.uri}/{MANIFEST_NAME}: sha256 does not match {PUBLISHED_NAME} (altered after "
+                        "publishing)", field=MANIFEST_NAME, fix="publish the folder again under a new name")
+    try:
+        expected = json.loads(manifest_bytes)["files"][name]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{source.uri} has no {name!r} in its {MANIFEST_NAME}", field=name) from None
+    data = _read_object(source.child(name))
+    if (len(data), hashlib.sha256(data).hexdigest()) != (expected.get("size"), expected.get("sha256")):
+        raise UserError(f"{source.uri}/{name} does not match {MANIFEST_NAME} (corrupted or altered in storage)",
+                        field=name, fix="publish the folder again under a new name")
+    return data
+
+
+def _read_object(location: Location) -> bytes:
+    with _io(f"reading {location.uri}"), location.filesystem.open_input_stream(location.path) as stream:
+        return bytes(stream.read())
 
 
 def _read_marker(source: Location) -> str:
@@ -406,6 +457,192 @@ def _cached_copy_matches(dest: Path, marker: str) -> bool:
         return False
     return all((dest / n).stat().st_size == e["size"] and sha256_file(dest / n) == e["sha256"]
                for n, e in files.items())
+
+
+# --- a local copy of any folder -----------------------------------------------------------------------------------
+
+
+def is_remote(uri: str | os.PathLike[str]) -> bool:
+    """Whether `uri` is not a local path or file:// (s3://, gs://; `resolve` refuses other schemes): its files
+    must be fetched before readers that open files on disk can use them."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", os.fspath(uri))
+    return match is not None and match.group(1).lower() != "file"
+
+
+def shown_uri(uri: str | os.PathLike[str]) -> str:
+    """`uri` as a message may repeat it: one with user information before '@' (possibly a secret, which
+    `resolve` refuses) is cut to its scheme."""
+    text = os.fspath(uri)
+    scheme, sep, rest = text.partition("://")
+    return f"{scheme}://..." if sep and "@" in rest.split("/", 1)[0] else text
+
+
+def local_copy(uri: str | os.PathLike[str] | Location, cache_root: str | os.PathLike[str]) -> Path:
+    """A local folder holding what `<uri>` holds, for readers that open files on disk (a prepared data set, a
+    Hugging Face model folder): copied once, re-used while it still matches.
+
+    - A local path or file:// is the folder itself: nothing is copied.
+    - A published version (PUBLISHED marker) is fetched with `fetch_folder`: checked against its manifest.
+    - A prefix holding MANIFEST.json without the marker is refused: a publish that never finished (or is under
+      way), which nothing may read.
+    - Any other prefix (a folder uploaded with other tools) is copied object by object. The listing (sizes and
+      modification times), each object's ETag and each file's sha256 are recorded beside the copy (COPY_RECORD),
+      so the copy is re-used only while all of them still match (a HEAD request per object): an object replaced
+      in storage is fetched again. Hidden objects (.git/, temporary prefixes) are not copied.
+    - A URI naming one object (a data file) is copied the same way, alone, and the local file's path returned.
+
+    The copy is `<cache_root>/<key>/<name>`: `key` hashes the endpoint and the URI, `name` is the URI's last
+    segment. It is written beside that folder and renamed into place, by one fetch at a time on this machine (a
+    file lock: Ray workers sharing a node wait for the first copy instead of downloading it again). Pickled files
+    and names reaching outside the folder are refused, as when publishing.
+
+    Raises:
+        UserError: a bad URI or no credentials, nothing at `<uri>`, an unfinished publish, a pickled file, or a
+            published version that does not match its manifest.
+        StorageError: a transfer failed, or the objects changed while they were copied (a retry may succeed).
+    """
+    source = uri if isinstance(uri, Location) else resolve(uri)
+    if source.is_local:
+        return Path(source.path)
+    name = source.path.rstrip("/").rsplit("/", 1)[-1]
+    _check_version_name(name)
+    key = hashlib.sha256(f"{_endpoint(source.scheme)}|{source.uri}".encode()).hexdigest()[:16]
+    cache = Path(cache_root).expanduser().absolute() / key
+    with _cache_lock(cache):
+        if is_published(source):
+            return fetch_folder(source, cache)
+        listing = _list_objects(source)
+        if listing:
+            return _copy_plain(source, listing, cache / name, lambda: _list_objects(source))
+        return _copy_one_object(source, cache)
+
+
+def _endpoint(scheme: str) -> str:
+    """The server besides the bucket (one bucket name on two endpoints is two places); never a credential."""
+    if scheme == "s3":
+        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    return os.environ.get("STORAGE_EMULATOR_HOST", "") if scheme == "gs" else ""
+
+
+@contextmanager
+def _cache_lock(cache: Path) -> Iterator[None]:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent fetches each write a whole copy and the last rename wins
+        yield
+        return
+    with open(cache.parent / f".{cache.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _copy_one_object(source: Location, cache: Path) -> Path:
+    """A URI naming one object (data.interactions: s3://bucket/shop/orders.csv): copied alone into a folder
+    named like its own folder (readers may go by that name), and the local file's path returned."""
+    _check_bucket(source)
+    with _io(f"checking {source.uri}"):
+        info = source.filesystem.get_file_info(source.path)
+    if info.type != pafs.FileType.File:
+        raise UserError(f"{source.uri}: no objects there (a wrong path, or these credentials cannot list it)",
+                        field="uri", fix="check the URI, or upload the folder first")
+    parent_path, _, base = source.path.rpartition("/")
+    folder = Location(source.filesystem, parent_path, source.uri.rsplit("/", 1)[0], source.scheme)
+    parent_name = parent_path.rsplit("/", 1)[-1]
+
+    def listed() -> dict[str, dict[str, Any]]:
+        with _io(f"checking {source.uri}"):
+            now = source.filesystem.get_file_info(source.path)
+        return {base: {"size": now.size, "mtime_ns": now.mtime_ns}} if now.type == pafs.FileType.File else {}
+
+    dest = cache / (parent_name if _NAME_RE.match(parent_name) else "object")
+    return _copy_plain(folder, {base: {"size": info.size, "mtime_ns": info.mtime_ns}}, dest, listed) / base
+
+
+def _copy_plain(source: Location, listing: dict[str, dict[str, Any]], dest: Path,
+                relist: Callable[[], dict[str, dict[str, Any]]]) -> Path:
+    """Copy the listed objects of an unpublished prefix to `dest` (see `local_copy`); `relist` lists them again
+    once copied, to catch an upload that changed them meanwhile."""
+    if MANIFEST_NAME in listing:
+        raise UserError(f"{source.uri} holds {MANIFEST_NAME} but no {PUBLISHED_NAME} marker: a publish that never "
+                        "finished (or is still under way); it is never read", field="uri",
+                        fix="publish the folder again (fusionrec.storage.publish_folder; `fusionrec data push` for "
+                            "a prepared dataset), or wait until its publish has finished")
+    _check_object_names(source, listing)
+    if _plain_copy_matches(dest, source, listing):
+        log.info("%s: local copy %s is current", source.uri, dest)
+        return dest
+    started = time.monotonic()
+    with atomic_directory(dest, replace=True) as staging:
+        files: dict[str, dict[str, Any]] = {}
+        for entry, listed in sorted(listing.items()):
+            digest, size, etag = _download_tagged(source.child(entry), staging / entry)
+            if size != listed["size"]:
+                raise StorageError(_changed_while_copied(source))
+            files[entry] = {**listed, "sha256": digest, "etag": etag}
+        if relist() != listing:
+            raise StorageError(_changed_while_copied(source))
+        record = {"uri": source.uri, "files": files}
+        (staging / COPY_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("copied %s to %s: %d files, %.1f MB in %.1f s", source.uri, dest, len(files),
+             sum(e["size"] for e in files.values()) / 1e6, time.monotonic() - started)
+    return dest
+
+
+def _list_objects(source: Location) -> dict[str, dict[str, Any]]:
+    """{name under the prefix: {"size", "mtime_ns"}} of every object that is not hidden."""
+    prefix = source.path.rstrip("/") + "/"
+    with _io(f"listing {source.uri}"):
+        try:
+            infos = source.filesystem.get_file_info(pafs.FileSelector(source.path, recursive=True,
+                                                                      allow_not_found=True))
+        except NotADirectoryError:  # one file on a local filesystem (an object store lists nothing for one)
+            infos = []
+    objects: dict[str, dict[str, Any]] = {}
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.startswith(prefix):
+            continue
+        name = info.path[len(prefix):]
+        if not any(part.startswith(".") for part in name.split("/")):  # '.' and '..' are hidden too
+            objects[name] = {"size": info.size, "mtime_ns": info.mtime_ns}
+    return objects
+
+
+def _check_object_names(source: Location, names: dict[str, Any]) -> None:
+    for name in names:
+        if "\\" in name or "" in name.split("/"):
+            raise UserError(f"{source.uri}: object name {name!r} has an empty segment or a backslash; nothing was "
+                            "copied", field="uri", fix="rename the object")
+    pickled = sorted(n for n in names if PurePosixPath(n).suffix.lower() in PICKLE_SUFFIXES)
+    if pickled:
+        raise UserError(f"{source.uri}: pickled files are refused, loading them could run code "
+                        f"({', '.join(pickled[:5])}); nothing was copied", field="uri",
+                        fix="keep only safetensors weights (save_pretrained(..., safe_serialization=True)) and "
+                            "remove the pickled files from the prefix, or copy the folder elsewhere without them")
+
+
+def _plain_copy_matches(dest: Path, source: Location, listing: dict[str, dict[str, Any]]) -> bool:
+    """A previous copy of the same objects that nothing has changed since: the listing as recorded, each
+    object's ETag as recorded (listings give times to the second only), every local file hashed again."""
+    try:
+        record = json.loads((dest / COPY_RECORD).read_text(encoding="utf-8"))
+        files = record["files"]
+        if record["uri"] != source.uri or {n: {"size": e["size"], "mtime_ns": e["mtime_ns"]}
+                                           for n, e in files.items()} != listing:
+            return False
+        if set(walk(dest)) - {COPY_RECORD} != set(files):
+            return False
+        if any(e.get("etag") is not None and _etag(source.child(n)) != e["etag"] for n, e in files.items()):
+            return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError, StorageError):
+        return False  # unreadable, or an object gone since the listing: copy again
+    return all((dest / n).stat().st_size == e["size"] and sha256_file(dest / n) == e["sha256"]
+               for n, e in files.items())
+
+
+def _changed_while_copied(source: Location) -> str:
+    return (f"{source.uri}: objects were added, replaced or removed while they were copied; nothing was kept "
+            "(try again once the upload has finished)")
 
 
 # --- transfers ----------------------------------------------------------------------------------------------------
@@ -441,15 +678,33 @@ def _hash_object(location: Location) -> tuple[str, int]:
 
 def _download(location: Location, dest: Path) -> tuple[str, int]:
     """Copy one object to a local file; return its sha256 and size as received."""
+    digest, size, _ = _download_tagged(location, dest)
+    return digest, size
+
+
+def _download_tagged(location: Location, dest: Path) -> tuple[str, int, str | None]:
+    """`_download`, and the ETag of the object the bytes came from (None where the filesystem has none)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest, size = hashlib.sha256(), 0
     with _io(f"downloading {location.uri}"), location.filesystem.open_input_stream(location.path) as stream, \
             open(dest, "wb") as sink:
+        etag = _etag_of(stream)
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
             sink.write(chunk)
             size += len(chunk)
-    return digest.hexdigest(), size
+    return digest.hexdigest(), size, etag
+
+
+def _etag(location: Location) -> str | None:
+    """The object's ETag (one HEAD request on S3; None where the filesystem shows none, e.g. locally)."""
+    with _io(f"checking {location.uri}"), location.filesystem.open_input_stream(location.path) as stream:
+        return _etag_of(stream)
+
+
+def _etag_of(stream: Any) -> str | None:
+    value = (stream.metadata() or {}).get("ETag") or (stream.metadata() or {}).get(b"ETag")
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 def _put(location: Location, data: bytes) -> None:

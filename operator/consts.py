@@ -42,6 +42,10 @@ MANIFEST_KEY = "manifest.yaml"
 AUTH_DIR = "/etc/fusionrec/auth"
 AUTH_TOKENS_KEY = "tokens"
 MODELS_MOUNT_ROOT = "/mnt/models"
+# spec.storage.credentialsSecret for gs://: mounted here (not under MANIFEST_DIR, a read-only ConfigMap mount in
+# the training pods), GOOGLE_APPLICATION_CREDENTIALS naming this key (KServe's name for it).
+STORAGE_CREDENTIALS_DIR = "/var/secrets/fusionrec-storage"
+GCS_CREDENTIALS_KEY = "gcloud-application-credentials.json"
 
 # The serving application inside serveConfigV2 (contract with fusionrec.serving).
 SERVE_APP_NAME = "fusionrec"
@@ -94,3 +98,4 @@ RAYSERVICES = Resource(RAY_GROUP, RAY_VERSION, "rayservices", RAYSERVICE_KIND)
 SERVICE_MONITORS = Resource(MONITORING_GROUP, MONITORING_VERSION, "servicemonitors", SERVICE_MONITOR_KIND)
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
 SERVICES = Resource("", "v1", "services", "Service")
+SECRETS = Resource("", "v1", "secrets", "Secret")

@@ -35,6 +35,7 @@ from fusionrec.operator.builders.common import (
     rayjob_name,
     serve_endpoint,
 )
+from fusionrec.operator.builders.credentials import check_credentials_secret, missing_secret_error
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.cron import CronSchedule
 from fusionrec.operator.kube import KubeApi, KubeApiError, owner_uids
@@ -80,6 +81,7 @@ def parse_manifest(body: dict[str, Any]) -> Manifest:
     manifest = manifest_from_dict(document, source=f"FusionRecommender {meta.get('namespace')}/{meta.get('name')}")
     check_cluster_spec(manifest.metadata.name, manifest.spec.storage.uri, manifest.spec.serving.auth)
     check_cluster_training(manifest.spec)
+    check_credentials_secret(manifest.spec)
     if manifest.spec.training.schedule:
         try:
             CronSchedule.parse(manifest.spec.training.schedule)
@@ -169,6 +171,7 @@ class _Reconcile:
             self.manifest = parse_manifest(self.body)
         except UserError as exc:
             await self.invalid(exc)
+        await self.check_secrets()
         self.condition(ConditionType.SPEC_VALID, "True", Reason.VALID, "the spec is valid")
         try:
             await self.monitoring()
@@ -200,11 +203,20 @@ class _Reconcile:
             self.event("Warning", Reason.DEPENDENCY_MISSING, message)
         await self.write()
 
-    async def invalid(self, exc: UserError) -> NoReturn:
-        if self.condition(ConditionType.SPEC_VALID, "False", Reason.INVALID_SPEC, exc.render()):
-            self.event("Warning", Reason.INVALID_SPEC, exc.render())
+    async def invalid(self, exc: UserError, reason: Reason = Reason.INVALID_SPEC) -> NoReturn:
+        if self.condition(ConditionType.SPEC_VALID, "False", reason, exc.render()):
+            self.event("Warning", reason, exc.render())
         await self.write()
         raise InvalidSpec(exc.render())
+
+    async def check_secrets(self) -> None:
+        """The credentials Secret must exist before any pod is made to need it: a pod whose envFrom names a
+        missing Secret only waits in CreateContainerConfigError, where nobody watching the FusionRecommender
+        sees it. Checked every reconcile (the Secret may come or go without a spec change); a metadata-only
+        read, so the operator never holds the credentials."""
+        secret = self.manifest.spec.storage.credentials_secret
+        if secret and not await self.c.kube.exists(consts.SECRETS, self.namespace, secret):
+            await self.invalid(missing_secret_error(secret, self.namespace), Reason.SECRET_MISSING)
 
     async def write(self) -> None:
         self.status.phase = derive_phase(self.status)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic.alias_generators import to_camel
 
 from fusionrec.choices import BACKEND_PRECISIONS, MODEL_SOURCE_SCHEMES, T_FILTER_KEY_MAX
 from fusionrec.operator import consts
@@ -43,6 +44,7 @@ from fusionrec.spec import (
     DataSpec,
     EncoderSpec,
     FusionRecommenderSpec,
+    IndexSpec,
     MergeModelRef,
     ObjectMeta,
     RolloutSpec,
@@ -72,8 +74,8 @@ def _cel_list(values: tuple[str, ...] | list[str]) -> str:
 # A model source: a plain path, or a scheme fusionrec.model.sources loads (fusionrec.choices.MODEL_SOURCE_SCHEMES).
 _MODEL_SOURCE = {"x-kubernetes-validations": [_rule(
     "!self.matches('^[a-z][a-z0-9+.-]*://') || self.matches('^(" + "|".join(MODEL_SOURCE_SCHEMES) + ")://')",
-    f"models are loaded from a local folder or {', '.join(f'{s}://' for s in MODEL_SOURCE_SCHEMES)} (copy a "
-    "model in object storage to a PVC, or run `fusionrec models pull`)",
+    f"models are loaded from a local folder or {', '.join(f'{s}://' for s in MODEL_SOURCE_SCHEMES)} (a "
+    "Hugging Face format folder; `fusionrec models pull` makes one)",
 )]}
 
 
@@ -131,6 +133,18 @@ def _merge_extras() -> dict[tuple[type, str | None], dict[str, Any]]:
     return extras
 
 
+def _index_kind_rules() -> list[dict[str, str]]:
+    """compile.index: a parameter only the kinds that read it may change from its default, generated from
+    IndexSpec.KIND_FIELDS (pydantic's rule reads the same table)."""
+    rules = []
+    for name, kinds in IndexSpec.KIND_FIELDS.items():
+        alias, default = to_camel(name), IndexSpec.model_fields[name].default
+        rules.append(_rule(f"self.kind in {_cel_list(kinds)} || self.{alias} == {default!r}",
+                           f"{IndexSpec.applies_to(name)}; leave it out with another kind",
+                           field_path=f".{alias}"))
+    return rules
+
+
 # (model, field alias or None for the whole model) -> schema merged into that node. One entry per custom
 # validator in fusionrec/spec.py (test_operator_schema_rules.py fails when a validator has no entry), plus
 # nothing else: length limits and bounds come from the spec itself.
@@ -175,6 +189,8 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
               f"backend {backend} compiles {', '.join(precisions)}", field_path=".precision")
         for backend, precisions in BACKEND_PRECISIONS.items()
     ]},
+    (IndexSpec, None): {"x-kubernetes-validations": [*_index_kind_rules(), _rule(
+        "self.nlist == 0 || self.nprobe <= self.nlist", "nprobe must be at most nlist", field_path=".nprobe")]},
     (AuthSpec, None): {"x-kubernetes-validations": [
         _rule("!has(self.disabled) || !self.disabled || !(has(self.secretRef) || has(self.tokenFile) || "
               "has(self.tokenEnv))",

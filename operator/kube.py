@@ -23,6 +23,8 @@ from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.consts import Resource
 
 MERGE_PATCH = "application/merge-patch+json"
+# The API server's metadata-only form of any object (what client-go's metadata client asks for).
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 class KubeApiError(Exception):
@@ -191,6 +193,17 @@ class KubeApi:
             if exc.status == 404:
                 return None
             raise
+
+    async def exists(self, resource: Resource, namespace: str | None, name: str) -> bool:
+        """Whether the object exists, asking for its metadata only: the operator checks that a Secret is there
+        without ever receiving its data (RBAC's `get` is the same verb either way)."""
+        try:
+            await self.request("GET", resource.path(namespace, name), accept=METADATA_ONLY)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     async def list(self, resource: Resource, namespace: str | None, *, label_selector: str) -> list[dict[str, Any]]:
         """Objects matching `label_selector` (one page: the operator lists only its own few children)."""

@@ -63,6 +63,9 @@ PERMISSIONS: tuple[Permission, ...] = (
         "the serving metrics Service, created and removed with spec.monitoring.serviceMonitor"),
     _on(consts.SERVICE_MONITORS, ("get", "create", "patch", "delete"),
         "the ServiceMonitor on that Service, created and removed with spec.monitoring.serviceMonitor"),
+    _on(consts.SECRETS, ("get",),
+        "spec.storage.credentialsSecret is checked to exist before a RayJob needs it; only its metadata is asked "
+        "for (the pods receive the Secret itself through envFrom, resolved by the kubelet)"),
     _on(EVENTS, ("create",), "training, rollout and spec problems are posted as Events on the FusionRecommender"),
     _on(CRDS, ("list", "watch"),
         "kopf watches CustomResourceDefinitions to notice its resource kinds being installed or removed"),

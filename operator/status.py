@@ -35,6 +35,7 @@ class ConditionType(StrEnum):
 class Reason(StrEnum):
     VALID = "Valid"
     INVALID_SPEC = "InvalidSpec"
+    SECRET_MISSING = "SecretMissing"  # a Secret the spec names is not in the namespace (SpecValid=False)
     TRAINING_RUNNING = "TrainingRunning"
     TRAINING_SUCCEEDED = "TrainingSucceeded"
     TRAINING_FAILED = "TrainingFailed"

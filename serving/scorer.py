@@ -5,6 +5,10 @@ directly, so the offline answer and the served answer come from the same code pa
 Items are never encoded per request: the catalogue's vectors come from the artifact's verified
 `item_index.npy`, and only the user tower runs, once per batch of distinct histories.
 
+Ranking models search the catalogue with the approximate index `fusionrec compile` stored when the catalogue
+is large (`item_index.faiss`, its recall@10 in compile.json), else exactly; both through one search
+(`fusionrec.retrieval.InnerProductIndex`), seen items excluded alike.
+
 The model is read from disk once per replica (`VersionScorer.load`). When the artifact is compiled, the torch
 model is kept only as long as the load needs it (checking the item index): an ONNX Runtime or TensorRT tower
 then holds its own graph, the torch backend runs on the loaded model's own modules, and the scorer keeps the
@@ -27,9 +31,10 @@ from fusionrec.artifact import Artifact
 from fusionrec.errors import UserError
 from fusionrec.model.fused import FusedRecommender
 from fusionrec.model.heads.pointwise import PointwiseHead
+from fusionrec.retrieval import load_index
 from fusionrec.serving.errors import not_found
 from fusionrec.serving.schemas import SCORE_KINDS
-from fusionrec.serving.topk import InnerProductIndex, Ranked, top_k
+from fusionrec.serving.topk import Approximate, InnerProductIndex, Ranked, top_k
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,8 @@ class VersionScorer:
         artifact: its verified artifact (spec, metrics, item index).
         items: items.parquet (item_id, title), in catalogue order.
         users: users.parquet (user_id, history of item ids, oldest first), in user-index order.
-        use_faiss: see `InnerProductIndex`.
+        use_faiss: exact search: see `InnerProductIndex`.
+        use_index: search with the artifact's approximate item index when compile stored one (False: exact).
         compiled: the artifact's compiled user tower (`fusionrec.compile.load_compiled`), run instead of torch
             (see `serve_compiled`).
     Attributes:
@@ -56,7 +62,7 @@ class VersionScorer:
     """
 
     def __init__(self, model: FusedRecommender, artifact: Artifact, items: pd.DataFrame, users: pd.DataFrame, *,
-                 use_faiss: bool | None = None, compiled: Any | None = None) -> None:
+                 use_faiss: bool | None = None, use_index: bool = True, compiled: Any | None = None) -> None:
         model.eval()
         self.model: FusedRecommender | None = model
         self.head = model.head
@@ -73,7 +79,10 @@ class VersionScorer:
         self._histories = [self.positions_of([str(i) for i in h], "users.parquet") for h in users["history"]]
         catalogue = artifact.load_item_index().astype(np.float32)  # [N, D]
         self._check_index(model, catalogue)
-        self.index = InnerProductIndex(catalogue, use_faiss)
+        self.index_record = _stored_index_record(artifact) if self.task == "ranking" else None
+        approximate = (_load_stored_index(artifact, self.index_record, catalogue.shape)
+                       if use_index and self.index_record is not None else None)
+        self.index = InnerProductIndex(catalogue, use_faiss, approximate)
         self._catalogue_t = torch.from_numpy(self.index.catalogue)
         counts = Counter(int(i) for h in self._histories for i in set(h.tolist()))
         popularity = np.zeros(len(self.item_ids), dtype=np.float32)
@@ -95,7 +104,7 @@ class VersionScorer:
 
     @classmethod
     def load(cls, path: str | Path, *, embeddings: Path | None = None, use_faiss: bool | None = None,
-             use_compiled: bool = True) -> VersionScorer:
+             use_index: bool = True, use_compiled: bool = True) -> VersionScorer:
         """Load and verify an artifact (manifest checked, pickles refused) and rebuild its model, once; when the
         artifact was compiled (`fusionrec compile`), its user tower runs on the compiled backend and the torch
         model is dropped once the item index has been checked against it (the torch backend keeps, inside its
@@ -108,7 +117,8 @@ class VersionScorer:
         model, artifact = load_model(local_artifact(path), embeddings=embeddings)
         items = pd.read_parquet(artifact.items_path)
         users = pd.read_parquet(artifact.path / USERS_NAME)
-        scorer = cls(model, artifact, items, users, use_faiss=use_faiss)  # the index checked on the whole model
+        scorer = cls(model, artifact, items, users, use_faiss=use_faiss,  # the index checked on the whole model
+                     use_index=use_index)
         compiled = _compiled_user_tower(artifact, model) if use_compiled else None
         del model  # from here on only the scorer's references keep it (none once a compiled tower serves)
         if compiled is not None:
@@ -246,7 +256,37 @@ class VersionScorer:
             "users": len(self._histories),
             "metrics": metrics.get("test"),
             "topk_backend": self.index.backend,
+            "topk_recall@10": (self.index_record or {}).get("recall@10") if self.index.approximate else 1.0,
         }
+
+
+def _stored_index_record(artifact: Artifact) -> dict[str, Any] | None:
+    """compile.json's entry for an approximate item index, or None (not compiled, or exact search)."""
+    from fusionrec.compile.runtime import COMPILE_RECORD, read_record
+
+    if artifact.file(COMPILE_RECORD) is None:
+        return None
+    entry = read_record(artifact).get("index")
+    return entry if isinstance(entry, dict) and entry.get("kind") not in (None, "exact") else None
+
+
+def _load_stored_index(artifact: Artifact, entry: dict[str, Any], shape: tuple[int, ...]) -> Approximate:
+    """The approximate index compile.json names, from the verified artifact (its sha256 checked on load), which
+    must hold this catalogue's [N, D] vectors."""
+    path = artifact.file(str(entry.get("file")))
+    if path is None:
+        raise UserError(f"artifact {artifact.path}: compile.json names a {entry['kind']} item index "
+                        f"{entry.get('file')!r} that the artifact does not hold", field="compile.json.index.file",
+                        fix=f"compile the artifact again (fusionrec compile {artifact.path})")
+    approximate = load_index(path, entry["kind"], entry.get("params", {}))
+    if (approximate.index.ntotal, approximate.index.d) != tuple(shape):
+        raise UserError(f"artifact {artifact.path}: {path.name} holds {approximate.index.ntotal} vectors of "
+                        f"{approximate.index.d} dims, item_index.npy {tuple(shape)}: it was built for another "
+                        "catalogue", field=path.name,
+                        fix=f"compile the artifact again (fusionrec compile {artifact.path})")
+    log.info("%s: top-k on a %s index (recall@10 %s against exact)", artifact.version, entry["kind"],
+             entry.get("recall@10"))
+    return approximate
 
 
 def _compiled_user_tower(artifact: Artifact, model: FusedRecommender) -> Any | None:

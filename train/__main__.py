@@ -3,8 +3,8 @@ RayJob runs. An object-storage output gets the version trained in a local stagin
 `<output>/<version>/` (fusionrec.storage.publish_folder: verified, PUBLISHED marker last).
 
 A plain module entry point (no click group): exit 0 on success, 2 for bad input (the message names the field
-and the fix), 130 when interrupted (SIGINT: training is stopped and nothing is written), 1 for a failed upload
-to object storage (its message) and for anything else (with its traceback).
+and the fix), 130 when interrupted (SIGINT: training is stopped and nothing is written), 1 for a failed transfer
+to or from object storage (its message) and for anything else (with its traceback).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.render()}", file=sys.stderr)
         return 2
     except StorageError as exc:  # a transfer failed (a retry may succeed); its text holds no credentials
-        print(f"error: publishing failed: {exc}", file=sys.stderr)
+        print(f"error: object storage: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         version = _version_of(args.manifest)

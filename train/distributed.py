@@ -23,6 +23,11 @@ output, then `fusionrec.storage.publish_folder` uploads it to `<output>/<version
 PUBLISHED marker last, so a reader never sees half a version. Published versions are immutable: an existing one
 is refused up front, --overwrite included.
 
+A `training.storagePath` in object storage (s3://bucket/prefix, gs://...) is given to Ray Train with the pyarrow
+filesystem `fusionrec.storage` resolves it to (`RunConfig.storage_filesystem`): checkpoints are written there with
+the credentials and endpoint of the environment, like every other object, and a restarted worker group and the
+driver restore from there, so on a multi-node cluster no node needs another's disk.
+
 Everything that can be checked before training (spec, output and storage folders, GPUs, the cluster
 address, credentials and bucket of an object-storage output) is checked first, so bad input fails in seconds
 with a `UserError`.
@@ -60,8 +65,9 @@ from fusionrec.model.sources import resolve_source
 from fusionrec.protocol import make_split, seed_everything
 from fusionrec.ray_compat import stop_actors, train_controllers
 from fusionrec.spec import FusionRecommenderSpec, Manifest, TrainingSpec, load_manifest
-from fusionrec.storage import MANIFEST_NAME, StorageError, publish_folder
+from fusionrec.storage import MANIFEST_NAME, Location, StorageError, is_published, is_remote, publish_folder, resolve
 from fusionrec.train.candidates import NEEDS
+from fusionrec.train.catalogue_embedding import embed_before_training
 from fusionrec.train.checkpoint import LATEST
 from fusionrec.train.job import train_and_evaluate
 from fusionrec.train.local_ray import check_reachable, ray_session, requested_address
@@ -125,15 +131,48 @@ def _check_writable(folder: Path, what: str) -> None:
 
 
 def storage_location(training: TrainingSpec, output_root: Path) -> str:
-    """`training.storagePath` as Ray Train takes it: a URI (s3://, gs://, ...) passes through untouched,
-    a local path (or file://) must be writable; unset, `<output>/_training`."""
+    """`training.storagePath` as the plan records it: a URI in object storage (s3://, gs://) must resolve
+    (credentials in the environment) and its bucket exist; a local path (or file://) must be writable; unset,
+    `<output>/_training`."""
     configured = training.storage_path
-    if configured and "://" in configured and not configured.startswith("file://"):
-        return configured
+    if configured and is_remote(configured):
+        _reachable_bucket(configured, "spec.training.storagePath")
+        return configured.rstrip("/")
     local = Path(configured.removeprefix("file://")) if configured else output_root / TRAINING_FOLDER
     local = local.expanduser().resolve()
     _check_writable(local, "training.storagePath")
     return str(local)
+
+
+def ray_storage(storage_path: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray Train's RunConfig. A URI becomes its path on the pyarrow
+    filesystem `fusionrec.storage` resolves it to, so checkpoints are written and restored with the same
+    credentials and endpoint (AWS_ENDPOINT_URL_S3...) as every other object, read from the environment; Ray's own
+    resolution would miss the endpoint. A local folder passes as it is, with no filesystem (Ray's default)."""
+    if not is_remote(storage_path):
+        return storage_path, None
+    location = resolve(storage_path)
+    return location.path, location.filesystem
+
+
+def _reachable_bucket(uri: str, field: str) -> Location:
+    """`uri` resolved, once its bucket is known to exist: a UserError naming `field` otherwise."""
+    from pyarrow import fs as pafs
+
+    try:
+        root = resolve(uri)
+    except UserError as exc:  # the URI is not repeated: resolve refuses one holding a secret
+        raise UserError(exc.message, field=field, fix=exc.fix) from None
+    bucket = root.path.split("/", 1)[0]
+    try:
+        missing = root.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound
+    except OSError as exc:  # get_file_info outside storage's own error wrapping
+        raise UserError(f"{field} {uri}: cannot reach bucket {bucket!r}: {type(exc).__name__}", field=field,
+                        fix="check the endpoint (AWS_ENDPOINT_URL_S3), credentials and bucket") from None
+    if missing:
+        raise UserError(f"{field} {uri}: bucket {bucket!r} does not exist (or these credentials cannot see it)",
+                        field=field, fix="create the bucket first, or correct the URI")
+    return root
 
 
 def check_gpus(training: TrainingSpec, *, remote: bool) -> None:
@@ -165,24 +204,12 @@ def local_output(output_root: str | Path) -> Path:
 def check_publishable(uri: str, version: str) -> None:
     """Before training: the URI resolves (scheme, credentials in the environment), its bucket exists and the
     version is not published yet (published versions are immutable, so --overwrite cannot replace one)."""
-    from pyarrow import fs as pafs
-
-    from fusionrec.storage import is_published, resolve
-
-    root = resolve(uri)
-    bucket = root.path.split("/", 1)[0]
+    root = _reachable_bucket(uri, "--output")
     try:
-        missing = root.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound
-        published = not missing and is_published(root.child(version))
+        published = is_published(root.child(version))
     except StorageError as exc:
         raise UserError(f"--output {uri}: {exc}", field="--output",
                         fix="check the endpoint (AWS_ENDPOINT_URL_S3), credentials and bucket") from None
-    except OSError as exc:  # get_file_info outside storage's own error wrapping
-        raise UserError(f"--output {uri}: cannot reach bucket {bucket!r}: {type(exc).__name__}", field="--output",
-                        fix="check the endpoint (AWS_ENDPOINT_URL_S3), credentials and bucket") from None
-    if missing:
-        raise UserError(f"--output {uri}: bucket {bucket!r} does not exist (or these credentials cannot see it)",
-                        field="--output", fix="create the bucket first, or correct the URI")
     if published:
         raise UserError(f"version {version!r} is already published at {uri}/{version}; published versions are "
                         "immutable", field="spec.version", fix="bump spec.version")
@@ -264,12 +291,13 @@ def build_trainer(plan: RunPlan, worker_config: dict[str, Any]) -> Any:
     use_gpu = training.gpus_per_worker > 0
     resources = {"CPU": training.cpus_per_worker, **({"GPU": training.gpus_per_worker} if use_gpu else {})}
     metric, order = selection(plan.spec)
+    storage_path, filesystem = ray_storage(plan.storage_path)
     return TorchTrainer(
         train_worker, train_loop_config=worker_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=training.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=plan.name, storage_path=plan.storage_path,
+            name=plan.name, storage_path=storage_path, storage_filesystem=filesystem,
             # The latest checkpoint is always kept besides the best one: restarts resume from it.
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
                                                checkpoint_score_order=order),
@@ -341,6 +369,8 @@ def _train_planned(plan: RunPlan, *, address: str | None, overwrite: bool, embed
     local_cpus = max(os.cpu_count() or 1, math.ceil(training.workers * training.cpus_per_worker))
     with ray_session(address, plan.run_dir, num_cpus=local_cpus, dashboard=dashboard) as connection:
         _cluster_fits(training, connection.resources)
+        # a big catalogue once on Ray Data, not once per rank (fusionrec.train.catalogue_embedding)
+        embed_before_training(plan.spec, cache, remote=requested_address(address) is not None)
         log.info("training %s on %d worker(s), checkpoints in %s/%s", plan.spec.version, training.workers,
                  plan.storage_path, plan.name)
         with train_controllers() as controllers:
@@ -371,7 +401,11 @@ def _train_planned(plan: RunPlan, *, address: str | None, overwrite: bool, embed
     published = None
     if plan.publish_to is not None:
         log.info("publishing %s to %s", plan.spec.version, plan.publish_to)
-        published = publish_folder(artifact, plan.publish_to, name=plan.spec.version)
+        try:
+            published = publish_folder(artifact, plan.publish_to, name=plan.spec.version)
+        except StorageError as exc:
+            raise StorageError(f"publishing {plan.spec.version} to {plan.publish_to} failed: {exc}",
+                               not_found=exc.not_found) from None
     return DistributedResult(artifact=published or artifact, test=metrics["test"], history=metrics["history"],
                              best_epoch=metrics["best_epoch"],
                              best_checkpoint=_kept(plan, ranked[0][0].path) if ranked and not single else None,
@@ -380,7 +414,10 @@ def _train_planned(plan: RunPlan, *, address: str | None, overwrite: bool, embed
 
 
 def _kept(plan: RunPlan, checkpoint: str) -> str | None:
-    """A checkpoint's path, unless it is inside the staging folder that is deleted once the run is published."""
+    """A checkpoint's path (its URI in object storage: Ray reports the path on the filesystem), unless it is
+    inside the staging folder that is deleted once the run is published."""
+    if is_remote(plan.storage_path):
+        return f"{plan.storage_path.split('://', 1)[0]}://{checkpoint.lstrip('/')}"
     inside = plan.staging and "://" not in checkpoint and Path(checkpoint).resolve().is_relative_to(plan.output_root)
     return None if inside else checkpoint
 

@@ -9,6 +9,7 @@ Layout (design.md section 5) of `<out_root>/<version>/`:
     items.parquet          item ids and titles
     metrics.json           evaluation results
     encoder.onnx, encoder.plan   compiled encoders (ONNX / TensorRT), often added later with `add_files`
+    item_index.faiss       an approximate item index (HNSW / IVF) from `fusionrec compile`, described in compile.json
     MANIFEST.json          sha256 and size of every other file, format and fusionrec versions, times
 
 Why the ceremony: an artifact travels from a training job to serving replicas through shared storage, and
@@ -25,6 +26,7 @@ version or the new one, or for the instant between two renames no version, but n
 """
 
 from fusionrec.artifact.layout import (
+    ANN_INDEX_NAME,
     FORMAT_VERSION,
     ITEM_INDEX_NAME,
     ITEMS_NAME,
@@ -41,6 +43,7 @@ from fusionrec.artifact.layout import (
 from fusionrec.artifact.reading import Artifact, list_versions, load_artifact
 from fusionrec.artifact.writing import add_files, content_hash, save_tensors, write_artifact
 
-__all__ = ["FORMAT_VERSION", "ITEMS_NAME", "ITEM_INDEX_NAME", "MANIFEST_NAME", "METRICS_NAME", "ONNX_NAME",
-           "PICKLE_SUFFIXES", "PLAN_NAME", "REQUIRED", "SPEC_NAME", "WEIGHTS_NAME", "Artifact", "FileSource",
-           "add_files", "content_hash", "list_versions", "load_artifact", "save_tensors", "write_artifact"]
+__all__ = ["ANN_INDEX_NAME", "FORMAT_VERSION", "ITEMS_NAME", "ITEM_INDEX_NAME", "MANIFEST_NAME", "METRICS_NAME",
+           "ONNX_NAME", "PICKLE_SUFFIXES", "PLAN_NAME", "REQUIRED", "SPEC_NAME", "WEIGHTS_NAME", "Artifact",
+           "FileSource", "add_files", "content_hash", "list_versions", "load_artifact", "save_tensors",
+           "write_artifact"]

@@ -22,6 +22,7 @@ ITEM_INDEX_NAME = "item_index.npy"
 ITEMS_NAME = "items.parquet"
 ONNX_NAME = "encoder.onnx"
 PLAN_NAME = "encoder.plan"
+ANN_INDEX_NAME = "item_index.faiss"  # faiss's own format (faiss.write_index), never a pickle
 REQUIRED = (SPEC_NAME, WEIGHTS_NAME)
 # Formats that unpickle on load (torch.save, pickle, joblib, Lightning checkpoints).
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})

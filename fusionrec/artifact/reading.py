@@ -12,6 +12,7 @@ import numpy as np
 
 from fusionrec import __version__
 from fusionrec.artifact.layout import (
+    ANN_INDEX_NAME,
     FORMAT_VERSION,
     ITEM_INDEX_NAME,
     ITEMS_NAME,
@@ -73,6 +74,11 @@ class Artifact:
     @property
     def plan_path(self) -> Path | None:
         return self.file(PLAN_NAME)
+
+    @property
+    def ann_index_path(self) -> Path | None:
+        """The approximate item index `fusionrec compile` stored, if it built one (compile.json says how)."""
+        return self.file(ANN_INDEX_NAME)
 
     def tokenizer_dir(self, encoder: str) -> Path:
         prefix = f"tokenizers/{encoder}/"

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -101,22 +101,31 @@ def write_artifact(out_root: str | Path, version: str, files: Mapping[str, FileS
     return target
 
 
-def add_files(artifact_path: str | Path, files: Mapping[str, FileSource], *, replace: bool = False) -> Path:
+def add_files(artifact_path: str | Path, files: Mapping[str, FileSource], *, replace: bool = False,
+              remove: Collection[str] = ()) -> Path:
     """Add files (e.g. a compiled encoder.onnx) to a verified artifact and rewrite its manifest, atomically.
 
     A new copy of the version is assembled next to it (existing files hard-linked, not copied, where the
     filesystem allows) and swapped in, so on any failure the artifact stays exactly as it was. Existing
     names are refused unless `replace=True`; replacing a folder entry (tokenizers/x) replaces all of it.
+    `remove` names files (or folder entries) to leave out of the new copy where present, in the same swap: a
+    recompile that no longer produces a file must not leave the old one behind.
     """
     current = load_artifact(artifact_path)
     path = current.path
-    for name in files:
+    for name in [*files, *remove]:
         check_name(name)
+    if set(files) & set(remove):
+        raise ValueError(f"files both added and removed: {sorted(set(files) & set(remove))}")
+    for name in remove:
+        if name in REQUIRED:
+            raise UserError(f"artifact {path}: {name} is required and cannot be removed", field=name)
     old = set(current.manifest["files"])
     replaced = {f for name in files for f in old if f == name or f.startswith(name.rstrip("/") + "/")}
     if replaced and not replace:
         raise UserError(f"artifact {path} already has {sorted(replaced)}",
                         fix="pass replace=True to replace them")
+    replaced |= {f for name in remove for f in old if f == name or f.startswith(name.rstrip("/") + "/")}
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     try:
         for name in sorted(old - replaced):

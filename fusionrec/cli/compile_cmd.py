@@ -32,7 +32,9 @@ def compile_(artifact: Path, backend: str | None, precision: str | None, threads
     a sidecar naming the TensorRT version and GPU, and compile.json with the backend, precision, opset and
     parity numbers, all added to the artifact atomically. If the compiled graph differs from torch by more
     than the precision allows (fp32 1e-4, fp16/bf16 1e-2 relative; int8: validation NDCG@10 drop >= 1%),
-    nothing is written and the exit code is 2.
+    nothing is written and the exit code is 2. A ranking model with at least compile.index.minItems items
+    also gets item_index.faiss, an approximate index for /v1/recommend, refused the same way when its
+    recall@10 against exact search is below compile.index.minRecall.
 
     \b
     Examples:
@@ -49,7 +51,12 @@ def compile_(artifact: Path, backend: str | None, precision: str | None, threads
         click.echo(json.dumps(record, indent=2, default=str))
         return
     written = sorted({v for g in record["graphs"].values() for k, v in g.items() if k in ("onnx", "plan")})
+    written += [record["index"]["file"]] if "file" in record.get("index", {}) else []
     click.echo(f"compiled {artifact} with {record['backend']} {record['precision']} (opset {record['opset']}) "
                f"in {record['seconds']:.1f}s: {', '.join(written + ['compile.json'])}")
     for key, value in record["quality"].items():
         click.echo(f"  {key}: {value}")
+    if "index" in record:
+        from fusionrec.compile.item_index import describe_index
+
+        click.echo(f"  item index: {describe_index(record['index'])}")

@@ -1,4 +1,4 @@
-"""`fusionrec data ...`: prepare datasets."""
+"""`fusionrec data ...`: prepare datasets, and publish them to object storage."""
 
 from __future__ import annotations
 
@@ -70,13 +70,14 @@ def _validated(model: type[Model], shown: str, **values: object) -> Model:
 
 @click.group()
 def data() -> None:
-    """Prepare datasets: find, read, validate, write Parquet, print a data card.
+    """Prepare datasets: find, read, validate, write Parquet, print a data card; push one to object storage.
 
     \b
     Examples:
       fusionrec data prepare ml-100k
       fusionrec data prepare ml-1m
       fusionrec data prepare --interactions events.csv --items items.csv --map user_id=uid --json
+      fusionrec data push shop s3://my-bucket/datasets
     """
 
 
@@ -146,3 +147,45 @@ def prepare(name: str | None, path: str | None, out: str | None, interactions: s
                         fix=f"use a built-in ({', '.join(BUILT_INS)}) or prepare your own: "
                             f"`fusionrec data prepare {name or 'NAME'} --interactions FILE --items FILE`")
     click.echo(json.dumps(card.to_dict(), indent=2) if as_json else card.render())
+
+
+@data.command()
+@click.argument("name")
+@click.argument("uri")
+@click.option("--path", type=click.Path(),
+              help="The prepared folder to publish (default: $FUSIONREC_DATA_HOME/<name>, where `data prepare NAME` "
+                   "wrote it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the published URI, file count and bytes as JSON.")
+def push(name: str, uri: str, path: str | None, as_json: bool) -> None:
+    """Publish a prepared dataset as URI/NAME (s3://, gs:// or a folder), for `data.path` on a cluster.
+
+    The files are uploaded under a temporary prefix, read back and checked against a sha256 manifest, moved into
+    place, and a PUBLISHED marker is written last: a training job reading `data.path: URI/NAME` never sees half a
+    dataset, and checks every file it fetches. Published datasets are immutable: push a changed one under a new
+    name. Credentials and the endpoint come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_ENDPOINT_URL_S3; GOOGLE_APPLICATION_CREDENTIALS).
+
+    \b
+    Examples:
+      fusionrec data prepare shop --interactions orders.csv --items products.csv
+      fusionrec data push shop s3://my-bucket/datasets      # then data.path: s3://my-bucket/datasets/shop
+      fusionrec data push shop-2024-06 gs://my-bucket/datasets --path ./prepared/shop --json
+    """
+    from fusionrec.data import prepare as prep
+    from fusionrec.errors import UserError
+    from fusionrec.storage import publish_folder
+
+    folder = prep.prepared_dir(name, path)
+    if not prep.is_prepared_folder(folder):
+        raise UserError(f"{folder} is not a prepared dataset (card.json, interactions.parquet and items.parquet)",
+                        field="--path" if path else "name",
+                        fix=f"prepare it first: `fusionrec data prepare {name} ...`"
+                            + (f" --out {path}" if path else ""))
+    published = publish_folder(folder, uri, name=name)
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    if as_json:
+        click.echo(json.dumps({"uri": published, "files": len(files), "bytes": size}, indent=2))
+    else:
+        click.echo(f"published {published} ({len(files)} files, {size / 1e6:.1f} MB)\n"
+                   f"use it with   data: {{path: {published}}}")

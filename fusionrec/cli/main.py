@@ -19,7 +19,8 @@ from fusionrec.errors import UserError
 
 
 class _UserErrorsExit2(click.Group):
-    """Turns UserError from any command into one clear message on stderr and exit code 2."""
+    """Turns UserError from any command into one clear message on stderr and exit code 2, and a failed transfer
+    to or from object storage (fusionrec.storage.StorageError: a retry may succeed) into its message and exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -27,6 +28,12 @@ class _UserErrorsExit2(click.Group):
         except UserError as exc:
             click.echo(f"error: {exc.render()}", err=True)
             ctx.exit(2)
+        except Exception as exc:
+            storage = sys.modules.get("fusionrec.storage")  # never imported: not a StorageError (keeps --help fast)
+            if storage is None or not isinstance(exc, storage.StorageError):
+                raise
+            click.echo(f"error: object storage: {exc}", err=True)  # its text holds no credentials
+            ctx.exit(1)
 
 
 @click.group(cls=_UserErrorsExit2, context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,6 +59,7 @@ def _register() -> None:
     from fusionrec.cli import (
         compile_cmd,
         data_cmd,
+        embed_cmd,
         evaluate_cmd,
         merge_cmd,
         models_cmd,
@@ -63,6 +71,7 @@ def _register() -> None:
 
     cli.add_command(run_cmd.run)
     cli.add_command(data_cmd.data)
+    cli.add_command(embed_cmd.embed)
     cli.add_command(evaluate_cmd.evaluate)
     cli.add_command(models_cmd.models)
     cli.add_command(merge_cmd.merge)

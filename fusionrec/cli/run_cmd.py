@@ -18,8 +18,13 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopp
 @click.command()
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", type=click.Path(file_okay=False),
-              help="Folder of versioned artifacts and the step cache (default: the manifest's spec.storage.uri, "
+              help="Folder of versioned artifacts and the step cache, or s3://bucket/prefix / gs://bucket/prefix to "
+                   "publish each version there and serve it from there (default: the manifest's spec.storage.uri, "
                    "relative to the current folder).")
+@click.option("--work-dir", type=click.Path(file_okay=False),
+              help="With an object-storage output: the local folder the run builds in (step cache, training, the "
+                   "artifact before it is published). Default: one per URI under ~/.cache/fusionrec/runs "
+                   "($FUSIONREC_CACHE/runs).")
 @click.option("--serve/--no-serve", "serve", default=True, show_default=True,
               help="--no-serve stops after compile (no Ray Serve, no rollout).")
 @click.option("--keep-serving/--no-keep-serving", "keep_serving", default=None,
@@ -37,8 +42,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopp
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON summary on stdout (steps, quality table, rollout, endpoint, sample); "
                    "progress goes to stderr.")
-def run(manifest: Path, output: str | None, serve: bool, keep_serving: bool | None, host: str, no_auth: bool,
-        port: int | None, requests: int, no_cache: bool, as_json: bool) -> None:
+def run(manifest: Path, output: str | None, work_dir: str | None, serve: bool, keep_serving: bool | None, host: str,
+        no_auth: bool, port: int | None, requests: int, no_cache: bool, as_json: bool) -> None:
     """Run MANIFEST end to end on this machine: prepare data, merge (if spec.merge), train on a local Ray,
     evaluate against each single encoder and the baselines, compile, serve on loopback, and print the
     endpoint, a sample recommendation and the quality table.
@@ -49,11 +54,17 @@ def run(manifest: Path, output: str | None, serve: bool, keep_serving: bool | No
     (spec.rollout.steps, each step a weight change and a health/error/latency check on loopback); a failed
     check rolls traffic back to the old version.
 
+    With spec.storage.uri (or --output) at s3:// or gs:// (credentials and endpoint from the environment:
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3; GOOGLE_APPLICATION_CREDENTIALS), the steps run
+    in a local work folder, the compiled version is published to <uri>/<version> (verified, PUBLISHED marker
+    last), and it is served from that URI, fetched and verified as a cluster replica would; a version already
+    published there is served without being built again.
+
     \b
     Exit codes:
       0  done
       1  an unexpected failure (a bug, or a served endpoint that failed requests:
-         the traceback is printed)
+         the traceback is printed), or a transfer to object storage that failed
       2  bad input: the message names the field and the fix
       3  the new version failed its canary checks and was rolled back;
          the old version keeps serving
@@ -64,24 +75,29 @@ def run(manifest: Path, output: str | None, serve: bool, keep_serving: bool | No
     Examples:
       fusionrec run examples/quickstart.yaml
       fusionrec run examples/movielens.yaml --output runs --no-serve
+      fusionrec run examples/quickstart-s3.yaml     # storage.uri: s3://...; make quickstart-s3
       fusionrec -q run examples/quickstart.yaml --json > run.json
       fusionrec run examples/quickstart.yaml --keep-serving --port 8080
       curl -s localhost:8080/v1/recommend -H "Authorization: Bearer $(cat ~/.config/fusionrec/serving-token)" \
         -H 'Content-Type: application/json' -d '{"user_id": "196", "k": 5}'
       fusionrec recommend --user 196 --url http://127.0.0.1:8080    # reads the token itself
     """
+    from fusionrec.cli.cluster_only import cluster_only_notes
     from fusionrec.errors import UserError
     from fusionrec.runner import Runner, RunOptions
     from fusionrec.spec import load_manifest
+    from fusionrec.storage import StorageError
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the steps
     document = load_manifest(manifest)
+    for note in cluster_only_notes(document.spec):
+        click.echo(note, err=True)
     if keep_serving is None:
         keep_serving = serve and not as_json and sys.stdin.isatty() and sys.stdout.isatty()
     if keep_serving and not serve:
         raise UserError("--keep-serving needs serving; drop --no-serve", field="--keep-serving")
     options = RunOptions(output=output, serve=serve, keep_serving=keep_serving, host=host, port=port,
-                         requests=requests, use_cache=not no_cache, no_auth=no_auth)
+                         requests=requests, use_cache=not no_cache, no_auth=no_auth, work_dir=work_dir)
     runner = Runner(document, options, say=lambda line: click.echo(line, err=True))
     failure: Exception | None = None
     try:
@@ -101,6 +117,9 @@ def run(manifest: Path, output: str | None, serve: bool, keep_serving: bool | No
             click.echo(json.dumps(runner.report.to_json(), indent=2))
         elif failure is None:
             click.echo(runner.report.render())
+        if isinstance(failure, StorageError):  # a transfer failed (a retry may succeed); its text holds no secret
+            click.echo(f"error: object storage: {failure}", err=True)
+            click.get_current_context().exit(1)
         if failure is not None:
             raise failure
         if keep_serving:

@@ -33,17 +33,20 @@ def train(manifest: str, output: str | None, work_dir: str | None, address: str 
       fusionrec train m.yaml --address ray://head:10001
       fusionrec train m.yaml --json | jq .test
     """
+    from fusionrec.cli.cluster_only import cluster_only_notes
     from fusionrec.spec import load_manifest
     from fusionrec.storage import StorageError
     from fusionrec.train.distributed import summary_table, train_distributed
 
     document = load_manifest(manifest)
+    for note in cluster_only_notes(document.spec):
+        click.echo(note, err=True)
     root = output or document.spec.storage.uri  # a folder, or s3:// / gs:// (published there)
     try:
         result = train_distributed(document, root, address=address, overwrite=overwrite, dashboard=dashboard,
                                    work_dir=work_dir)
     except StorageError as exc:  # a transfer failed (a retry may succeed); its text holds no credentials
-        click.echo(f"error: publishing failed: {exc}", err=True)
+        click.echo(f"error: object storage: {exc}", err=True)
         click.get_current_context().exit(1)
     except KeyboardInterrupt:
         # train_distributed stopped the workers and its Ray on the way out; the artifact is published last, so

@@ -6,8 +6,13 @@ are smoothed (`smoothing`) and quantised at the default outlier ratio, and if th
 then the unsmoothed graphs, are tried (`int8_rungs`); every attempt is reported and stored in compile.json
 under "int8".
 
-A failure anywhere (bad choice, export error, parity breach) raises before anything is written, so an
-artifact is either left exactly as it was or gains a complete, checked set of compiled files.
+The item index that /v1/recommend searches is decided here too (`item_index`): exact below
+`compile.index.minItems`, else an approximate faiss index whose recall@10 must reach `compile.index.minRecall`;
+it is built first, so a refused index fails the compile before minutes of export. Its line is logged, not
+reported with the parity lines; the CLI prints it from the record.
+
+A failure anywhere (bad choice, export error, parity breach, index recall) raises before anything is written,
+so an artifact is either left exactly as it was or gains a complete, checked set of compiled files.
 """
 
 from __future__ import annotations
@@ -30,13 +35,14 @@ import torch
 from torch import nn
 
 from fusionrec import __version__
-from fusionrec.artifact import Artifact, add_files, load_artifact
+from fusionrec.artifact import ANN_INDEX_NAME, Artifact, add_files, load_artifact
 from fusionrec.compile import onnxruntime_backend as ort_backend
 from fusionrec.compile import tensorrt_backend as trt_backend
 from fusionrec.compile.capture_check import capture_blockers
 from fusionrec.compile.export import export_onnx
 from fusionrec.compile.graphs import GRAPHS, GraphSignature, build_graph
 from fusionrec.compile.inputs import TowerInputs, select
+from fusionrec.compile.item_index import compile_index, model_embedder
 from fusionrec.compile.parity import (
     ParityCheck,
     ParityError,
@@ -58,6 +64,7 @@ from fusionrec.data.splits import LeaveOneOutSplit, RandomSplit
 from fusionrec.errors import UserError
 from fusionrec.model.fused import FusedRecommender
 from fusionrec.progress import progress
+from fusionrec.spec import IndexSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +78,7 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
                      threads: int | None = None, opset: int | None = None, prune_layers: int = 0,
                      tolerance: float | None = None, split: LeaveOneOutSplit | RandomSplit | None = None,
                      embeddings: Path | None = None, timing_cache: Path | None = None,
-                     report: Callable[[str], None] = print) -> dict[str, Any]:
+                     index: IndexSpec | None = None, report: Callable[[str], None] = print) -> dict[str, Any]:
     """Compile the artifact at `path`; returns the record written as compile.json.
 
     Args:
@@ -81,12 +88,15 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
         split: the validation data for the int8 ranking gate (default: loaded from the spec's data section).
         embeddings: frozen encoders' embedding cache (see `fusionrec.model.saved.load_model`).
         timing_cache: TensorRT timing cache file, reused across builds.
+        index: the item index settings (default: the artifact spec's `compile.index`).
         report: where the parity lines are printed.
     Raises:
-        UserError: bad choices or a corrupt artifact; ParityError (a UserError) when the gate fails.
+        UserError: bad choices or a corrupt artifact, or an item index below `compile.index.minRecall`;
+            ParityError (a UserError) when the gate fails.
     """
     started = time.perf_counter()
     settings = load_artifact(path).spec.compile
+    index = settings.index if index is None else index
     backend = settings.backend if backend is None else backend
     precision = settings.precision if precision is None else precision
     threads = settings.threads if threads is None else threads
@@ -104,6 +114,7 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
     if precision == "int8" and not isinstance(split, LeaveOneOutSplit):
         raise UserError(f"the int8 gate measures NDCG@10 and needs a ranking model; this one is "
                         f"{artifact.spec.task.type}", field="compile.precision", fix="use fp32 for ctr/rating")
+    index_record, index_files = compile_index(artifact, index, model_embedder(model))
     inputs = TowerInputs.from_model(model)
     quality: dict[str, Any] = {}
     torch_ranking: Ranking | None = None  # the gate's reference pass (metrics and per-user ranks)
@@ -190,8 +201,10 @@ def compile_artifact(path: str | Path, *, backend: str | None = None, precision:
                          time.perf_counter() - started, blockers)
         if int8 is not None:
             record["int8"] = int8
+        record["index"] = index_record
+        files.update(index_files)
         files[COMPILE_RECORD] = json.dumps(record, indent=2, sort_keys=True).encode()
-        add_files(artifact.path, files, replace=True)
+        add_files(artifact.path, files, replace=True, remove=[ANN_INDEX_NAME] if not index_files else [])
     return record
 
 

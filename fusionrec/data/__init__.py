@@ -14,6 +14,7 @@ from fusionrec.data import prepare
 from fusionrec.data.datasets import BUILT_INS, locate
 from fusionrec.data.prepare import load_prepared
 from fusionrec.data.readers import read_files
+from fusionrec.data.remote import local_data
 from fusionrec.data.schema import ITEM, LABEL, RATING, TIME, USER, Dataset, Vocab
 from fusionrec.data.text import DEFAULT_TEMPLATE, ItemTextTemplate, text_coverage, with_item_text
 from fusionrec.spec import DataSpec
@@ -71,13 +72,15 @@ def load_dataset(spec: DataSpec) -> Dataset:
     """The dataset a spec describes, with item `text` rendered from `spec.item_text_template`.
 
     Explicit files win over the dataset's name. `spec.path` may be a prepared folder (read as prepared, under
-    its card's name) or a built-in's raw files (read directly). Otherwise `spec.dataset` names a dataset
+    its card's name) or a built-in's raw files (read directly); in object storage (s3://, gs://) it is read from
+    its local copy (`fusionrec.data.remote`). Otherwise `spec.dataset` names a dataset
     prepared in the data home; a built-in (ml-100k, ml-1m) is prepared first (found or fetched) when missing.
     A dataset prepared without timestamps is refused with `order: time` (its split would follow file order).
     A prepared dataset keeps the template it was prepared with unless the spec sets `item_text_template`: a
     shop's items rarely have the default template's genres and year, and `prepare --template` already chose.
     (The field is nullable with no default, so a manifest reads the same on the CLI and from the API server.)
     """
+    spec = local_data(spec)  # a data.path in object storage is read from its local copy
     prepared: Path | None = None
     if spec.interactions:
         base = Path(spec.path) if spec.path else Path()  # relative file names are taken inside spec.path

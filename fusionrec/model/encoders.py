@@ -180,8 +180,7 @@ class TextEncoder(nn.Module):
     def _compute(self, texts: list[str], batch_size: int) -> Tensor:
         self.cache_stats["computed"] += 1
         out = torch.empty(len(texts), self.hidden_size, dtype=self.projection.weight.dtype, device=self.device)
-        # Longest first: batches of similar lengths waste little padding, and the first batch shows peak memory.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        order = longest_first(texts)
         was_training = self.backbone.training
         self.backbone.eval()
         try:
@@ -200,6 +199,15 @@ class TextEncoder(nn.Module):
         finally:
             self.backbone.train(was_training)
         return out
+
+    def catalogue_key(self, texts: list[str]) -> str:
+        """The key `pooled_texts` caches these texts' pooled rows under (weights, pooling, max_length, texts):
+        a job that computes them elsewhere (fusionrec.train.catalogue_embedding) stores them where this looks."""
+        return self._cache_key(texts)
+
+    def cache_path(self, key: str) -> Path | None:
+        """The .npy file `pooled_texts` reads for `key` (None without an embedding cache folder)."""
+        return self._disk_path(key)
 
     def _weights_fingerprint(self) -> str:
         """Hash of the LM's weights, recomputed only when a tensor changed (load_state_dict, merges)."""
@@ -239,13 +247,25 @@ class TextEncoder(nn.Module):
 
     def _save_to_disk(self, key: str, pooled: Tensor) -> None:
         path = self._disk_path(key)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as handle:
-            np.save(handle, pooled.detach().cpu().float().numpy(), allow_pickle=False)
-        os.replace(tmp, path)
+        if path is not None:
+            write_pooled(path, pooled.detach().cpu().float().numpy())
+
+
+def write_pooled(path: Path, pooled: np.ndarray) -> None:
+    """Write (N, H) float32 pooled rows as a cache file, whole or not at all (temp file + rename): the one writer
+    of the embedding cache, shared with the jobs that fill it elsewhere (fusionrec.train.catalogue_embedding)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as handle:
+        np.save(handle, np.ascontiguousarray(pooled, dtype=np.float32), allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def longest_first(texts: list[str]) -> list[int]:
+    """Text indices, longest text first (ties in input order): the order a catalogue is batched in, so batches
+    of similar lengths waste little padding and the first batch shows peak memory. Whoever splits a catalogue
+    into shards along this order and batches each shard from its start gets the very same batches."""
+    return sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
 
 
 # --- loading helpers ------------------------------------------------------------------------------------------

@@ -6,10 +6,14 @@ A source is one of
 - `pkg://<package>[/subdir]`: a Python package that ships a model (see `fusionrec.model.packaged`);
 - `hf://org/name[@revision]`: the Hugging Face Hub, for users who have one;
 - `pvc://<claim>/<path>`: a PersistentVolumeClaim mounted at `$FUSIONREC_PVC_ROOT/<claim>` (default
-  `/mnt/models/<claim>`), the convention the operator uses when it mounts model claims into pods.
+  `/mnt/models/<claim>`), the convention the operator uses when it mounts model claims into pods;
+- `s3://<bucket>/<prefix>`, `gs://<bucket>/<prefix>`: an HF folder in object storage, fetched once into
+  `<model cache>/.fetched/` by `fusionrec.storage.local_copy` (a published folder checked against its manifest,
+  any other folder copied whole and re-fetched when it changes; pickled weights are refused either way), with
+  credentials and the endpoint from the environment.
 Everything after resolution is offline: transformers only ever sees a local folder. The schemes are
-`fusionrec.choices.MODEL_SOURCE_SCHEMES`, which the spec and the CRD check too: `s3://`, `gs://` and any other
-scheme are refused when the manifest is read, with the fix.
+`fusionrec.choices.MODEL_SOURCE_SCHEMES`, which the spec and the CRD check too: any other scheme is refused when
+the manifest is read, with the fix.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from urllib.parse import unquote, urlparse
 from fusionrec.choices import MODEL_SOURCE_FIX, model_source_problem
 from fusionrec.errors import UserError
 from fusionrec.files import atomic_directory, sha256_file
-from fusionrec.model.packaged import ORIGIN_FILE, find_package_dir, materialise
+from fusionrec.model.packaged import ORIGIN_FILE, find_package_dir, materialise, model_home
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +44,11 @@ def resolve_source(source: str, cache_dir: Path | None = None) -> Path:
     """Return a local HF folder (one holding config.json) for a model source.
 
     Args:
-        source: a local path, `file://`, `pkg://`, `hf://` or `pvc://` source.
+        source: a local path, `file://`, `pkg://`, `hf://`, `pvc://`, `s3://` or `gs://` source.
         cache_dir: where converted or downloaded models go (default: `$FUSIONREC_MODEL_HOME`).
     Raises:
         UserError: naming the source and the fix, for an unknown scheme or a missing model.
+        StorageError: fetching an s3:// or gs:// source failed (a retry may succeed).
     """
     problem = model_source_problem(source)
     if problem:
@@ -59,6 +64,8 @@ def resolve_source(source: str, cache_dir: Path | None = None) -> Path:
         return _hub(rest, source, cache_dir)
     if scheme == "pvc":
         return _pvc(rest, source, cache_dir)
+    if scheme in ("s3", "gs"):
+        return _object_store(source, cache_dir)
     # A "scheme://" that model_source_problem does not take for one (upper case, a digit first): a local path.
     return _local(Path(source).expanduser(), source, cache_dir)
 
@@ -129,6 +136,20 @@ def _pvc(rest: str, source: str, cache_dir: Path | None) -> Path:
             fix="mount the claim there, or set FUSIONREC_PVC_ROOT to the folder claims are mounted under",
         )
     return materialise(path, cache_dir=cache_dir)
+
+
+def _object_store(source: str, cache_dir: Path | None) -> Path:
+    """Fetch (or re-use) the local copy of an HF folder in object storage, then treat it as a local folder."""
+    from fusionrec.storage import StorageError, local_copy, shown_uri
+
+    try:
+        folder = local_copy(source, (cache_dir or model_home()) / ".fetched")  # hidden: never a model name
+    except UserError as exc:
+        raise UserError(f"source {shown_uri(source)!r}: {exc.message}", field="source",
+                        fix=exc.fix or "give the prefix that holds the model's config.json") from None
+    except StorageError as exc:
+        raise StorageError(f"fetching model source {shown_uri(source)}: {exc}", not_found=exc.not_found) from None
+    return materialise(folder, cache_dir=cache_dir)
 
 
 # --- pull and verify ------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ PROJECTION_STD = 0.05  # per-dimension std of a projected item vector at init: u
 STATS_ROWS = 4096  # catalogue rows the feature standardisation of an unfrozen encoder is estimated on
 TEXT_CACHE_ENTRIES = 50_000  # pooled user texts a frozen encoder keeps (LRU)
 UNKNOWN_FEEDBACK = 2  # feedback id of a history item whose label is unknown (and of padding)
+TEXT_BATCH_SIZE = 64  # texts per LM call over a catalogue (catalogue_embedding batches alike: same vectors)
 
 
 class ItemTower(nn.Module):
@@ -45,7 +46,8 @@ class ItemTower(nn.Module):
     """
 
     def __init__(self, encoders: Sequence[TextEncoder], fusion: FusionMethod, item_texts: Sequence[str], *,
-                 use_item_ids: bool, dropout: float = 0.0, text_batch_size: int = 64) -> None:
+                 use_item_ids: bool, dropout: float = 0.0,
+                 text_batch_size: int = TEXT_BATCH_SIZE) -> None:
         super().__init__()
         names = [e.spec.name for e in encoders]
         if names != fusion.model_names:

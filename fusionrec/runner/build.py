@@ -111,14 +111,30 @@ def merge(ctx: RunContext) -> tuple[Path, str] | None:
     return folder, str(record.output["hash"])
 
 
+@dataclass(frozen=True)
+class TrainInputs:
+    """What the train step is keyed by: the spec it trains (merged encoder in place), its encoders' content
+    hashes, and the key they make with the data's."""
+
+    spec: FusionRecommenderSpec
+    sources: dict[str, str]
+    key: str
+
+
+def train_inputs(ctx: RunContext, data_key: str, merged: tuple[Path, str] | None) -> TrainInputs:
+    """The train step's key without training: a version published earlier is checked against it."""
+    spec = with_merged_encoder(ctx.spec, merged[0]) if merged else ctx.spec
+    sources = {e.name: (merged[1] if merged and ctx.spec.merge and e.name == ctx.spec.merge.name else
+                        source_fingerprint(e.source, ctx.hasher)) for e in spec.encoders}
+    return TrainInputs(spec, sources, step_key("train", train_parts(spec, sources), {"data": data_key}))
+
+
 def train(ctx: RunContext, data_key: str, merged: tuple[Path, str] | None) -> Trained:
     """Fine-tune under Ray Train into `<output>/<version>/` (or reuse the same training of another version)."""
     from fusionrec.train.distributed import train_distributed
 
-    spec = with_merged_encoder(ctx.spec, merged[0]) if merged else ctx.spec
-    sources = {e.name: (merged[1] if merged and ctx.spec.merge and e.name == ctx.spec.merge.name else
-                        source_fingerprint(e.source, ctx.hasher)) for e in spec.encoders}
-    key = step_key("train", train_parts(spec, sources), {"data": data_key})
+    inputs = train_inputs(ctx, data_key, merged)
+    spec, sources, key = inputs.spec, inputs.sources, inputs.key
     target = ctx.target
 
     def verify(record: Record) -> bool:
@@ -171,8 +187,7 @@ def compile_version(ctx: RunContext, trained: Trained) -> Record:
     from fusionrec.compile import compile_artifact
 
     settings = ctx.spec.compile
-    key = step_key("compile", {"version": ctx.spec.version, "compile": settings.model_dump(mode="json")},
-                   {"train": trained.hash})
+    key = compile_key(ctx.spec, trained.hash)
     target = ctx.target
 
     def verify(record: Record) -> bool:
@@ -188,6 +203,12 @@ def compile_version(ctx: RunContext, trained: Trained) -> Record:
                     f"{result['backend']} {result['precision']}: {', '.join(sorted(files))}")
 
     return run_step(ctx, "compile", key, work, verify, announce=f"{settings.backend} {settings.precision}")
+
+
+def compile_key(spec: FusionRecommenderSpec, train_hash: str) -> str:
+    """The compile step's key: this version's compile settings over the trained files' hash."""
+    return step_key("compile", {"version": spec.version, "compile": spec.compile.model_dump(mode="json")},
+                    {"train": train_hash})
 
 
 def _reuse_other_version(ctx: RunContext, key: str, spec: FusionRecommenderSpec,
@@ -247,8 +268,11 @@ def _drop_checkpoints(ctx: RunContext, best_checkpoint: str | None) -> None:
 
 
 def check_local_output(root: str) -> Path:
-    """The output folder must be local: the runner writes artifacts and its cache there."""
+    """A local output folder (a path or file:///path): the runner writes artifacts and its cache there. Object
+    storage goes through `fusionrec.runner.publishing`, which hands the runner a local work folder instead."""
+    if root.startswith("file://"):
+        root = root.removeprefix("file://")
     if "://" in root:
         raise UserError(f"output {root!r} is not a local folder", field="spec.storage.uri",
-                        fix="pass --output ./runs (a cluster's storage is the operator's business)")
+                        fix="use a local folder, s3://bucket/prefix or gs://bucket/prefix")
     return Path(root).expanduser().resolve()

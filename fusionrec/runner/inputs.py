@@ -23,8 +23,12 @@ def data_files(data: DataSpec) -> list[Path] | None:
     A prepared folder, named by `data.dataset` or given as `data.path`, is keyed by its Parquet files alone: the
     card describes them (and names the folder it was written to, which must not change the key). A name that is
     neither prepared nor built in fails here, before any step runs, as `load_dataset` would later (so does
-    `order: time` on a dataset prepared without timestamps).
+    `order: time` on a dataset prepared without timestamps). Data in object storage is fetched (or its cached
+    copy checked) first, and keyed by that local copy's files, as `load_dataset` will read them.
     """
+    from fusionrec.data.remote import local_data
+
+    data = local_data(data)
     if data.interactions:
         base = Path(data.path) if data.path else Path()
         names = [name for name in (data.interactions, data.items, data.users) if name]

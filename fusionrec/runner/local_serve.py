@@ -34,10 +34,17 @@ REQUEST_TIMEOUT_S = 60.0
 
 @dataclass
 class Version:
-    """A model version the run serves: its name and artifact folder."""
+    """A model version the run serves: its name, the local artifact folder the run's own requests are built from,
+    and, for a published version, the URI the replicas load it from (fetched and verified there)."""
 
     version: str
     artifact: Path
+    uri: str | None = None
+
+    @property
+    def location(self) -> str:
+        """What the replicas are told to load: the published URI, else the local folder."""
+        return self.uri or str(self.artifact)
 
 
 def app_args(name: str, versions: Sequence[Version], weights: Mapping[str, int], serving: ServingSpec) -> AppArgs:
@@ -46,7 +53,7 @@ def app_args(name: str, versions: Sequence[Version], weights: Mapping[str, int],
     local = serving.model_copy(deep=True)
     local.auth.secret_ref = None
     return AppArgs(name=name, serving=local,
-                   versions=[VersionArgs(version=v.version, artifact=str(v.artifact), weight=int(weights[v.version]))
+                   versions=[VersionArgs(version=v.version, artifact=v.location, weight=int(weights[v.version]))
                              for v in versions])
 
 

@@ -7,6 +7,10 @@ sample recommendation and latency sample.
 Every building step is cached by content hash (`fusionrec.runner.cache`): re-running the same manifest skips
 them all and only serves. Serving is never cached: it is a live process. The run's own Ray is stopped at
 the end unless the caller keeps it serving (`keep_serving`, then `wait`).
+
+With spec.storage.uri (or --output) in object storage, the same steps run in a local work folder, then
+publish (after compile) and fetch come before serving, and every version is served from its published URI
+(`fusionrec.runner.publishing`); a version already published there is not built again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fusionrec.runner import build, compare
+from fusionrec.errors import UserError
+from fusionrec.runner import build, compare, publishing
 from fusionrec.runner.cache import STATE_DIR, FolderHasher, StepCache
 from fusionrec.runner.inputs import baselines_of
 from fusionrec.runner.local_rollout import RolloutResult, rollout
@@ -37,6 +42,7 @@ from fusionrec.runner.local_serve import (
 )
 from fusionrec.runner.steps import RunContext, record_step
 from fusionrec.runner.summary import RunReport
+from fusionrec.serving.artifacts import is_remote, local_artifact
 from fusionrec.serving.config import AppArgs
 from fusionrec.spec import Manifest, ServingSpec
 
@@ -58,6 +64,7 @@ class RunOptions:
     warmup: int = 5
     use_cache: bool = True
     no_auth: bool = False
+    work_dir: str | None = None  # where an object-storage output is built locally (default: under the cache)
 
 
 class Runner:
@@ -75,29 +82,47 @@ class Runner:
         from fusionrec.model.saved import embedding_cache_dir
 
         spec, options = self.manifest.spec, self.options
-        root = build.check_local_output(options.output or spec.storage.uri)
+        output = options.output or spec.storage.uri
+        # Storage first: no credentials or no bucket fails in seconds, before the data is read.
+        dest = publishing.destination(output, spec.version, field="--output" if options.output else
+                                      "spec.storage.uri", work_dir=options.work_dir, rebuild=not options.use_cache)
+        root = dest.work_root if dest else build.check_local_output(output)
         baselines_of(spec)  # a baseline that does not suit the task fails before any work
         hasher = FolderHasher(root / STATE_DIR / "hashes.json", trust_stat=options.use_cache)
         ctx = RunContext(self.manifest, root, StepCache(root, enabled=options.use_cache), hasher,
                          embedding_cache_dir(), self.say, steps=self.report.steps)
         self.report.artifact = str(ctx.target)
+        self.report.storage = dest.uri if dest else None
         if options.serve:  # before any work: no auth on a non-loopback host is refused (exit 2)
             self.local_serving = self._local_serving()
         try:
             data_key = build.prepare(ctx)
             merged = build.merge(ctx)
-            if options.serve:  # one Ray for training and serving: started before training needs it
-                self.serving = LocalServing(options.host, spec.serving.port if options.port is None else options.port,
-                                            self._cpus())
-                self.serving.start()
-            trained = build.train(ctx, data_key, merged)
-            self.report.comparison = compare.evaluate(ctx, trained)
-            build.compile_version(ctx, trained)
+            if dest is not None and dest.published:  # the published version is the result: nothing is rebuilt
+                self.report.comparison = publishing.adopt(ctx, dest, build.train_inputs(ctx, data_key, merged))
+                self.report.artifact = self.report.published = dest.version_uri
+                self._start_serving()
+            else:
+                self._start_serving()  # one Ray for training and serving: started before training needs it
+                trained = build.train(ctx, data_key, merged)
+                self.report.comparison = compare.evaluate(ctx, trained)
+                compiled = build.compile_version(ctx, trained)
+                if dest is not None:  # published last, once compile succeeded
+                    self.report.artifact = self.report.published = publishing.publish(ctx, dest, trained, compiled)
         finally:
             hasher.save()
         if options.serve:
-            self._serve(ctx)
+            new = Version(spec.version, ctx.target)
+            if dest is not None:  # served from the published URI, as a cluster replica reads it
+                new = Version(spec.version, publishing.fetch(ctx, dest), dest.version_uri)
+            self._serve(ctx, new)
         return self.report
+
+    def _start_serving(self) -> None:
+        if self.options.serve:
+            port = self.manifest.spec.serving.port if self.options.port is None else self.options.port
+            self.serving = LocalServing(self.options.host, port, self._cpus())
+            self.serving.start()
 
     def _cpus(self) -> int:
         """Logical CPUs of a Ray started here: enough for the training workers and, during a rollout, two
@@ -121,15 +146,13 @@ class Runner:
                                   say=self.say)
         return serving
 
-    def _serve(self, ctx: RunContext) -> None:
+    def _serve(self, ctx: RunContext, new: Version) -> None:
         import httpx
 
-        spec = self.manifest.spec
         serving = self.local_serving or self._local_serving()
         url = self._server().start()
         self.report.endpoint = url
         state = ServedState.load(ctx.root, self.manifest.metadata.name)
-        new = Version(spec.version, ctx.target)
         stable = self._stable(ctx, state)
         versions = [stable, new] if stable else [new]
         args = app_args(self.manifest.metadata.name, versions,
@@ -140,7 +163,7 @@ class Runner:
             if stable is not None:
                 served = self._roll_out(ctx, client, args, stable, new, state)
             if stable is None or self._rollout_result().promoted:
-                state.current, state.artifact = new.version, str(new.artifact)
+                state.current, state.artifact = new.version, new.location
             state.save()
             self.report.served_version = served.version
             record_step(ctx, "sample", lambda: self._sample(ctx, client, served))
@@ -159,9 +182,19 @@ class Runner:
         return self.report.rollout
 
     def _stable(self, ctx: RunContext, state: ServedState) -> Version | None:
-        """The version this output folder served before, when it is another one and still verifies."""
+        """The version this output folder served before, when it is another one and still verifies (a published
+        one: still published, and fetched and verified again)."""
         if not state.current or state.current == self.manifest.spec.version or not state.artifact:
             return None
+        if is_remote(state.artifact):
+            from fusionrec.storage import StorageError
+
+            try:
+                return Version(state.current, local_artifact(state.artifact), state.artifact)
+            except (UserError, StorageError) as exc:
+                self.say(f"note: the served version {state.current} cannot be fetched ({str(exc).splitlines()[0]}); "
+                         f"{self.manifest.spec.version} is served without a rollout")
+                return None
         if ctx.artifact(Path(state.artifact)) is None:
             self.say(f"note: the served version {state.current} ({state.artifact}) is gone or broken; "
                      f"{self.manifest.spec.version} is served without a rollout")
@@ -192,7 +225,13 @@ class Runner:
 
     def _sample(self, ctx: RunContext, client: Any, served: Version) -> tuple[bool, str]:
         latency = latency_sample(client, served.artifact, self.options.requests, self.options.warmup)
-        ctx.add_files(served.artifact, {LATENCY_NAME: (json.dumps(latency, indent=2) + "\n").encode()})
+        record = {LATENCY_NAME: (json.dumps(latency, indent=2) + "\n").encode()}
+        if served.uri is None:
+            ctx.add_files(served.artifact, record)
+        elif ctx.artifact(ctx.root / served.version) is not None:
+            # A published version is immutable (and its fetched copy must stay as published): the latency goes to
+            # the local build of that version, when this machine has one, and to the report.
+            ctx.add_files(ctx.root / served.version, record)
         self.report.latency = latency
         if latency["failed"]:
             raise RuntimeError(f"{latency['failed']} of {latency['requests']} requests to {served.version} at "
@@ -228,8 +267,12 @@ class Runner:
 def interrupted_line(report: RunReport) -> str:
     """The one line a Ctrl-C'd run ends with: what (if anything) this run published, and that running again
     resumes (every finished step is cached). Training publishes its version only once it is complete, so a
-    run stopped before the train step finished published nothing."""
+    run stopped before the train step finished published nothing; with object storage, nothing is published
+    before the publish step finished (its marker is written last)."""
     finished = {step.name for step in report.steps if step.status in ("ran", "cached")}
+    if report.storage is not None and report.published is None:
+        return (f"interrupted: nothing published to {report.storage} for version {report.version}; run again to "
+                "resume")
     if "train" not in finished:
         return f"interrupted: nothing published for version {report.version}; run again to resume"
     pending = next((step.name for step in report.steps if step.status == "failed"), "next")

@@ -160,6 +160,13 @@ def record_step(ctx: RunContext, name: str, work: Callable[[], tuple[bool, str]]
     return ok
 
 
+def record_cached(ctx: RunContext, name: str, key: str | None, detail: str) -> None:
+    """A step whose result exists elsewhere than in this run's cache (a version already published), reported as
+    cached like any other skipped step."""
+    ctx.steps.append(StepResult(name, "cached", 0.0, key, detail))
+    ctx.say(_line(ctx.steps[-1]))
+
+
 def _short(exc: BaseException) -> str:
     text = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
     return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__

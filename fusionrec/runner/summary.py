@@ -31,6 +31,8 @@ class RunReport:
     latency: dict[str, Any] | None = None
     rollout: RolloutResult | None = None
     error: str | None = None
+    storage: str | None = None  # spec.storage.uri when it is object storage (the run builds in a local folder)
+    published: str | None = None  # the version's URI there, once published (or found published)
 
     @property
     def rolled_back(self) -> bool:
@@ -38,7 +40,7 @@ class RunReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "version": self.version, "artifact": self.artifact,
+            "name": self.name, "version": self.version, "artifact": self.artifact, "published": self.published,
             "steps": [step.to_json() for step in self.steps],
             "quality": self.comparison,
             "rollout": self.rollout.to_json() if self.rollout else None,

@@ -20,6 +20,20 @@ from fusionrec.spec import AuthSpec, FusionRecommenderSpec
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 SHARED_SCHEMES = ("pvc://", "s3://", "gs://")
+OBJECT_STORAGE_SCHEMES = ("s3://", "gs://")
+
+# Every spec field that may hold a URI, as paths into the camelCase spec document ("*" = each list item).
+URI_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("encoders", "*", "source"),
+    ("merge", "base"),
+    ("merge", "models", "*", "source"),
+    ("data", "path"),
+    ("data", "interactions"),
+    ("data", "items"),
+    ("data", "users"),
+    ("storage", "uri"),
+    ("training", "storagePath"),
+)
 
 
 def dns_name(*parts: str, limit: int = 63) -> str:
@@ -90,6 +104,27 @@ def pod_path(uri: str, field: str) -> tuple[str, Volume | None]:
     return (f"{volume.mount_path}/{rest}".rstrip("/") if rest else volume.mount_path), volume
 
 
+def spec_uris(spec: FusionRecommenderSpec) -> list[str]:
+    """Every URI the spec names (the fields of URI_FIELDS that are set), in URI_FIELDS order."""
+    found: list[str] = []
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if node is None:
+            return
+        if not path:
+            found.append(node)
+        elif path[0] == "*":
+            for item in node:
+                walk(item, path[1:])
+        elif isinstance(node, dict):
+            walk(node.get(path[0]), path[1:])
+
+    document = spec.model_dump(by_alias=True, mode="json")
+    for path in URI_FIELDS:
+        walk(document, path)
+    return found
+
+
 def artifact_uri(storage_uri: str, name: str, version: str) -> str:
     """`<spec.storage.uri>/<metadata.name>/<version>`: where the RayJob writes and serving reads."""
     return f"{storage_uri.rstrip('/')}/{name}/{version}"
@@ -120,6 +155,8 @@ def pod_template(
     mounts: list[dict[str, Any]],
     head: bool,
     serve: bool,
+    env: list[dict[str, Any]] | None = None,
+    env_from: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     ports = _ports(serve)
     if head:
@@ -133,6 +170,10 @@ def pod_template(
         "resources": resources,
         "ports": ports,
     }
+    if env:
+        container["env"] = env
+    if env_from:
+        container["envFrom"] = env_from
     if mounts:
         container["volumeMounts"] = mounts
     spec: dict[str, Any] = {"containers": [container]}
@@ -197,5 +238,6 @@ def check_cluster_training(spec: FusionRecommenderSpec) -> None:
             "and spec.data names no files: the training pods have no prepared-data home to find it in",
             field="spec.data.dataset",
             fix=f"copy the prepared dataset (the folder `fusionrec data prepare {data.dataset} --out FOLDER` wrote) "
-                "to a PersistentVolumeClaim and set spec.data.path: pvc://<claim>/<folder>, or give "
+                "to object storage (`fusionrec data push NAME s3://bucket/prefix`) or a PersistentVolumeClaim and set "
+                "spec.data.path to its URI (s3://, gs:// or pvc://<claim>/<folder>), or give "
                 "spec.data.interactions (and items, users) on shared storage")

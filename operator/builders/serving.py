@@ -27,6 +27,7 @@ from fusionrec.operator.builders.common import (
     pod_template,
     pvc_volumes,
 )
+from fusionrec.operator.builders.credentials import pod_credentials
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.serving.config import AppArgs, check_weights
 from fusionrec.spec import Manifest
@@ -86,14 +87,19 @@ def build_rayservice(manifest: Manifest, versions: Sequence[ServedVersion], conf
             "items": [{"key": consts.AUTH_TOKENS_KEY, "path": consts.AUTH_TOKENS_KEY}],
         }})
         mounts.append({"name": "auth-tokens", "mountPath": consts.AUTH_DIR, "readOnly": True})
+    credentials = pod_credentials(spec)  # the replicas fetch their artifacts from spec.storage.uri
+    volumes += credentials.volumes
+    mounts += credentials.mounts
     pod_labels = labels(name, "serving")
     res = spec.serving.resources
     head = pod_template(config=config, container_name="ray-head",
                         resources=container_resources(config.head_cpu, config.head_memory, 0),
-                        pod_labels=pod_labels, volumes=volumes, mounts=mounts, head=True, serve=True)
+                        pod_labels=pod_labels, volumes=volumes, mounts=mounts, head=True, serve=True,
+                        env=credentials.env, env_from=credentials.env_from)
     worker = pod_template(config=config, container_name="ray-worker",
                           resources=container_resources(res.cpu, res.memory, res.gpu),
-                          pod_labels=pod_labels, volumes=volumes, mounts=mounts, head=False, serve=True)
+                          pod_labels=pod_labels, volumes=volumes, mounts=mounts, head=False, serve=True,
+                          env=credentials.env, env_from=credentials.env_from)
     serve_config = yaml.safe_dump(build_serve_config(manifest, versions), sort_keys=False)
     return {
         "apiVersion": f"{consts.RAY_GROUP}/{consts.RAY_VERSION}",

@@ -15,6 +15,7 @@ import yaml
 
 from fusionrec.operator import consts
 from fusionrec.operator.builders.common import (
+    URI_FIELDS,
     Volume,
     artifact_uri,
     container_resources,
@@ -25,21 +26,9 @@ from fusionrec.operator.builders.common import (
     pvc_volumes,
     rayjob_name,
 )
+from fusionrec.operator.builders.credentials import pod_credentials
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.spec import Manifest
-
-# Every spec field that may hold a URI, as paths into the camelCase spec document ("*" = each list item).
-URI_FIELDS: tuple[tuple[str, ...], ...] = (
-    ("encoders", "*", "source"),
-    ("merge", "base"),
-    ("merge", "models", "*", "source"),
-    ("data", "path"),
-    ("data", "interactions"),
-    ("data", "items"),
-    ("data", "users"),
-    ("storage", "uri"),
-    ("training", "storagePath"),
-)
 
 
 def _rewrite(node: Any, path: tuple[str, ...], where: str, found: list[Volume]) -> None:
@@ -103,7 +92,8 @@ def build_rayjob(manifest: Manifest, version: str, config: OperatorConfig) -> di
     """A RayJob that trains, evaluates, compiles and writes `version`'s artifact, then tears its cluster down.
 
     One worker pod per Ray Train worker (`training.workers`), sized by cpusPerWorker/gpusPerWorker; the
-    head only hosts the driver (num-cpus 0 keeps train workers off it).
+    head only hosts the driver (num-cpus 0 keeps train workers off it). Both get the object-storage credentials
+    (builders/credentials.py): the workers read data and checkpoints, the driver publishes the version.
     """
     name = manifest.metadata.name
     training = manifest.spec.training
@@ -112,15 +102,20 @@ def build_rayjob(manifest: Manifest, version: str, config: OperatorConfig) -> di
     configmap = manifest_configmap_name(name, version)
     volumes.append({"name": "manifest", "configMap": {"name": configmap}})
     mounts.append({"name": "manifest", "mountPath": consts.MANIFEST_DIR, "readOnly": True})
+    credentials = pod_credentials(manifest.spec)
+    volumes += credentials.volumes
+    mounts += credentials.mounts
     pod_labels = labels(name, "train", version)
 
     head = pod_template(config=config, container_name="ray-head",
                         resources=container_resources(config.head_cpu, config.head_memory, 0),
-                        pod_labels=pod_labels, volumes=volumes, mounts=mounts, head=True, serve=False)
+                        pod_labels=pod_labels, volumes=volumes, mounts=mounts, head=True, serve=False,
+                        env=credentials.env, env_from=credentials.env_from)
     worker = pod_template(config=config, container_name="ray-worker",
                           resources=container_resources(training.cpus_per_worker, config.train_worker_memory,
                                                         training.gpus_per_worker),
-                          pod_labels=pod_labels, volumes=volumes, mounts=mounts, head=False, serve=False)
+                          pod_labels=pod_labels, volumes=volumes, mounts=mounts, head=False, serve=False,
+                          env=credentials.env, env_from=credentials.env_from)
     return {
         "apiVersion": f"{consts.RAY_GROUP}/{consts.RAY_VERSION}",
         "kind": consts.RAYJOB_KIND,

@@ -94,8 +94,8 @@ def test_sharded_safetensors_are_read_through_the_index(bert, tmp_path):
 def test_sources_resolve_encoder_names_then_model_sources(bert, tmp_path):
     assert io.resolve_source(f"file://{bert.a}") == bert.a
     assert io.resolve_source("ranking", {"ranking": str(bert.b)}) == bert.b
-    with pytest.raises(UserError, match=r"'s3://bucket/model': models are not loaded from s3:// sources"):
-        io.resolve_source("s3://bucket/model")
+    with pytest.raises(UserError, match=r"'ftp://host/model': models are not loaded from ftp:// sources"):
+        io.resolve_source("ftp://host/model")
     with pytest.raises(UserError, match=r"nope does not exist"):
         io.resolve_source(str(tmp_path / "nope"))
 

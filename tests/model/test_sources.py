@@ -89,8 +89,8 @@ def test_folder_without_a_model_is_refused(tmp_path):
 
 @pytest.mark.parametrize("source, message", [
     ("ftp://host/model", "models are not loaded from ftp:// sources"),
-    ("s3://bucket/model", "models are not loaded from s3:// sources"),
-    ("gs://bucket/model", "models are not loaded from gs:// sources"),
+    ("hdfs://namenode/model", "models are not loaded from hdfs:// sources"),
+    ("s3:///model", "names no bucket"),
     ("pkg://", "no package named"),
     ("hf://just-a-name", r"expected hf://<org>/<name>"),
 ])

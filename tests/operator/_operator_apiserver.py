@@ -15,7 +15,8 @@ word, and the valid edge cases' stored objects.
      then recurses into it), so at request time a partial default would be completed (not at CRD time);
   4. the OpenAPI schema (types, enums, bounds, patterns) and `x-kubernetes-list-type` (`set`: no duplicate
      items, `map`: no duplicate keys) are validated; a null never passes an `enum`, even a nullable one
-     that lists null (kube-openapi compares only non-null values), but a null skips `pattern`;
+     that lists null (kube-openapi compares only non-null values), but a null skips `pattern`; a string's
+     checks stop at the first that fails (maxLength, minLength, pattern);
   5. the CEL rules run unless step 4 found a "blocking" error (a wrong type, an unsupported enum value, a
      missing required field, a string or list over its limit), which then adds the server's
      `<nil>: ... some validation rules were not checked` line; CEL skips null values, and a null field of an
@@ -307,7 +308,11 @@ def cel_problems(schema: dict[str, Any], value: Any, path: str = "") -> list[str
 
 def _validate(schema: dict[str, Any], value: Any) -> tuple[list[str], bool]:
     """(problems, blocking) of schema and list-type validation; unknown fields count as problems."""
-    errors = [_schema_error(e) for e in jsonschema.Draft4Validator(strict(schema)).iter_errors(value)]
+    found = list(jsonschema.Draft4Validator(strict(schema)).iter_errors(value))
+    # kube-openapi's string validator stops at its first failure (maxLength, minLength, then pattern): an empty
+    # string that also misses the pattern is reported as too short only.
+    short = {tuple(e.absolute_path) for e in found if e.validator in ("maxLength", "minLength")}
+    errors = [_schema_error(e) for e in found if not (e.validator == "pattern" and tuple(e.absolute_path) in short)]
     problems = [f"{path}: {message}" for path, _, message in errors] + list_type_problems(schema, value)
     return problems, any(kind in _BLOCKING for _, kind, _ in errors)
 

@@ -168,9 +168,7 @@ INVALID: list[Bad] = [
         "spec.encoders[0].source"),
     Bad("encoder-source-unknown-scheme", _set("spec.encoders.0.source", "ftp://host/model"),
         "spec.encoders[0].source"),
-    # s3:// and gs:// hold data, never models (fusionrec.model.sources loads none from there)
-    Bad("encoder-source-in-s3", _set("spec.encoders.0.source", "s3://bucket/minilm"), "spec.encoders[0].source"),
-    Bad("encoder-source-in-gs", _set("spec.encoders.0.source", "gs://bucket/minilm"), "spec.encoders[0].source"),
+    Bad("encoder-source-in-hdfs", _set("spec.encoders.0.source", "hdfs://nn/minilm"), "spec.encoders[0].source"),
     Bad("encoder-pooling-unknown", _set("spec.encoders.0.pooling", "max"), "spec.encoders[0].pooling"),
     # data
     Bad("dataset-name-with-a-slash", _set("spec.data.dataset", "../ml-1m"), "spec.data.dataset"),
@@ -237,9 +235,9 @@ INVALID: list[Bad] = [
                                                       "tFilters": {"attn": 0.5}}), "spec.merge.tFilters"),
     Bad("t-filter-key-too-long", _set("spec.merge", {**SLERP, "tFilters": {"k" * (S.T_FILTER_KEY_MAX + 1): 0.5}}),
         "spec.merge.tFilters"),
-    Bad("merge-base-in-s3", _set("spec.merge", {**TIES, "base": "s3://bucket/base", "density": 0.2}),
+    Bad("merge-base-in-ftp", _set("spec.merge", {**TIES, "base": "ftp://host/base", "density": 0.2}),
         "spec.merge.base"),
-    Bad("merge-model-in-gs", _set("spec.merge", {"method": "linear", "models": [{"source": "gs://bucket/m"}]}),
+    Bad("merge-model-in-hdfs", _set("spec.merge", {"method": "linear", "models": [{"source": "hdfs://nn/m"}]}),
         "spec.merge.models[0].source"),
     # training
     Bad("training-workers-zero", _set("spec.training.workers", 0), "spec.training.workers"),
@@ -269,6 +267,24 @@ INVALID: list[Bad] = [
         "spec.compile", server_field="spec.compile.precision"),
     Bad("compile-default-backend-bf16", _set("spec.compile", {"precision": "bf16"}), "spec.compile",
         server_field="spec.compile.precision"),
+    # compile.index: a parameter only for the kinds that read it; nprobe within nlist; bounds
+    Bad("index-kind-unknown", _set("spec.compile.index.kind", "annoy"), "spec.compile.index.kind"),
+    Bad("index-hnsw-m-with-ivf", _set("spec.compile.index", {"kind": "ivf", "hnswM": 16}), "spec.compile.index",
+        server_field="spec.compile.index.hnswM"),
+    Bad("index-ef-search-with-auto", _set("spec.compile.index", {"efSearch": 64}), "spec.compile.index",
+        server_field="spec.compile.index.efSearch"),
+    Bad("index-nprobe-with-hnsw", _set("spec.compile.index", {"kind": "hnsw", "nprobe": 8}), "spec.compile.index",
+        server_field="spec.compile.index.nprobe"),
+    Bad("index-min-items-with-exact", _set("spec.compile.index", {"kind": "exact", "minItems": 10}),
+        "spec.compile.index", server_field="spec.compile.index.minItems"),
+    Bad("index-min-recall-with-exact", _set("spec.compile.index", {"kind": "exact", "minRecall": 0.5}),
+        "spec.compile.index", server_field="spec.compile.index.minRecall"),
+    Bad("index-nprobe-above-nlist", _set("spec.compile.index", {"kind": "ivf", "nlist": 16, "nprobe": 32}),
+        "spec.compile.index", server_field="spec.compile.index.nprobe"),
+    Bad("index-min-recall-zero", _set("spec.compile.index.minRecall", 0), "spec.compile.index.minRecall"),
+    Bad("index-min-recall-above-one", _set("spec.compile.index.minRecall", 1.5), "spec.compile.index.minRecall"),
+    Bad("index-hnsw-m-too-small", _set("spec.compile.index", {"kind": "hnsw", "hnswM": 2}),
+        "spec.compile.index.hnswM"),
     # serving
     Bad("serving-min-replicas-negative", _set("spec.serving.minReplicas", -1), "spec.serving.minReplicas"),
     Bad("serving-max-below-min", _set("spec.serving", {"minReplicas": 3, "maxReplicas": 2}), "spec.serving",
@@ -296,6 +312,11 @@ INVALID: list[Bad] = [
     # storage
     Bad("storage-uri-too-long", _set("spec.storage.uri", "s3://" + "b" * S.URI_MAX), "spec.storage.uri"),
     Bad("storage-uri-empty", _set("spec.storage.uri", ""), "spec.storage.uri"),
+    *(Bad(f"storage-credentials-secret-{why}", _set("spec.storage.credentialsSecret", name),
+          "spec.storage.credentialsSecret")
+      for why, name in [("uppercase", "S3-Creds"), ("underscore", "s3_creds"), ("leading-dash", "-creds"),
+                        ("trailing-dot", "creds."), ("empty", ""), ("too-long", "s" * (S.SECRET_NAME_MAX + 1)),
+                        ("not-a-string", 3)]),
 ]
 
 
@@ -323,12 +344,16 @@ def _max_strings(doc: dict[str, Any]) -> None:
         {"source": "a" * S.URI_MAX}, {"source": "b" * S.URI_MAX}],
         "tFilters": {f"{i:02d}" + "k" * (S.T_FILTER_KEY_MAX - 2): i / 64 for i in range(64)}}
     s["rollout"] = {"steps": list(range(5, 101, 5))}
-    s["storage"] = {"uri": "s3://" + "r" * (S.URI_MAX - 5)}
+    s["storage"] = {"uri": "s3://" + "r" * (S.URI_MAX - 5), "credentialsSecret": "c" * S.SECRET_NAME_MAX}
 
 
 VALID: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("base", _all()),
     ("minimal", _set("spec", {"version": "v1", "encoders": [{"name": "minilm", "source": "./minilm"}]})),
+    # an HF folder in object storage is fetched into the model cache (fusionrec.model.sources)
+    ("model-sources-in-object-storage", _all(
+        _set("spec.encoders.0.source", "s3://bucket/models/minilm"), _set("spec.encoders.1.source", "gs://b/mpnet"),
+        _set("spec.merge", {"method": "linear", "models": [{"source": "s3://bucket/m"}, {"source": "gs://b/n"}]}))),
     ("every-section-empty", _all(*(_set(f"spec.{k}", {}) for k in (
         "fusion", "task", "data", "training", "compile", "serving", "rollout", "monitoring", "evaluation",
         "storage")))),
@@ -391,6 +416,12 @@ VALID: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
                                                                           {"source": "pkg://b", "weight": 1}]})),
     *((f"compile-{b}-{p}", _set("spec.compile", {"backend": b, "precision": p}))
       for b, ps in BACKEND_PRECISIONS.items() for p in ps),
+    ("index-hnsw-tuned", _set("spec.compile.index", {"kind": "hnsw", "hnswM": 16, "efConstruction": 200,
+                                                     "efSearch": 64, "minRecall": 0.95})),
+    ("index-ivf-tuned", _set("spec.compile.index", {"kind": "ivf", "nlist": 1024, "nprobe": 1024, "minRecall": 1})),
+    ("index-auto-threshold", _set("spec.compile.index", {"minItems": 1000, "nprobe": 8})),
+    ("index-exact-defaults-spelt-out", _set("spec.compile.index", {"kind": "exact", "minItems": 200_000,
+                                                                   "minRecall": 0.9, "nlist": 0})),
     ("custom-dataset-named", _set("spec.data.dataset", "shop_2026-12.v1")),
     ("order-free-with-pooled-tower", _all(_set("spec.data.order", "none"), _set("spec.task.userTower", "pooled"))),
     ("order-free-with-sequence-tower-sized", _all(_set("spec.data.order", "none"), _set("spec.task", {
@@ -400,6 +431,8 @@ VALID: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("select-best-with-baseline-budget", _all(_set("spec.evaluation", {"select": "best", "baselineEpochs": 50}),
                                               _set("spec.training.workers", 1))),
     ("baselines-listed", _set("spec.evaluation", {"baselines": ["pop", "bpr"], "compareSingles": False})),
+    ("storage-credentials-secret", _set("spec.storage.credentialsSecret", "s3-creds.prod-1")),
+    ("storage-credentials-secret-null", _set("spec.storage.credentialsSecret", None)),
 ]
 
 

@@ -228,3 +228,83 @@ def test_pod_paths_and_names():
     assert pod_path("s3://b/k", "f") == ("s3://b/k", None)
     assert dns_name("shop", "train", "v1.2") == "shop-train-v1-2"
     assert len(dns_name("x" * 80, limit=47)) == 47
+
+
+# --- object-storage credentials (spec.storage.credentialsSecret) ----------------------------------------------
+
+
+def _containers(obj: dict[str, Any], cluster_key: str) -> list[dict[str, Any]]:
+    cluster = obj["spec"][cluster_key]
+    return [group["template"]["spec"]["containers"][0]
+            for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"])]
+
+
+def _children(design_cr: dict[str, Any], rayjob_schema, rayservice_schema) -> list[tuple[dict[str, Any], str]]:
+    """The RayJob and the RayService of the spec, validated; with the key of their Ray cluster."""
+    manifest = parse_manifest(design_cr)
+    job, service = build_rayjob(manifest, "v3", CONFIG), build_rayservice(manifest, [ServedVersion("v3", 100)], CONFIG)
+    validate_kuberay(job, rayjob_schema, "rayClusterSpec")
+    validate_kuberay(service, rayservice_schema, "rayClusterConfig")
+    return [(job, "rayClusterSpec"), (service, "rayClusterConfig")]
+
+
+def test_s3_credentials_reach_every_ray_container_by_reference(design_cr, rayjob_schema, rayservice_schema):
+    """Training (head: the driver that publishes; workers) and serving (head and workers fetch the artifacts)
+    all get the Secret as their environment; the objects name the Secret and hold no value."""
+    design_cr["spec"]["storage"] = {"uri": "s3://bucket/models", "credentialsSecret": "s3-creds"}
+    children = _children(design_cr, rayjob_schema, rayservice_schema)
+    for obj, key in children:
+        containers = _containers(obj, key)
+        assert len(containers) == 2
+        for container in containers:
+            assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}], obj["kind"]
+            assert "env" not in container  # no value, and no per-key list to drift from fusionrec.storage
+            assert "storage-credentials" not in {m["name"] for m in container["volumeMounts"]}
+    configmap = build_manifest_configmap(parse_manifest(design_cr), "v3")
+    assert yaml.safe_load(configmap["data"]["manifest.yaml"])["spec"]["storage"] == {
+        "uri": "s3://bucket/models", "credentialsSecret": "s3-creds"}  # the name, passed through as it is
+
+
+def test_gcs_credentials_are_a_mounted_key_file(design_cr, rayjob_schema, rayservice_schema):
+    """fusionrec.storage reads GCS credentials from a key file only: the Secret is mounted (not put in the
+    environment) and GOOGLE_APPLICATION_CREDENTIALS names its key."""
+    design_cr["spec"]["storage"] = {"uri": "gs://bucket/models", "credentialsSecret": "gcs-key"}
+    design_cr["spec"]["data"] = {"interactions": "gs://bucket/inter.parquet", "items": "gs://bucket/items.parquet"}
+    for obj, key in _children(design_cr, rayjob_schema, rayservice_schema):
+        pod_volumes = {v["name"]: v for v in obj["spec"][key]["headGroupSpec"]["template"]["spec"]["volumes"]}
+        assert pod_volumes["storage-credentials"] == {"name": "storage-credentials",
+                                                      "secret": {"secretName": "gcs-key"}}
+        for container in _containers(obj, key):
+            assert "envFrom" not in container
+            assert container["env"] == [{"name": "GOOGLE_APPLICATION_CREDENTIALS",
+                                         "value": "/var/secrets/fusionrec-storage/gcloud-application-credentials.json"}]
+            assert {"name": "storage-credentials", "mountPath": "/var/secrets/fusionrec-storage",
+                    "readOnly": True} in container["volumeMounts"]
+
+
+def test_s3_and_gcs_together_get_both(design_cr):
+    design_cr["spec"]["storage"] = {"uri": "gs://bucket/models", "credentialsSecret": "creds"}
+    (container, *_) = _containers(build_rayjob(parse_manifest(design_cr), "v3", CONFIG), "rayClusterSpec")
+    assert container["envFrom"] == [{"secretRef": {"name": "creds"}}]  # data.interactions is on s3://
+    assert container["env"][0]["name"] == "GOOGLE_APPLICATION_CREDENTIALS"
+
+
+def test_s3_without_a_secret_adds_nothing_for_the_pods_own_identity(design_cr, rayjob_schema, rayservice_schema):
+    """IRSA / EKS Pod Identity: the pods' service account carries the role; the operator adds nothing."""
+    design_cr["spec"]["storage"] = {"uri": "s3://bucket/models"}
+    for obj, key in _children(design_cr, rayjob_schema, rayservice_schema):
+        for container in _containers(obj, key):
+            assert "envFrom" not in container and "env" not in container
+
+
+def test_a_credentials_secret_nothing_would_use_is_refused(design_cr):
+    """On a PVC with every data file on it too, no pod reads object storage: the Secret would be ignored."""
+    design_cr["spec"]["storage"] = {"uri": "pvc://fusionrec-artifacts/runs", "credentialsSecret": "s3-creds"}
+    design_cr["spec"]["data"] = {"interactions": "pvc://data/inter.parquet"}
+    with pytest.raises(UserError) as refused:
+        parse_manifest(design_cr)
+    assert refused.value.field == "spec.storage.credentialsSecret"
+    assert "s3-creds" in refused.value.message and "remove spec.storage.credentialsSecret" in refused.value.fix
+    design_cr["spec"]["training"]["storagePath"] = "s3://bucket/checkpoints"  # checkpoints do use it
+    job = build_rayjob(parse_manifest(design_cr), "v3", CONFIG)
+    assert _containers(job, "rayClusterSpec")[0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]

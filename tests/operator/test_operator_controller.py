@@ -548,3 +548,31 @@ def test_retired_versions_beyond_the_kept_ones_are_chosen_oldest_first():
                 child("v5", "2025-01-01T00:03:00Z", "50"), child("x", "2025-01-01T00:00:00Z", "1", uid="other")]
     # v1 serves and v5 is the candidate; of the retired v2..v4 the newest (v4) stays; another owner's is not ours.
     assert run.retired(children) == ["job-v3", "job-v2"]
+
+
+@pytest.mark.asyncio
+async def test_a_missing_credentials_secret_is_a_condition_and_an_event_before_any_rayjob(h, cr):
+    """spec.storage.credentialsSecret names a Secret the namespace lacks: SpecValid=False, reason SecretMissing,
+    naming the field and the fix, one Warning event, and no RayJob (whose pods would sit in
+    CreateContainerConfigError); once the Secret exists, training starts with no spec change."""
+    cr["spec"]["storage"] = {"uri": "s3://bucket/models", "credentialsSecret": "s3-creds"}
+    await h.create(cr)
+    for _ in range(2):
+        with pytest.raises(InvalidSpec, match="spec.storage.credentialsSecret"):
+            await h.reconcile()
+    stored = FusionRecommenderStatus.from_body(h.get(consts.FUSIONRECOMMENDERS, NAME))
+    condition = stored.condition(ConditionType.SPEC_VALID)
+    assert (condition.status, condition.reason) == ("False", "SecretMissing")
+    assert "Secret 's3-creds' does not exist in namespace 'recs'" in condition.message
+    assert "kubectl create secret generic s3-creds -n recs" in condition.message  # the fix
+    assert stored.phase == Phase.FAILED and h.reasons() == ["SecretMissing"]
+    assert h.get(consts.RAYJOBS, "shop-recs-train-v1") is None
+
+    await h.kube.create(consts.SECRETS, NS, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"},
+                                             "stringData": {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE"}})
+    status = await h.reconcile()
+    assert status.condition(ConditionType.SPEC_VALID).status == "True"
+    job = h.get(consts.RAYJOBS, "shop-recs-train-v1")
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert "AKIDEXAMPLE" not in str(job) + str(h.get(consts.FUSIONRECOMMENDERS, NAME)) + str(h.events)

@@ -24,6 +24,7 @@ import pytest
 
 from fusionrec.operator import consts
 from fusionrec.operator.builders.common import manifest_configmap_name, rayjob_name
+from fusionrec.operator.kube import METADATA_ONLY
 
 from _e2e_cluster import (
     CHART,
@@ -303,6 +304,43 @@ def test_a_spec_only_the_operator_can_refuse_gets_a_condition_and_an_event(
     eventually(lambda: _condition(kube, namespace, "SpecValid").get("status") == "True", "SpecValid=True", 20)
 
 
+def test_a_missing_credentials_secret_is_reported_and_the_pods_get_it_by_reference(
+        kube: Kube, namespace: str, operator: OperatorProcess, design_cr: dict[str, Any]) -> None:
+    """spec.storage.credentialsSecret against the real server, with the chart's RBAC: the operator's
+    metadata-only check of the Secret (RBAC `get` on secrets) reports a missing one before any RayJob; once it
+    exists the RayJob and RayService the server accepts (KubeRay's CRDs) take it by envFrom, and its value is in
+    no object, event or log line of the operator's."""
+    secret_value = f"e2e-{uuid.uuid4().hex}"
+    kube.create(FR, namespace, _cr(design_cr, namespace,
+                                   storage={"uri": "s3://fusionrec-e2e/models", "credentialsSecret": "s3-creds"}))
+    condition = eventually(lambda: (lambda c: c if c.get("status") == "False" else None)(
+        _condition(kube, namespace, "SpecValid")), "SpecValid=False", 30)
+    assert condition["reason"] == "SecretMissing", condition
+    assert "spec.storage.credentialsSecret" in condition["message"]
+    assert f"kubectl create secret generic s3-creds -n {namespace}" in condition["message"]
+    assert "SecretMissing" in _reasons(kube, namespace)
+    assert kube.get(consts.RAYJOBS, namespace, rayjob_name(NAME, "v1")) is None
+
+    kube.create(consts.SECRETS, namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"},
+                                            "stringData": {"AWS_ACCESS_KEY_ID": "AKIDE2E",
+                                                           "AWS_SECRET_ACCESS_KEY": secret_value}})
+    job = eventually(lambda: kube.get(consts.RAYJOBS, namespace, rayjob_name(NAME, "v1")), "the RayJob exists", 45)
+    eventually(lambda: _condition(kube, namespace, "SpecValid").get("status") == "True", "SpecValid=True", 20)
+    _finish_job(kube, namespace, "v1")
+    service = eventually(lambda: kube.get(consts.RAYSERVICES, namespace, NAME), "the RayService exists", 30)
+    for obj, key in ((job, "rayClusterSpec"), (service, "rayClusterConfig")):
+        cluster = obj["spec"][key]
+        for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+            assert group["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    written = [job, service, kube.get(FR, namespace, NAME), kube.events(namespace, NAME),
+               kube.get(consts.CONFIGMAPS, namespace, manifest_configmap_name(NAME, "v1"))]
+    assert secret_value not in str(written) and "AKIDE2E" not in str(written)
+    assert secret_value not in operator.tail(chars=1 << 30)
+    # What the operator's check receives from the server: the Secret's metadata, not its data.
+    seen = kube.request("GET", consts.SECRETS.path(namespace, "s3-creds"), accept=METADATA_ONLY)
+    assert seen["kind"] == "PartialObjectMetadata" and "data" not in seen and secret_value not in str(seen)
+
+
 def test_service_monitor_without_its_crd_is_reported(kube: Kube, namespace: str, design_cr: dict[str, Any]) -> None:
     kube.create(FR, namespace, _cr(design_cr, namespace, monitoring={"serviceMonitor": True}))
     condition = eventually(lambda: (lambda c: c if c.get("reason") else None)(
@@ -367,5 +405,3 @@ def test_helm_uninstall_then_delete_does_not_hang(kube: Kube, chart: dict[str, s
     assert kube.get(FR, namespace, NAME) is None
     for kind, text in chart.items():
         print(f"--- helm {kind} ---\n{text}")
-
-

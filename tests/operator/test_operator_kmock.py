@@ -265,3 +265,34 @@ async def test_what_a_cluster_cannot_run_is_refused_with_a_condition_and_an_even
         await world.set_spec(**fixed)
         await world.wait(lambda v=version: world.get(consts.RAYJOBS, f"{NAME}-train-{v}"), "the RayJob once fixed")
         await world.wait(lambda: world.condition("SpecValid").get("status") == "True", "SpecValid=True again")
+
+
+async def test_a_missing_credentials_secret_is_reported_then_training_starts_once_it_exists(world, design_cr):
+    """The running operator: SpecValid=False, reason SecretMissing, naming spec.storage.credentialsSecret and
+    the kubectl command that fixes it, a Warning event, and no RayJob; creating the Secret (no spec change) is
+    enough for the periodic reconcile to start training, with the Secret as the pods' environment."""
+    doc = cr(design_cr, [100])
+    doc["spec"]["storage"] = {"uri": "s3://bucket/models", "credentialsSecret": "s3-creds"}
+    await world.kube.create(consts.FUSIONRECOMMENDERS, NS, doc)
+
+    await world.wait(lambda: world.condition("SpecValid").get("reason") == "SecretMissing", "SpecValid: SecretMissing")
+    condition = world.condition("SpecValid")
+    assert condition["status"] == "False" and "spec.storage.credentialsSecret" in condition["message"]
+    assert "kubectl create secret generic s3-creds -n recs" in condition["message"]
+
+    def warned() -> bool:
+        posted = [r.data for r in list(world.emulator) if r.method == "POST" and r.url.path.endswith("/events")]
+        return any(e.get("reason") == "SecretMissing" and e.get("type") == "Warning" and
+                   "spec.storage.credentialsSecret" in e["message"] for e in posted)
+
+    await world.wait(warned, "a SecretMissing Warning event")
+    assert world.get(consts.RAYJOBS, f"{NAME}-train-v1") is None
+
+    await world.kube.create(consts.SECRETS, NS, {"apiVersion": "v1", "kind": "Secret",
+                                                 "metadata": {"name": "s3-creds", "namespace": NS},
+                                                 "stringData": {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE"}})
+    job = await world.wait(lambda: world.get(consts.RAYJOBS, f"{NAME}-train-v1"), "the RayJob once the Secret exists")
+    for group in (job["spec"]["rayClusterSpec"]["headGroupSpec"], *job["spec"]["rayClusterSpec"]["workerGroupSpecs"]):
+        assert group["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    await world.wait(lambda: world.condition("SpecValid").get("status") == "True", "SpecValid=True")
+    assert "AKIDEXAMPLE" not in world.operator.tail(chars=1 << 30)

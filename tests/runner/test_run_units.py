@@ -58,8 +58,8 @@ def test_missing_data_file_and_remote_output_exit_2(tiny_models, shop, tmp_path)
     summary = json.loads(result.stdout)  # --json still prints the summary of a failed run
     assert summary["steps"] == [] and "nope.csv" in summary["error"]
     result = invoke(str(write_manifest(tmp_path, manifest_document(tiny_models, shop, tmp_path))),
-                    "--output", "s3://bucket/runs", "--no-serve")
-    assert result.exit_code == 2 and "not a local folder" in result.stderr
+                    "--output", "ftp://host/runs", "--no-serve")
+    assert result.exit_code == 2 and "not a storage location" in result.stderr
 
 
 def test_serving_without_auth_off_loopback_exits_2_before_any_work(tiny_models, shop, tmp_path):

@@ -105,8 +105,8 @@ def test_each_merge_method_takes_exactly_its_own_parameters(method):
      "not a valid regular expression"),
     ({"method": "soup", "models": [{"source": "a"}]}, "merge.method must be one of linear"),
     ({"models": [{"source": "a"}]}, "merge.method must be one of linear"),
-    ({"method": "ties", "base": "s3://b/base", "density": 0.5, "models": [{"source": "a"}]}, "spec.merge.base"),
-    ({"method": "linear", "models": [{"source": "gs://b/m"}]}, "spec.merge.models[0].source"),
+    ({"method": "ties", "base": "ftp://b/base", "density": 0.5, "models": [{"source": "a"}]}, "spec.merge.base"),
+    ({"method": "linear", "models": [{"source": "hdfs://b/m"}]}, "spec.merge.models[0].source"),
 ])
 def test_merge_parameters_checked_at_the_edge(merge, words):
     with pytest.raises(UserError) as info:
@@ -177,7 +177,7 @@ def test_duplicate_encoder_names_refused():
         manifest_from_dict(_with("encoders", encoders))
 
 
-@pytest.mark.parametrize("source", ["ftp://x/y", "s3://bucket/model", "gs://bucket/model"])
+@pytest.mark.parametrize("source", ["ftp://x/y", "hdfs://namenode/model", "abfs://container/model"])
 def test_unsupported_source_scheme_refused_with_the_fix(source):
     scheme = source.split(":")[0]
     with pytest.raises(UserError, match=rf"spec\.encoders\[0\]\.source: models are not loaded from {scheme}:// "

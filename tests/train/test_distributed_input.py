@@ -128,8 +128,13 @@ def test_an_existing_version_is_refused_before_training(tmp_path):
     assert preflight(write_manifest(tmp_path), tmp_path / "out", overwrite=True).spec.version == "v1"
 
 
-def test_storage_uris_pass_through_and_local_paths_default_under_the_output(tmp_path):
-    assert storage_location(TrainingSpec(storage_path="s3://bucket/ckpt"), tmp_path) == "s3://bucket/ckpt"
+def test_storage_uris_pass_through_and_local_paths_default_under_the_output(tmp_path, monkeypatch):
+    from fusionrec.train import distributed
+
+    checked: list[tuple[str, str]] = []  # credentials and bucket (tests/storage/test_checkpoints_in_object_storage.py)
+    monkeypatch.setattr(distributed, "_reachable_bucket", lambda uri, field: checked.append((uri, field)))
+    assert storage_location(TrainingSpec(storage_path="s3://bucket/ckpt/"), tmp_path) == "s3://bucket/ckpt"
+    assert checked == [("s3://bucket/ckpt/", "spec.training.storagePath")]
     assert storage_location(TrainingSpec(), tmp_path) == str((tmp_path / "_training").resolve())
     local = storage_location(TrainingSpec(storage_path=f"file://{tmp_path}/ckpt"), tmp_path / "out")
     assert local == str(tmp_path / "ckpt") and Path(local).is_dir()

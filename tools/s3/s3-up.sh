@@ -15,7 +15,8 @@
 # Binary: $S3_UP_WEED, else the cache that tools/s3/build-seaweedfs.sh builds (on first use; never a `weed` from
 # PATH, which may be another version). Environment: S3_UP_TIMEOUT (s, default 120) to become ready;
 # S3_UP_PORT a fixed S3 port (checked free); S3_UP_REGION (default us-east-1); S3_UP_STOP_GRACE (s, default 3)
-# between SIGTERM and SIGKILL. The data is scratch: `start` wipes DIR/data.
+# between SIGTERM and SIGKILL; S3_UP_VOLUMES (default 256) volumes of 64 MB, the capacity (written as used; a
+# publish stages a version, then copies it: twice its size for a moment). The data is scratch: `start` wipes DIR/data.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,8 +28,9 @@ REGION="${S3_UP_REGION:-us-east-1}"
 # weed stops its volume server first, then its filer retries flushing its metadata log to that volume server for
 # ~15 s before giving up. Nothing here outlives the server (start wipes DIR/data), so a short grace, then SIGKILL.
 STOP_GRACE="${S3_UP_STOP_GRACE:-3}"
+VOLUMES="${S3_UP_VOLUMES:-256}"
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 resolve_binary() {
   if [ -n "${S3_UP_WEED:-}" ]; then
@@ -194,7 +196,7 @@ JSON
   # glog writes under DIR/logs (it would otherwise write files to /tmp).
   launch weed "$WEED_BIN" -logdir="$DIR/logs" server -dir="$DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -master.port="$MASTER_PORT" -master.port.grpc="$MASTER_GRPC_PORT" -master.telemetry=false \
-    -master.volumeSizeLimitMB=64 -volume.max=32 -volume.preStopSeconds=0 \
+    -master.volumeSizeLimitMB=64 -volume.max="$VOLUMES" -volume.preStopSeconds=0 \
     -volume.port="$VOLUME_PORT" -volume.port.grpc="$VOLUME_GRPC_PORT" \
     -filer -filer.port="$FILER_PORT" -filer.port.grpc="$FILER_GRPC_PORT" -filer.localSocket="$filer_sock" \
     -s3 -s3.port="$S3_PORT" -s3.port.grpc="$S3_GRPC_PORT" -s3.localSocket="$s3_sock" -s3.config="$DIR/s3.json" \

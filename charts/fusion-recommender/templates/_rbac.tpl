@@ -28,6 +28,9 @@ The operator's rules on namespaced resources, one per line of PERMISSIONS in ope
   resources: ["servicemonitors"]
   verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 {{- end }}

@@ -39,7 +39,8 @@ def resolve_source(source: str, encoders: Mapping[str, str] | None = None) -> Pa
     """Turn a merge source into a local model folder.
 
     `source` is an encoder name from the manifest (mapped through `encoders` to its source), or any model
-    source `fusionrec.model.sources` understands: a local folder, `file://`, `pkg://`, `hf://`, `pvc://`.
+    source `fusionrec.model.sources` understands: a local folder, `file://`, `pkg://`, `hf://`, `pvc://`, `s3://`,
+    `gs://`.
     """
     if encoders and source in encoders:
         source = encoders[source]

@@ -61,6 +61,22 @@ def atomic_directory(dest: Path, *, replace: bool = True) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextmanager
+def entry_lock(dest: Path) -> Iterator[None]:
+    """One writer per cache entry `dest` on this machine (a lock file beside it): Ray workers and concurrent runs
+    that need the same entry wait, then find it finished instead of each writing a copy. Without fcntl (Windows)
+    no lock: each writes a whole copy and the last rename wins, which is still never half an entry."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(dest.parent / f".{dest.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write `path` so readers see the old content or the new, never a torn file (`mode`: 0o600 for secrets;
     the temporary file is private from its creation, so a secret is never readable by others on the way)."""

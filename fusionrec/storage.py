@@ -57,7 +57,7 @@ from fusionrec import __version__
 from fusionrec.artifact.layout import FORMAT_VERSION, MANIFEST_NAME, PICKLE_SUFFIXES, check_name, walk
 from fusionrec.artifact.reading import _read_manifest
 from fusionrec.errors import UserError
-from fusionrec.files import atomic_directory, atomic_write_bytes, sha256_file
+from fusionrec.files import atomic_directory, atomic_write_bytes, entry_lock, sha256_file
 
 __all__ = ["COPY_RECORD", "MANIFEST_NAME", "PUBLISHED_NAME", "Location", "StorageError", "check_bucket",
            "fetch_folder", "is_published", "is_remote", "list_published", "local_copy", "publish_folder",
@@ -508,7 +508,7 @@ def local_copy(uri: str | os.PathLike[str] | Location, cache_root: str | os.Path
     _check_version_name(name)
     key = hashlib.sha256(f"{_endpoint(source.scheme)}|{source.uri}".encode()).hexdigest()[:16]
     cache = Path(cache_root).expanduser().absolute() / key
-    with _cache_lock(cache):
+    with entry_lock(cache):
         if is_published(source):
             return fetch_folder(source, cache)
         listing = _list_objects(source)
@@ -522,19 +522,6 @@ def _endpoint(scheme: str) -> str:
     if scheme == "s3":
         return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
     return os.environ.get("STORAGE_EMULATOR_HOST", "") if scheme == "gs" else ""
-
-
-@contextmanager
-def _cache_lock(cache: Path) -> Iterator[None]:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: concurrent fetches each write a whole copy and the last rename wins
-        yield
-        return
-    with open(cache.parent / f".{cache.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-        yield
 
 
 def _copy_one_object(source: Location, cache: Path) -> Path:

@@ -22,12 +22,11 @@ import re
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fusionrec.errors import UserError
-from fusionrec.files import atomic_directory
+from fusionrec.files import atomic_directory, entry_lock
 
 log = logging.getLogger(__name__)
 
@@ -170,28 +169,11 @@ def _cached(dest: Path, origin: dict[str, Any]) -> bool:
         return False
 
 
-@contextmanager
-def _build_lock(dest: Path) -> Iterator[None]:
-    """One builder per cache entry: other workers on the machine wait, then find the finished folder."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: concurrent builders each write a full copy and the last rename wins
-        yield
-        return
-    with open(dest.parent / f".{dest.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _build_once(dest: Path, kind: str, origin: dict[str, Any], build: Callable[[Path], None]) -> Path:
     """Return the cache entry `dest`, building it with `build(staging)` unless it exists for this origin."""
     if _cached(dest, origin):
         return dest
-    with _build_lock(dest):
+    with entry_lock(dest):
         if not _cached(dest, origin):
             with atomic_directory(dest, replace=True) as staging:
                 build(staging)

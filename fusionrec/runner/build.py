@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fusionrec.artifact import SPEC_NAME, write_artifact
+from fusionrec.artifact import ANN_INDEX_NAME, SPEC_NAME, write_artifact
 from fusionrec.errors import UserError
 from fusionrec.runner.cache import STATE_DIR, Record, step_key
 from fusionrec.runner.inputs import (
@@ -32,7 +32,7 @@ from fusionrec.train.candidates import selects_best, shipped_spec
 log = logging.getLogger(__name__)
 
 COMPILED_FILES = ("encoder.onnx", "item_encoder.onnx", "encoder.plan", "item_encoder.plan", "encoder.plan.json",
-                  "item_encoder.plan.json", "compile.json")
+                  "item_encoder.plan.json", "compile.json", ANN_INDEX_NAME)
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,8 @@ def compile_version(ctx: RunContext, trained: Trained) -> Record:
 
     def work() -> Done:
         result = compile_artifact(target, backend=settings.backend, precision=settings.precision,
-                                  threads=settings.threads, opset=settings.opset, embeddings=ctx.embeddings,
-                                  report=lambda line: ctx.say(f"        parity {line}"))
+                                  threads=settings.threads, opset=settings.opset, index=settings.index,
+                                  embeddings=ctx.embeddings, report=lambda line: ctx.say(f"        parity {line}"))
         listed = ctx.refresh(target).manifest["files"]
         files = {name: listed[name]["sha256"] for name in COMPILED_FILES if name in listed}
         return Done({"files": files, "backend": result["backend"], "precision": result["precision"]},

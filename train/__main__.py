@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         version = _version_of(args.manifest)
-        print(f"interrupted: nothing published for version {version}; run again to resume", file=sys.stderr)
+        print(f"interrupted: nothing published for version {version}; run again to train it", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(summary_table(result))
     return 0

@@ -51,7 +51,7 @@ def train(manifest: str, output: str | None, work_dir: str | None, address: str 
     except KeyboardInterrupt:
         # train_distributed stopped the workers and its Ray on the way out; the artifact is published last, so
         # an interrupted run left no version behind (click alone would print "Aborted!" and exit 1).
-        click.echo(f"interrupted: nothing published for version {document.spec.version}; run again to resume",
+        click.echo(f"interrupted: nothing published for version {document.spec.version}; run again to train it",
                    err=True)
         click.get_current_context().exit(EXIT_INTERRUPTED)
     if as_json:

@@ -266,15 +266,16 @@ class Runner:
 
 def interrupted_line(report: RunReport) -> str:
     """The one line a Ctrl-C'd run ends with: what (if anything) this run published, and that running again
-    resumes (every finished step is cached). Training publishes its version only once it is complete, so a
-    run stopped before the train step finished published nothing; with object storage, nothing is published
-    before the publish step finished (its marker is written last)."""
+    reuses every finished step (a training stopped half-way starts over: its checkpoints belong to that run).
+    Training publishes its version only once it is complete, so a run stopped before the train step finished
+    published nothing; with object storage, nothing is published before the publish step finished (its marker is
+    written last)."""
     finished = {step.name for step in report.steps if step.status in ("ran", "cached")}
     if report.storage is not None and report.published is None:
-        return (f"interrupted: nothing published to {report.storage} for version {report.version}; run again to "
-                "resume")
+        return (f"interrupted: nothing published to {report.storage} for version {report.version}; run again "
+                "(finished steps are reused)")
     if "train" not in finished:
-        return f"interrupted: nothing published for version {report.version}; run again to resume"
+        return f"interrupted: nothing published for version {report.version}; run again to train it"
     pending = next((step.name for step in report.steps if step.status == "failed"), "next")
     return (f"interrupted: version {report.version} is at {report.artifact} but its {pending} step did not "
             f"finish; run again to resume")

@@ -80,7 +80,7 @@ def test_ctrl_c_during_training_stops_ray_publishes_nothing_and_exits_130(tiny_m
     output = log_path.read_text()
 
     assert code == 130, output[-3000:]
-    assert "interrupted: nothing published for version v1; run again to resume" in output
+    assert "interrupted: nothing published for version v1; run again to train it" in output
     assert "Can't find actor" not in output and "Traceback" not in output
     assert not (tmp_path / "runs" / "v1").exists(), "a half-trained version was published"
     session = re.search(r"session files in (\S+)", output)

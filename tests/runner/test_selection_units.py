@@ -99,7 +99,7 @@ def test_the_summary_prints_the_warning_under_the_table():
 def test_an_interrupted_run_says_what_was_published():
     report = RunReport(name="shop-recs", version="v3", artifact="/runs/v3",
                        steps=[StepResult("prepare", "ran", 0.1), StepResult("train", "failed", 9.0)])
-    assert interrupted_line(report) == "interrupted: nothing published for version v3; run again to resume"
+    assert interrupted_line(report) == "interrupted: nothing published for version v3; run again to train it"
     report.steps = [StepResult("train", "cached", 0.1), StepResult("evaluate", "failed", 2.0)]
     assert interrupted_line(report) == ("interrupted: version v3 is at /runs/v3 but its evaluate step did not "
                                         "finish; run again to resume")

@@ -113,7 +113,7 @@ def test_published_versions_are_served_by_uri_and_an_unpublished_run_says_so(tmp
     report = RunReport(name="shop-recs", version="v3", artifact="/cache/runs/x/v3", storage="s3://b/runs",
                        steps=[StepResult("train", "ran", 9.0), StepResult("publish", "failed", 1.0)])
     assert interrupted_line(report) == "interrupted: nothing published to s3://b/runs for version v3; run again " \
-                                       "to resume"
+                                       "(finished steps are reused)"
     report.published = "s3://b/runs/v3"
     assert "nothing published" not in interrupted_line(report)
 

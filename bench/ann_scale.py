@@ -46,6 +46,9 @@ from fusionrec.retrieval import InnerProductIndex, build_index, index_bytes, pla
 from fusionrec.retrieval.ann import set_search_params
 from fusionrec.spec import IndexSpec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (its helpers), never the repository root
+from machine import cpu_name  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CENTRES, HISTORY, USERS, K = 1000, 20, 1000, 10
 CALLS = {1: 300, 32: 30}  # search calls per round at each batch size
@@ -210,7 +213,7 @@ def time_rounds(searchers: dict[str, InnerProductIndex], users: np.ndarray, seen
 def write(results: dict, command: str, load: tuple[float, ...], load_after: tuple[float, ...], wall: float) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = {**results, "command": command, "load_average_before": load, "load_average_after": load_after,
-               "wall_seconds": round(wall, 1), "cpu": _cpu_name(), "cores": os.cpu_count()}
+               "wall_seconds": round(wall, 1), "cpu": cpu_name(), "cores": os.cpu_count()}
     stem = "ann-scale" if results["data"] == "clustered" else f"ann-scale-{results['data']}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     methods = results["methods"]
@@ -272,16 +275,6 @@ def write(results: dict, command: str, load: tuple[float, ...], load_after: tupl
     path = RESULTS / f"{stem}.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -40,6 +40,9 @@ from fusionrec.spec import DataSpec, EncoderSpec
 from fusionrec.train.catalogue_embedding import embed_catalogue
 from fusionrec.train.local_ray import start_local
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (its helpers), never the repository root
+from machine import cpu_name  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # The encoders of examples/movielens.yaml, and items per LM for ~20 s a timing on two cores.
 MODELS = {
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def write(results: dict, command: str, load: tuple[float, float, float], wall: float, quiet: bool) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results = {**results, "command": command, "load_average": load, "wall_seconds": wall, "cpu": _cpu_name(),
+    results = {**results, "command": command, "load_average": load, "wall_seconds": wall, "cpu": cpu_name(),
                "torch": torch.__version__, "quiet_cores": quiet}
     (RESULTS / "embed-ray-data.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     lines = [
@@ -158,16 +161,6 @@ def write(results: dict, command: str, load: tuple[float, float, float], wall: f
     path = RESULTS / "embed-ray-data.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -35,6 +35,9 @@ from fusionrec.data import load_dataset
 from fusionrec.model.encoders import TextEncoder
 from fusionrec.spec import DataSpec, EncoderSpec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (its helpers), never the repository root
+from machine import cpu_name  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # The encoders of examples/movielens.yaml.
 MODELS = {
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
 def write(results: dict, command: str, load: tuple[float, float, float], wall: float) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = {**results, "command": command, "load_average": load, "wall_seconds": wall,
-               "cpu": _cpu_name(), "torch": torch.__version__}
+               "cpu": cpu_name(), "torch": torch.__version__}
     (RESULTS / "embedding-throughput.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     lines = [
         "# Catalogue embedding throughput: fp32 vs reduced precision, per LM", "",
@@ -133,16 +136,6 @@ def write(results: dict, command: str, load: tuple[float, float, float], wall: f
     path = RESULTS / "embedding-throughput.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -59,3 +59,30 @@ def fused_spec(tiny_models: dict[str, Path], *, task: str = "ranking", epochs: i
     if data is not None:
         document["data"] = data
     return document
+
+
+def run_json(manifest: Path, *extra: str) -> tuple[int, dict, str]:
+    """`fusionrec run MANIFEST --json ...` in process: (exit code, the JSON summary, stderr); a bug re-raises."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fusionrec.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["run", str(manifest), "--json", *extra])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, json.loads(result.stdout), result.stderr
+
+
+def step_statuses(summary: dict) -> dict[str, str]:
+    """A run summary's steps as {name: status}."""
+    return {step["name"]: step["status"] for step in summary["steps"]}
+
+
+def shop_csv(folder: Path) -> dict:
+    """A 30-user shop as CSV files in `folder`; returns the spec's `data` section that reads them."""
+    interactions, items = synthetic_frames(n_users=30, n_items=24, per_user=8)
+    interactions.to_csv(folder / "inter.csv", index=False)
+    items.to_csv(folder / "items.csv", index=False)
+    return {"dataset": None, "path": str(folder), "interactions": "inter.csv", "items": "items.csv"}

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from click.testing import CliRunner
 
 pytest.importorskip("ray.serve")
 
 from fusionrec.artifact import load_artifact
-from fusionrec.cli.main import cli
 from fusionrec.serving.local import start_local_serve, stop_local_serve
 from fusionrec.serving.local_auth import read_token
 
 from runkit import manifest_document, write_manifest
+from testkit import run_json as run
+from testkit import step_statuses as steps
 
 pytestmark = pytest.mark.ray
 
@@ -50,17 +50,6 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("workspace")
-
-
-def run(manifest: Path, *extra: str) -> tuple[int, dict, str]:
-    result = CliRunner().invoke(cli, ["run", str(manifest), "--json", *extra])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, json.loads(result.stdout), result.stderr
-
-
-def steps(summary: dict) -> dict[str, str]:
-    return {step["name"]: step["status"] for step in summary["steps"]}
 
 
 def ask(url: str, user: str) -> dict:

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from fusionrec import storage
 from fusionrec.artifact import load_artifact
-from fusionrec.cli.main import cli
 from fusionrec.runner.local_serve import Version, app_args
 from fusionrec.runner.publishing import BUILD_NAME, work_root
 from fusionrec.runner.run import interrupted_line
@@ -30,7 +28,9 @@ from fusionrec.runner.steps import StepResult
 from fusionrec.runner.summary import RunReport
 from fusionrec.spec import ServingSpec
 
-from testkit import synthetic_frames
+from testkit import run_json as run
+from testkit import shop_csv
+from testkit import step_statuses as steps
 
 BUCKET = "fusionrec-run-test"
 
@@ -62,24 +62,9 @@ def write_manifest(folder: Path, document: dict, name: str) -> Path:
     return path
 
 
-def run(manifest: Path, *extra: str) -> tuple[int, dict, str]:
-    result = CliRunner().invoke(cli, ["run", str(manifest), "--json", *extra])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, json.loads(result.stdout), result.stderr
-
-
-def steps(summary: dict) -> dict[str, str]:
-    return {step["name"]: step["status"] for step in summary["steps"]}
-
-
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    folder = tmp_path_factory.mktemp("shop")
-    interactions, items = synthetic_frames(n_users=30, n_items=24, per_user=8)
-    interactions.to_csv(folder / "inter.csv", index=False)
-    items.to_csv(folder / "items.csv", index=False)
-    return {"dataset": None, "path": str(folder), "interactions": "inter.csv", "items": "items.csv"}
+    return shop_csv(tmp_path_factory.mktemp("shop"))
 
 
 # --- without a server ------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
+RETRAIN_BASE_MAX = 26  # + "-r" + yyyymmddhhmm = 40, the spec's version length
+
 _MONTHS = {n: i + 1 for i, n in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())}
 _DAYS = {n: i for i, n in enumerate("sun mon tue wed thu fri sat".split())}
 _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
@@ -93,3 +95,9 @@ class CronSchedule:
                 if candidate >= start:
                     return candidate
         raise ValueError(f"the schedule never fires within {_HORIZON_DAYS} days")
+
+
+def retrain_version(base: str, moment: datetime) -> str:
+    """A retrain's version, scheduled (the operator) or manual (`fusionrec retrain`): `<spec.version>-r<UTC
+    yyyymmddhhmm>`, the base cut so it stays within the spec's 40 characters."""
+    return f"{base[:RETRAIN_BASE_MAX].rstrip('-.')}-r{moment.astimezone(UTC):%Y%m%d%H%M}"

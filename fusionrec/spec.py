@@ -580,16 +580,49 @@ class AuthSpec(SpecModel):
                                    description="Local file with one bearer token a line.")
     token_env: str | None = Field(None, min_length=1, max_length=SHORT_MAX,
                                   description="Environment variable holding comma-separated tokens.")
+    write_token_file: str | None = Field(
+        None, min_length=1, max_length=URI_MAX,
+        description="Local file with the tokens allowed to write (PUT/DELETE /v1/items, POST /v1/events), one a "
+                    "line. With no write token source, the read tokens may write. On a cluster: the secretRef "
+                    "Secret's optional `write-tokens` key.")
+    write_token_env: str | None = Field(
+        None, min_length=1, max_length=SHORT_MAX,
+        description="Environment variable holding comma-separated write tokens (see writeTokenFile).")
     disabled: bool = Field(
         False, description="Serve /v1/* without a bearer token (auth is on by default). Only with no secretRef, "
         "tokenFile or tokenEnv; a cluster needs secretRef unless this is true.")
 
     @model_validator(mode="after")
     def _disabled_without_tokens(self) -> AuthSpec:
-        if self.disabled and (self.secret_ref or self.token_file or self.token_env):
-            raise ValueError("serving.auth.disabled: true cannot be combined with secretRef, tokenFile or tokenEnv; "
-                             "remove the token source or drop disabled")
+        if self.disabled and (self.secret_ref or self.token_file or self.token_env or self.write_token_file
+                              or self.write_token_env):
+            raise ValueError("serving.auth.disabled: true cannot be combined with secretRef, tokenFile, tokenEnv, "
+                             "writeTokenFile or writeTokenEnv; remove the token source or drop disabled")
         return self
+
+
+LIVE_FOLDER = "_live"  # beside the versions (`<storage.uri>[/<name>]/_live`); no version name starts with "_"
+
+
+class LiveSpec(SpecModel):
+    """A living shop: items upserted and retired while serving, and feedback events recorded. Both are writes,
+    authorised by the write tokens (serving.auth.writeTokenFile/writeTokenEnv, the Secret's `write-tokens`
+    key) where some are configured."""
+
+    items: bool = Field(
+        False, description="Accept PUT/DELETE /v1/items: an item's fields are rendered with each served version's "
+        "itemTextTemplate and embedded by its item tower, so a new item is recommendable without retraining; "
+        "changes are stored under `uri` and replayed by every replica.")
+    events: bool = Field(
+        False, description="Accept POST /v1/events (impressions, clicks, purchases, ratings), stored durably and "
+        "idempotently under `uri` for retraining (`fusionrec retrain`) and the canary's click-through gate.")
+    uri: str | None = Field(
+        None, max_length=URI_MAX,
+        description="Where item changes and events live (local folder, pvc://, s3://, gs://). Default: the "
+                    f"folder {LIVE_FOLDER} beside the versions in storage.uri.")
+    poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often each model replica reads new item changes: a new item is "
+        "recommendable within about this plus its embedding time.")
 
 
 class ServingLimits(SpecModel):
@@ -611,6 +644,7 @@ class ServingSpec(SpecModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     auth: AuthSpec = Field(default_factory=AuthSpec)
     limits: ServingLimits = Field(default_factory=ServingLimits)
+    live: LiveSpec = Field(default_factory=LiveSpec)
 
     @model_validator(mode="after")
     def _replica_range(self) -> ServingSpec:
@@ -621,6 +655,27 @@ class ServingSpec(SpecModel):
         return self
 
 
+class CtrGateSpec(SpecModel):
+    """A business metric in the canary gate: the candidate's click-through (clicks / impressions, from POST
+    /v1/events) must be no worse than the stable version's by more than a margin, judged by a one-sided
+    two-proportion z-test once both versions have enough impressions."""
+
+    enabled: bool = Field(
+        False, description="Gate each canary step on click-through too (needs serving.live.events: true).")
+    max_relative_drop: float = Field(
+        0.05, ge=0, lt=1, description="The candidate fails when its CTR is significantly below (1 - this) x the "
+        "stable version's CTR.")
+    min_impressions: int = Field(
+        1000, ge=1, le=1_000_000_000,
+        description="Impressions each version needs in the window before the gate judges; until then the step "
+                    "waits (at most maxWaitSeconds).")
+    confidence: float = Field(0.95, ge=0.5, lt=1, description="Confidence of the one-sided test (0.95: p < 0.05).")
+    max_wait_seconds: int = Field(
+        3600, ge=0, le=604_800,
+        description="A step still short of minImpressions after this long is rolled back (reason: "
+                    "InsufficientImpressions) when autoRollback is true, else held.")
+
+
 class AnalysisSpec(SpecModel):
     enabled: bool = Field(
         True, description="Gate each canary step on the SLO analysis (error rate, p99). false: steps advance on "
@@ -628,6 +683,7 @@ class AnalysisSpec(SpecModel):
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_p99_latency_ms: float = Field(50, gt=0)
     window_seconds: int = Field(60, ge=10, le=86_400)
+    ctr: CtrGateSpec = Field(default_factory=CtrGateSpec)
 
 
 class RolloutSpec(SpecModel):
@@ -647,6 +703,16 @@ class RolloutSpec(SpecModel):
         if steps[-1] != 100:
             raise ValueError(f"rollout.steps must end at 100 so the candidate takes all traffic, got {steps}")
         return steps
+
+    @model_validator(mode="after")
+    def _ctr_gate_needs_a_gated_canary(self) -> RolloutSpec:
+        if self.analysis.ctr.enabled and self.strategy != "canary":
+            raise ValueError("rollout.analysis.ctr.enabled needs strategy: canary: a blue-green candidate takes no "
+                             "user traffic before the switch, so it has no click-through to compare")
+        if self.analysis.ctr.enabled and not self.analysis.enabled:
+            raise ValueError("rollout.analysis.ctr.enabled needs rollout.analysis.enabled: true (the click-through "
+                             "gate is part of the analysis); enable the analysis or disable the CTR gate")
+        return self
 
 
 class MonitoringSpec(SpecModel):
@@ -744,6 +810,9 @@ class FusionRecommenderSpec(SpecModel):
             raise ValueError(f"evaluation.select: best fits each encoder alone in one process, so it compares like "
                              f"with like only when the fused model trains in one too; with training.workers="
                              f"{self.training.workers} set workers to 1, or select: fused")
+        if self.rollout.analysis.ctr.enabled and not self.serving.live.events:
+            raise ValueError("rollout.analysis.ctr.enabled needs the click-through events: set "
+                             "serving.live.events: true (POST /v1/events), or disable the CTR gate")
         if self.user_tower == "sequence" and self.fusion.dim % heads:
             raise ValueError(f"task.sequenceHeads={heads} must divide fusion.dim={self.fusion.dim} (each head "
                              "reads dim/heads of the vector); change either")

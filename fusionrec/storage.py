@@ -60,8 +60,9 @@ from fusionrec.errors import UserError
 from fusionrec.files import atomic_directory, atomic_write_bytes, entry_lock, sha256_file
 
 __all__ = ["COPY_RECORD", "MANIFEST_NAME", "PUBLISHED_NAME", "Location", "StorageError", "check_bucket",
-           "fetch_folder", "is_published", "is_remote", "list_published", "local_copy", "publish_folder",
-           "read_published_file", "resolve", "shown_uri"]
+           "delete_object", "fetch_folder", "is_published", "is_remote", "list_objects", "list_published",
+           "local_copy", "publish_folder", "read_object", "read_published_file", "resolve", "shown_uri",
+           "write_object"]
 
 log = logging.getLogger(__name__)
 
@@ -630,6 +631,60 @@ def _plain_copy_matches(dest: Path, source: Location, listing: dict[str, dict[st
 def _changed_while_copied(source: Location) -> str:
     return (f"{source.uri}: objects were added, replaced or removed while they were copied; nothing was kept "
             "(try again once the upload has finished)")
+
+
+# --- single immutable objects (append-only logs: feedback event segments, live item changes) ---------------------
+
+
+def write_object(location: Location, data: bytes) -> None:
+    """One immutable object, whole or not at all, and durable once this returns: a single PUT on object stores;
+    locally a temp file fsync'd, renamed into place, and the folder fsync'd (without that last step a power
+    cut can lose the rename, and with it a write that was already acknowledged), and so is every folder this
+    write created and the one holding the topmost of them (a new folder's own entry is in its parent: the
+    first object of a new replica's folder would otherwise vanish with the folder).
+
+    Raises:
+        StorageError: the write failed (nothing is visible under the name then).
+    """
+    parent = location.path.rsplit("/", 1)[0] or "/"
+    synced = [parent]
+    if location.is_local:
+        folder = parent
+        while not os.path.isdir(folder) and os.path.dirname(folder) != folder:  # the folders created below
+            folder = os.path.dirname(folder)
+            synced.append(folder)
+    _ensure_parent(location)
+    _put(location, data)
+    if location.is_local and hasattr(os, "O_DIRECTORY"):
+        with _io(f"syncing the folder of {location.uri}"):
+            for folder in synced:
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+
+def read_object(location: Location) -> bytes:
+    """The bytes of one object (StorageError with not_found=True when it is gone)."""
+    return _read_object(location)
+
+
+def list_objects(location: Location) -> dict[str, dict[str, Any]]:
+    """{name relative to the prefix: {"size", "mtime_ns"}} of every object under it, recursively; hidden names
+    (a segment of the name starting with '.', such as a local write's temp file) are left out. A prefix that
+    does not exist lists nothing."""
+    return _list_objects(location)
+
+
+def delete_object(location: Location) -> None:
+    """Delete one object; one that is already gone is not an error (two compactions may race)."""
+    try:
+        with _io(f"deleting {location.uri}"):
+            location.filesystem.delete_file(location.path)
+    except StorageError as exc:
+        if not exc.not_found:
+            raise
 
 
 # --- transfers ----------------------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ MANIFEST_KEY = "manifest.yaml"
 AUTH_DIR = "/etc/fusionrec/auth"
 AUTH_TOKENS_KEY = "tokens"
 MODELS_MOUNT_ROOT = "/mnt/models"
+LIVE_MOUNT = "/mnt/live"  # the serving pods' read-write mount of serving.live.uri on a PersistentVolumeClaim
+AUTH_WRITE_TOKENS_KEY = "write-tokens"  # optional key of the serving.auth.secretRef Secret
 # spec.storage.credentialsSecret for gs://: mounted here (not under MANIFEST_DIR, a read-only ConfigMap mount in
 # the training pods), GOOGLE_APPLICATION_CREDENTIALS naming this key (KServe's name for it).
 STORAGE_CREDENTIALS_DIR = "/var/secrets/fusionrec-storage"

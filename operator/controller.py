@@ -30,6 +30,7 @@ from fusionrec.operator.builders import (
     build_service_monitor,
 )
 from fusionrec.operator.builders.common import (
+    check_cluster_live,
     check_cluster_spec,
     check_cluster_training,
     rayjob_name,
@@ -37,7 +38,8 @@ from fusionrec.operator.builders.common import (
 )
 from fusionrec.operator.builders.credentials import check_credentials_secret, missing_secret_error
 from fusionrec.operator.config import OperatorConfig
-from fusionrec.operator.cron import CronSchedule
+from fusionrec.operator.cron import CronSchedule, retrain_version
+from fusionrec.operator.ctr_gate import judge_ctr
 from fusionrec.operator.kube import KubeApi, KubeApiError, owner_uids
 from fusionrec.operator.metrics import OperatorMetrics
 from fusionrec.operator.observe import JobState, observe_rayjob, observe_rayservice
@@ -47,6 +49,7 @@ from fusionrec.operator.status import (
     AnalysisMetrics,
     ConditionStatus,
     ConditionType,
+    CtrAnalysis,
     FusionRecommenderStatus,
     Reason,
     derive_phase,
@@ -81,6 +84,7 @@ def parse_manifest(body: dict[str, Any]) -> Manifest:
     manifest = manifest_from_dict(document, source=f"FusionRecommender {meta.get('namespace')}/{meta.get('name')}")
     check_cluster_spec(manifest.metadata.name, manifest.spec.storage.uri, manifest.spec.serving.auth)
     check_cluster_training(manifest.spec)
+    check_cluster_live(manifest)
     check_credentials_secret(manifest.spec)
     if manifest.spec.training.schedule:
         try:
@@ -102,11 +106,6 @@ def _age_order(obj: dict[str, Any]) -> tuple[str, int]:
     meta = obj["metadata"]
     version = str(meta.get("resourceVersion") or "")
     return meta.get("creationTimestamp") or "", int(version) if version.isdigit() else 0
-
-
-def retrain_version(base: str, moment: datetime) -> str:
-    """A scheduled retrain's version: `<spec.version>-r<UTC yyyymmddhhmm>`, within the spec's 40 characters."""
-    return f"{base[:26].rstrip('-.')}-r{moment.astimezone(UTC):%Y%m%d%H%M}"
 
 
 @dataclass
@@ -390,7 +389,34 @@ class _Reconcile:
             version=state.candidate or "", error_rate=_finite(measured.error_rate),
             p99_latency_ms=_finite(measured.p99_latency_ms), requests_per_second=_finite(measured.requests_per_second),
             window_seconds=analysis.window_seconds, verdict=verdict.label, analyzed_at=format_time(self.now))
+        if analysis.ctr.enabled:
+            verdict = rollout.combine(verdict, await self.analyse_ctr(state, source))
         return verdict
+
+    async def analyse_ctr(self, state: RolloutState, source: MetricsSource) -> Verdict:
+        """The click-through gate: both versions' impressions and clicks since the step started (at least
+        windowSeconds), so a step that waits for impressions gathers them instead of sliding past them."""
+        spec = self.manifest.spec.rollout
+        gate, stable, candidate = spec.analysis.ctr, state.current or "", state.candidate or ""
+        started = state.step_started_at or self.now
+        window = max(spec.analysis.window_seconds, math.ceil((self.now - started).total_seconds()))
+        waited = (self.now - started).total_seconds() - spec.step_interval_seconds
+        try:
+            counts = [await source.feedback(namespace=self.namespace, name=self.name, version=version,
+                                            window_seconds=window) for version in (stable, candidate)]
+        except PrometheusError as exc:
+            return rollout.Verdict(None, f"click-through: {exc}")
+        judged = judge_ctr(counts[0], counts[1], gate, waited_seconds=waited, auto_rollback=spec.auto_rollback,
+                           stable_version=stable, candidate_version=candidate)
+        test = judged.test
+        if self.status.metrics is not None:
+            self.status.metrics.ctr = CtrAnalysis(
+                stable_version=stable, stable_impressions=counts[0].impressions, stable_clicks=counts[0].clicks,
+                candidate_impressions=counts[1].impressions, candidate_clicks=counts[1].clicks,
+                stable_ctr=counts[0].ctr, candidate_ctr=counts[1].ctr, z=_finite(test.z) if test else None,
+                p_value=test.p_value if test else None, window_seconds=window, verdict=judged.verdict.label,
+                reason=judged.verdict.reason)
+        return judged.verdict
 
     def apply(self, state: RolloutState, outcome: Outcome, verdict: Verdict | None) -> None:
         st = self.status
@@ -399,6 +425,8 @@ class _Reconcile:
         st.rollout_step, st.canary_weight, st.rollout_paused = state.step, state.weight, state.paused
         st.step_started_at = format_time(state.step_started_at) if state.step_started_at else None
         why = f": {verdict.message}" if verdict else ""
+        if verdict and verdict.reason and outcome in (rollout.Outcome.ROLLED_BACK, rollout.Outcome.PAUSED):
+            why = f": {verdict.reason}: {verdict.message}"  # the cause first, where a gate names one
         if outcome != rollout.Outcome.WAITING:
             self.c.operator_metrics.rollout_outcomes.labels(outcome=outcome.value).inc()
         if outcome == rollout.Outcome.STEPPED:
@@ -416,7 +444,8 @@ class _Reconcile:
             self.condition(ConditionType.ROLLED_OUT, "False", Reason.ROLLED_BACK, message)
             self.event("Warning", Reason.ROLLED_BACK, message)
         elif outcome == rollout.Outcome.PAUSED:
-            message = f"{candidate} breached its SLO at {state.weight}%; autoRollback is off, so the weights stay{why}"
+            message = (f"{candidate} failed its analysis at {state.weight}%; autoRollback is off, so the weights "
+                       f"stay{why}")
             self.condition(ConditionType.ROLLED_OUT, "False", Reason.ROLLOUT_PAUSED, message)
             self.event("Warning", Reason.ROLLOUT_PAUSED, message)
         elif outcome == rollout.Outcome.HELD and self.analysis_unavailable:

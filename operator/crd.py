@@ -193,9 +193,9 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
         "self.nlist == 0 || self.nprobe <= self.nlist", "nprobe must be at most nlist", field_path=".nprobe")]},
     (AuthSpec, None): {"x-kubernetes-validations": [
         _rule("!has(self.disabled) || !self.disabled || !(has(self.secretRef) || has(self.tokenFile) || "
-              "has(self.tokenEnv))",
-              "disabled: true cannot be combined with secretRef, tokenFile or tokenEnv; remove the token source or "
-              "drop disabled", field_path=".disabled"),
+              "has(self.tokenEnv) || has(self.writeTokenFile) || has(self.writeTokenEnv))",
+              "disabled: true cannot be combined with secretRef, tokenFile, tokenEnv, writeTokenFile or "
+              "writeTokenEnv; remove the token source or drop disabled", field_path=".disabled"),
     ]},
     (ServingSpec, None): {"x-kubernetes-validations": [
         _rule("self.maxReplicas >= self.minReplicas", "maxReplicas must be >= minReplicas",
@@ -208,6 +208,13 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
         _rule("size(self) == 0 || self[size(self) - 1] == 100",
               "rollout steps must end at 100 so the candidate takes all traffic"),
     ]},
+    (RolloutSpec, None): {"x-kubernetes-validations": [
+        _rule("!self.analysis.ctr.enabled || self.strategy == 'canary'",
+              "analysis.ctr.enabled needs strategy: canary: a blue-green candidate takes no user traffic before the "
+              "switch", field_path=".analysis.ctr.enabled"),
+        _rule("!self.analysis.ctr.enabled || self.analysis.enabled",
+              "analysis.ctr.enabled needs analysis.enabled: true", field_path=".analysis.ctr.enabled"),
+    ]},
     # Unique encoder names: a map list keyed by name (the server refuses a duplicate key).
     (FusionRecommenderSpec, "encoders"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     (FusionRecommenderSpec, None): {"x-kubernetes-validations": [
@@ -218,6 +225,9 @@ SPEC_EXTRAS: dict[tuple[type, str | None], dict[str, Any]] = {
         _rule("!(self.evaluation.select == 'best' && size(self.encoders) >= 2 && self.training.workers > 1)",
               "evaluation.select: best fits each encoder alone in one process: set training.workers to 1, or "
               "select: fused", field_path=".evaluation.select"),
+        _rule("!self.rollout.analysis.ctr.enabled || self.serving.live.events",
+              "rollout.analysis.ctr.enabled needs serving.live.events: true (POST /v1/events)",
+              field_path=".rollout.analysis.ctr.enabled"),
         _rule("!(self.task.userTower == 'sequence' || (self.task.userTower == 'auto' && self.data.order != 'none')) "
               "|| self.fusion.dim % self.task.sequenceHeads == 0",
               "task.sequenceHeads must divide fusion.dim", field_path=".task.sequenceHeads"),

@@ -3,7 +3,8 @@
 The controller depends on `MetricsSource` only, so unit tests pass a fake and the integration tests a
 real Prometheus on loopback (the split KubeRay makes with its fake Serve dashboard client). Queries use
 the serving contract's series: `fusionrec_requests_total{route,code,version}` and the histogram
-`fusionrec_request_latency_seconds_bucket{version,le}`.
+`fusionrec_request_latency_seconds_bucket{version,le}`; the click-through gate reads the feedback counter
+`fusionrec_feedback_events_total{version,type}` (one per accepted POST /v1/events event).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Protocol
 
 import httpx
 
+from fusionrec.operator.ctr_gate import Feedback
 from fusionrec.operator.rollout import Measurement
 
 
@@ -23,6 +25,10 @@ class PrometheusError(Exception):
 class MetricsSource(Protocol):
     async def measure(self, *, namespace: str, name: str, version: str, window_seconds: int) -> Measurement:
         """The candidate `version`'s traffic over the last `window_seconds`."""
+        ...
+
+    async def feedback(self, *, namespace: str, name: str, version: str, window_seconds: int) -> Feedback:
+        """Impressions and clicks recorded for `version` over the last `window_seconds`."""
         ...
 
 
@@ -54,6 +60,16 @@ def error_rate_query(selector: str, window_seconds: int) -> str:
 def p99_query(selector: str, window_seconds: int) -> str:
     return (f"histogram_quantile(0.99, sum by (le) "
             f"(rate(fusionrec_request_latency_seconds_bucket{{{selector}}}[{window_seconds}s])))")
+
+
+def feedback_query(selector: str, event_type: str, window_seconds: int) -> str:
+    """Events of one type over the window; `or vector(0)`: a version nobody has sent such an event for has none.
+
+    `max`, not `sum`: every serving pod's /metrics is the metrics hub's total over all ingress replicas, so each
+    scraped target carries the same counts, and a sum would count every event once per pod (more impressions
+    than were shown, and a z-test that believes it has several times the evidence)."""
+    return (f'max(increase(fusionrec_feedback_events_total{{{selector},type="{_escape(event_type)}"}}'
+            f'[{window_seconds}s])) or vector(0)')
 
 
 class PrometheusClient:
@@ -104,3 +120,9 @@ class PrometheusClient:
             # +Inf means the quantile lies beyond the largest bucket: slower than anything measured, a breach.
             p99_latency_ms=None if p99 is None else p99 * 1000.0,
         )
+
+    async def feedback(self, *, namespace: str, name: str, version: str, window_seconds: int) -> Feedback:
+        selector = series_selector(self.selector_template, namespace=namespace, name=name, version=version)
+        impressions = await self.query(feedback_query(selector, "impression", window_seconds))
+        clicks = await self.query(feedback_query(selector, "click", window_seconds))
+        return Feedback(impressions=impressions or 0.0, clicks=clicks or 0.0)

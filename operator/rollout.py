@@ -25,10 +25,12 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Verdict:
-    """An SLO analysis result: passed True/False, or None when it could not be decided."""
+    """An analysis result: passed True/False, or None when it could not be decided; `reason` names the cause
+    where a gate has one (the click-through gate's CtrBelowStable, InsufficientImpressions...)."""
 
     passed: bool | None
     message: str
+    reason: str | None = None
 
     @property
     def label(self) -> str:
@@ -122,6 +124,20 @@ def judge(measured: Measurement, analysis: AnalysisSpec, *, require_traffic: boo
         return Verdict(None, f"no {missing} data for the candidate in the last {analysis.window_seconds}s")
     return Verdict(True, f"error rate {measured.error_rate:.4f} <= {analysis.max_error_rate}, "
                          f"p99 {measured.p99_latency_ms:.1f} ms <= {analysis.max_p99_latency_ms} ms")
+
+
+def combine(*verdicts: Verdict) -> Verdict:
+    """Several gates of one step: any failure fails it (a definite no needs no other gate's data), else any
+    undecided gate holds it, else it passes. The message gives the deciding gates' first, then the others'; the
+    reason is the deciding ones'."""
+    for outcome in (False, None, True):
+        deciding = [v for v in verdicts if v.passed is outcome]
+        if deciding:
+            others = [v for v in verdicts if v.passed is not outcome]
+            reasons = [v.reason for v in deciding if v.reason]
+            return Verdict(outcome, "; ".join(v.message for v in deciding + others if v.message),
+                           reason=", ".join(reasons) or None)
+    raise ValueError("combine needs at least one verdict")
 
 
 def served_weights(state: RolloutState) -> list[tuple[str, int]]:

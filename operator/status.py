@@ -75,6 +75,25 @@ class Condition(StatusModel):
     observed_generation: int | None = None
 
 
+class CtrAnalysis(StatusModel):
+    """The click-through gate's last look (rollout.analysis.ctr): both versions' counts since the step started."""
+
+    stable_version: str
+    stable_impressions: float
+    stable_clicks: float
+    candidate_impressions: float
+    candidate_clicks: float
+    stable_ctr: float | None = None
+    candidate_ctr: float | None = None
+    z: float | None = Field(None, description="Farrington-Manning score z; negative: the candidate is below the "
+                                               "bound (1 - maxRelativeDrop) x the stable CTR.")
+    p_value: float | None = Field(None, description="One-sided p-value; below 1 - confidence fails the gate.")
+    window_seconds: int
+    verdict: Literal["Pass", "Fail", "Inconclusive"]
+    reason: str | None = Field(None, description="CtrWithinMargin, CtrBelowStable, AwaitingImpressions, "
+                                                  "InsufficientImpressions or InconsistentFeedback.")
+
+
 class AnalysisMetrics(StatusModel):
     """The candidate's last SLO analysis, as read from Prometheus."""
 
@@ -85,6 +104,7 @@ class AnalysisMetrics(StatusModel):
     window_seconds: int
     verdict: Literal["Pass", "Fail", "Inconclusive"]
     analyzed_at: str
+    ctr: CtrAnalysis | None = None
 
 
 class FusionRecommenderStatus(StatusModel):

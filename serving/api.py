@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,9 +26,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fusionrec import __version__
 from fusionrec.serving import openapi
-from fusionrec.serving.auth import TokenAuth
+from fusionrec.serving.auth import TokenAuth, needs_write
 from fusionrec.serving.config import RETRY_AFTER_S
 from fusionrec.serving.errors import ApiError, invalid, send_json
+from fusionrec.serving.events import EventStore
+from fusionrec.serving.events_api import add_event_routes
+from fusionrec.serving.items_api import ItemWriter, add_item_routes, route_label
 from fusionrec.serving.metrics import CLIENT_CLOSED
 from fusionrec.serving.router import BackendUnavailable, Router
 from fusionrec.serving.schemas import (
@@ -46,7 +50,8 @@ from fusionrec.spec import ServingLimits
 
 log = logging.getLogger(__name__)
 
-ROUTES = ("/v1/recommend", "/v1/score", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/v1/recommend", "/v1/score", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json",
+          "/v1/events", "/v1/items", "/v1/items/{item_id}")
 PROTECTED_PREFIX = "/v1/"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -61,7 +66,8 @@ _QUERY_ERRORS = _errors(400, 401, 403, 404, 408, 413, 422, 503)
 
 def create_api(router: Router, auth: TokenAuth, limits: ServingLimits,
                metrics_text: Callable[[], Awaitable[bytes]] | None = None, *,
-               body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
+               body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES,
+               events: EventStore | None = None, items: ItemWriter | None = None) -> FastAPI:
     """The FastAPI app of one ingress replica.
 
     Args:
@@ -71,6 +77,8 @@ def create_api(router: Router, auth: TokenAuth, limits: ServingLimits,
         metrics_text: what `/metrics` returns (default: this replica's registry).
         body_timeout_s: a request's whole body must arrive within this (408 after; see slow_clients.py).
         max_header_bytes: larger request headers are refused (431).
+        events: where POST /v1/events stores feedback (None: serving.live.events is off, the route says so).
+        items: where PUT/DELETE /v1/items store item changes (None: serving.live.items is off, likewise).
     """
     app = FastAPI(title="fusionrec", version=__version__,
                   description="Recommendations from a recommender that fuses pretrained language models.")
@@ -78,7 +86,7 @@ def create_api(router: Router, auth: TokenAuth, limits: ServingLimits,
 
     @app.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=True,
               responses=_QUERY_ERRORS)
-    async def recommend(body: RecommendRequest, request: Request) -> dict[str, Any]:
+    async def recommend(body: RecommendRequest, request: Request, response: Response) -> dict[str, Any]:
         """Top-k items for a user id or a history; unknown users without history get popular items, and so
         does a request that allows it (no candidates; its own history or exclude_seen false) while its
         version has no live replica."""
@@ -87,16 +95,16 @@ def create_api(router: Router, auth: TokenAuth, limits: ServingLimits,
             raise invalid(f"k must be <= {limits.max_k} (serving.limits.maxK), got {body.k}", "k")
         query = body.model_dump()
         version = request.state.version = router.pick(query)
-        return await router.call(version, "recommend", query)
+        return _with_request_id(await router.call(version, "recommend", query), response)
 
     @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True,
               responses=_QUERY_ERRORS)
-    async def score(body: ScoreRequest, request: Request) -> dict[str, Any]:
+    async def score(body: ScoreRequest, request: Request, response: Response) -> dict[str, Any]:
         """Per-item scores: click probability (ctr), rating (rating) or ranking score (ranking)."""
         _check_lengths(limits, history=body.history, candidates=body.item_ids, candidates_field="item_ids")
         query = body.model_dump()
         version = request.state.version = router.pick(query)
-        return await router.call(version, "score", query)
+        return _with_request_id(await router.call(version, "score", query), response)
 
     @app.get("/v1/model", response_model=ModelResponse, responses=_errors(401, 403))
     async def model() -> dict[str, Any]:
@@ -125,11 +133,21 @@ def create_api(router: Router, auth: TokenAuth, limits: ServingLimits,
         text = await metrics_text() if metrics_text is not None else router.metrics.render()
         return Response(text, media_type=METRICS_CONTENT_TYPE)
 
+    add_event_routes(app, events)
+    add_item_routes(app, router, items, limits)
     app.add_middleware(_Guard, auth=auth, max_body_bytes=limits.max_body_bytes)
     app.add_middleware(SlowClientGuard, body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes)
     app.add_middleware(_Timed, router=router)  # added last = outermost: it also sees the guards' refusals
     openapi.install(app, protected_prefix=PROTECTED_PREFIX, auth_enabled=auth.enabled, limits=limits)
     return app
+
+
+def _with_request_id(answer: dict[str, Any], response: Response) -> dict[str, Any]:
+    """A fresh id per answer (cached answers too), in the body and `X-Request-Id`: feedback events name it,
+    with the answer's model_version, so clicks are credited to the version that recommended the item."""
+    request_id = uuid.uuid4().hex
+    response.headers["X-Request-Id"] = request_id
+    return {**answer, "request_id": request_id}
 
 
 def _check_lengths(limits: ServingLimits, *, history: list[str] | None, candidates: list[str] | None,
@@ -223,7 +241,7 @@ class _Guard:
         try:
             # Every value, not the dict's last one: two Authorization headers are refused (serving/auth.py).
             self.auth.check([value.decode("latin-1") for name, value in scope.get("headers", [])
-                             if name.lower() == b"authorization"])
+                             if name.lower() == b"authorization"], write=needs_write(scope["method"], scope["path"]))
             declared = headers.get("content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
                 raise _too_large(self.max_body_bytes, declared)
@@ -307,7 +325,7 @@ class _Timed:
         finally:
             if hung_up:
                 status = CLIENT_CLOSED
-            route = scope["path"] if scope["path"] in ROUTES else "other"
+            route = scope["path"] if scope["path"] in ROUTES else (route_label(scope["path"]) or "other")
             version = scope["state"].get("version")
             seconds = None if status == 408 else time.perf_counter() - start
             self.router.metrics.observe_request(route, status, version, seconds)

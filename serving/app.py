@@ -50,7 +50,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
             max_ongoing_requests=max_ongoing_requests(serving),
             ray_actor_options=model_actor_options(serving),
             user_config=batch_config(serving),
-        ).bind(v.artifact, v.version, threads)
+        ).bind(v.artifact, v.version, threads, serving.live.model_dump(by_alias=True, mode="json"))
         for v in parsed.versions
     }
     ingress_scaling = {"min_replicas": 1, "max_replicas": max(1, serving.max_replicas),

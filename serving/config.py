@@ -28,6 +28,13 @@ INGRESS_NAME = "Router"
 METRICS_HUB_NAME = "MetricsHub"
 USER_CACHE_ENTRIES = 20_000  # user vectors kept per model replica: 20k x D=256 float32 = 20 MiB
 RESPONSE_CACHE_ENTRIES = 10_000  # answers kept per ingress replica: 10k x k=10 items ~ 10-20 MiB of dicts
+# Where the operator mounts the serving.auth.secretRef Secret's optional `write-tokens` key (its consts.AUTH_DIR +
+# "/write-tokens"). The one writeTokenFile allowed to be missing: an absent optional key has no file. Any other
+# missing writeTokenFile is a mistake (a typo would otherwise let the read tokens write).
+MOUNTED_WRITE_TOKENS_FILE = "/etc/fusionrec/auth/write-tokens"
+# An ingress keeps an item it retired out of the popular lists it fetches for this long: a replica answers with
+# its catalogue as of its last item-log poll (serving.live.pollSeconds, at most 60 s, plus the embedding time).
+RETIRED_MEMORY_S = 300.0
 # A model call (retries across replica deaths included) that takes longer is answered 503 (or the popularity
 # fallback): a version whose only replica died queues requests until a new one has loaded (a minute or more).
 # Not while the version is being deployed (DEPLOY_WAIT_S).
@@ -99,6 +106,19 @@ def parse_args(args: AppArgs | dict[str, Any]) -> AppArgs:
         problems = format_validation_error(exc, prefix="args")
         lines = "\n".join(f"  {field}: {msg}" for field, msg in problems)
         raise UserError(f"invalid fusionrec serving args:\n{lines}", field=problems[0][0]) from None
+
+
+def with_live_uri(serving: ServingSpec, default: str) -> ServingSpec:
+    """spec.serving with `live.uri` resolved to where the replicas read and write it: the spec's own, else
+    `default` (the `_live` folder beside the versions). Each deployer resolves it at its edge (the runner, `fusionrec
+    serve`, the operator for the pods' paths), as the operator turns auth.secretRef into a tokenFile, so the
+    replicas never guess where the versions are stored. Unchanged when neither live items nor events are on."""
+    live = serving.live
+    if not (live.items or live.events) or live.uri:
+        return serving
+    resolved = serving.model_copy(deep=True)
+    resolved.live.uri = default
+    return resolved
 
 
 def model_deployment_name(version: str) -> str:

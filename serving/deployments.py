@@ -22,9 +22,12 @@ from fusionrec.serving.api import create_api
 from fusionrec.serving.auth import TokenAuth
 from fusionrec.serving.config import model_deployment_name
 from fusionrec.serving.engine import Embedded, HistoryKey, VersionEngine
+from fusionrec.serving.events import EventStore
+from fusionrec.serving.events_api import feedback_counter
+from fusionrec.serving.items_api import item_writer
 from fusionrec.serving.metrics import ServingMetrics, merge, render
 from fusionrec.serving.router import BackendUnavailable, Overloaded, Router
-from fusionrec.spec import ServingSpec
+from fusionrec.spec import LiveSpec, ServingSpec
 
 log = logging.getLogger("ray.serve")
 
@@ -41,19 +44,25 @@ class ModelServer:
         artifact: the version's artifact folder, as this replica sees it.
         version: the version the args say this is; it must match the artifact's own.
         threads: torch intra-op threads (the replica's CPUs).
+        live: `serving.live` (camelCase): with `items` true the replica replays the item log before it answers
+            and follows it every `pollSeconds` (fusionrec.serving.live_items).
     """
 
-    def __init__(self, artifact: str, version: str, threads: int = 1) -> None:
+    def __init__(self, artifact: str, version: str, threads: int = 1, live: dict[str, Any] | None = None) -> None:
         import torch
 
+        from fusionrec.serving.live_items import follow_in_background, start_live_items
         from fusionrec.serving.scorer import VersionScorer
 
         torch.set_num_threads(max(1, threads))
-        scorer = VersionScorer.load(artifact)
+        live_spec = LiveSpec.model_validate(live or {})
+        scorer = VersionScorer.load(artifact, live_items=live_spec.items)
         if scorer.version != version:
             raise UserError(f"args.versions names {version!r} but the artifact at {artifact} is version "
                             f"{scorer.version!r}", field="args.versions.artifact")
-        self.engine = VersionEngine(scorer, embed=self._embed)
+        self.live = start_live_items(scorer, live_spec.uri) if live_spec.items else None
+        self.engine = VersionEngine(scorer, embed=self._embed, live=self.live)
+        self._follower = follow_in_background(self.live, live_spec.poll_seconds) if self.live else None
         self.replica = str(serve.get_replica_context().replica_id)
         log.info("model %s loaded from %s: %d items, task %s", version, artifact, scorer.n_items, scorer.task)
 
@@ -74,6 +83,9 @@ class ModelServer:
 
     async def score(self, query: dict[str, Any]) -> dict[str, Any]:
         return await self.engine.score(query)
+
+    async def prepare_items(self, query: dict[str, Any]) -> dict[str, Any]:
+        return await self.engine.prepare_items(query)
 
     def describe(self, _: Any = None) -> dict[str, Any]:
         return {**self.engine.describe(), "replica": self.replica}
@@ -145,7 +157,8 @@ class Ingress:
         clients = {version: HandleClient(handle, version) for version, handle in versions.items()}
         limits = self.serving.limits
         self.router = Router(name, clients, weights, ServingMetrics(),
-                             popular_k=limits.max_k + limits.max_history)  # maxK left after excluding a history
+                             popular_k=limits.max_k + limits.max_history,  # maxK left after excluding a history
+                             live_catalogue=self.serving.live.items)
         self.router.set_deploying(set(versions))  # until the first look at Serve's status: wait, as before
         self.hub = hub
         context = serve.get_replica_context()
@@ -153,6 +166,8 @@ class Ingress:
         self.app_name = context.app_name
         self._pusher: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self.events = self._event_store(context.replica_id.unique_id)
+        self.items = item_writer(self.serving.live)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """`user_config: {weights: {version: percent}}`: a canary step without restarting anything."""
@@ -163,7 +178,27 @@ class Ingress:
         """The replica's FastAPI app, built once after `__init__` (`fusionrec.ray_compat.late_asgi_ingress`)."""
         self._pusher = asyncio.get_running_loop().create_task(self._push_forever())
         self._watcher = asyncio.get_running_loop().create_task(self._watch_deploys())
-        return create_api(self.router, self.auth, self.serving.limits, metrics_text=self._metrics_text)
+        if self.events is not None:
+            await self.events.start()
+        return create_api(self.router, self.auth, self.serving.limits, metrics_text=self._metrics_text,
+                          events=self.events, items=self.items)
+
+    def _event_store(self, replica: str) -> EventStore | None:
+        """`serving.live.events`: this replica's event log under `<serving.live.uri>/events/ingress-<id>/`."""
+        live = self.serving.live
+        if not live.events:
+            return None
+        if not live.uri:  # the deployers resolve it (serving.config.with_live_uri); args written by hand may not
+            raise UserError("serving.live.events is true but serving.live.uri is not set", field="serving.live.uri",
+                            fix="set serving.live.uri to a local folder, s3:// or gs:// prefix")
+        return EventStore(live.uri, f"ingress-{replica}",
+                          on_stored=feedback_counter(self.router.metrics, lambda: self.router.clients))
+
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown: store the events still waiting for a flush (their clients get answers)."""
+        events = getattr(self, "events", None)  # None too when __init__ failed before setting it
+        if events is not None:
+            await events.close()
 
     async def _push(self) -> None:
         await self.hub.push.remote(self.replica, self.router.metrics.snapshot())

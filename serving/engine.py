@@ -21,6 +21,7 @@ from fusionrec.serving.schemas import SCORE_KINDS
 from fusionrec.serving.topk import Ranked
 
 if TYPE_CHECKING:  # the ingress imports this module too, and must not pay for torch
+    from fusionrec.serving.live_items import LiveItems
     from fusionrec.serving.scorer import VersionScorer
 
 HistoryKey = tuple[int, ...]
@@ -38,14 +39,18 @@ class VersionEngine:
         scorer: the loaded version.
         embed: computes one history's user vector, batched by the caller (default: alone, in a thread).
         cache_entries: user vectors kept (LRU).
+        live: the replica's live catalogue (`serving.live.items`), which `prepare_items` checks writes against.
     """
 
     def __init__(self, scorer: VersionScorer, embed: Embed | None = None,
-                 cache_entries: int = USER_CACHE_ENTRIES) -> None:
+                 cache_entries: int = USER_CACHE_ENTRIES, live: LiveItems | None = None) -> None:
         self.scorer = scorer
         self.version = scorer.version
         self.embed = embed or self._embed_alone
         self.cache: LRUCache[np.ndarray] = LRUCache(cache_entries)
+        self.live = live
+        if live is not None:
+            live.on_applied.append(self._forget_stale_vectors)
         # Pointwise heads run an MLP over every candidate; big catalogues are a matrix product that long.
         self._offload = scorer.task != "ranking" or scorer.n_items >= OFFLOAD_ITEMS
 
@@ -108,6 +113,10 @@ class VersionEngine:
             items = self.scorer.positions_of(query["item_ids"], "item_ids")
         except ApiError as exc:
             return {"error": {"status": exc.status, **exc.as_json()}}
+        kept = ~self.scorer.is_retired(items)  # a retired item is not scored: it is left out of `scores`
+        if not kept.all():
+            items = items[kept]
+            query = {**query, "item_ids": [item for item, keep in zip(query["item_ids"], kept) if keep]}
         batch = None
         if not len(history):
             ranked = Ranked(items, self.scorer.popularity[items], fallback="popularity")
@@ -126,10 +135,27 @@ class VersionEngine:
         return {"items": [{"item_id": str(self.scorer.item_ids[p]), "score": float(s),
                            "title": str(self.scorer.titles[p])} for p, s in zip(ranked.positions, ranked.scores)]}
 
+    async def prepare_items(self, query: dict[str, Any]) -> dict[str, Any]:
+        """`{items: [{item_id, fields}], paths: [field path of each item's fields]}` -> `{version, items}`, or an
+        error answer: 422 naming the field that does not render with this version's template, 409 when this
+        version cannot embed text. Checked by the ingress on every served version before a write is stored."""
+        if self.live is None:
+            return {"error": {"status": 409, "error": f"model version {self.version} does not follow live items "
+                                                      "(serving.live.items is off for its replicas)",
+                              "field": "serving.live.items"}}
+        return self.live.prepare(query["items"], query["paths"])
+
+    def _forget_stale_vectors(self, counts: dict[str, int]) -> None:
+        """A cached user vector was computed from the item vectors of its history: when a text changed, any of
+        them may be stale (new items and retirements leave every cached vector as it was)."""
+        if counts.get("updated"):
+            self.cache = LRUCache(self.cache.capacity)
+
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         if self._offload:
             return await asyncio.to_thread(function, *args)
         return function(*args)  # a few microseconds of BLAS: a thread hop would cost more than it saves
 
     def describe(self) -> dict[str, Any]:
-        return {**self.scorer.describe(), "cache": self.cache.stats()}
+        live = {"live_items": self.live.describe()} if self.live is not None else {}
+        return {**self.scorer.describe(), "cache": self.cache.stats(), **live}

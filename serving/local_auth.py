@@ -95,12 +95,14 @@ def local_auth(auth: AuthSpec, *, host: str, no_auth: bool = False, token_file: 
     if no_auth and (token_file or token_env):
         raise UserError("--no-auth cannot be combined with --token-file or --token-env", field="--no-auth",
                         fix="drop --no-auth to require the tokens, or drop the token option")
+    # The spec's write tokens (serving.auth.writeTokenFile/Env) are kept whatever reads with.
+    writes = {"write_token_file": auth.write_token_file, "write_token_env": auth.write_token_env}
     if no_auth:
         chosen, why = AuthSpec(disabled=True), "--no-auth"
     elif token_file or token_env:
-        chosen, why = AuthSpec(token_file=token_file, token_env=token_env), ""
+        chosen, why = AuthSpec(token_file=token_file, token_env=token_env, **writes), ""
     else:
-        chosen = AuthSpec(token_file=auth.token_file, token_env=auth.token_env, disabled=auth.disabled)
+        chosen = AuthSpec(token_file=auth.token_file, token_env=auth.token_env, disabled=auth.disabled, **writes)
         why = "serving.auth.disabled: true"
     if chosen.disabled:
         if not is_loopback(host):
@@ -116,4 +118,4 @@ def local_auth(auth: AuthSpec, *, host: str, no_auth: bool = False, token_file: 
     note = "generated a bearer token" if generated else "bearer token"
     say(f"auth: {note} in {path} (`fusionrec recommend` uses it; curl: -H \"Authorization: Bearer $(cat {path})\"; "
         "--no-auth turns auth off)")
-    return AuthSpec(token_file=str(path))
+    return AuthSpec(token_file=str(path), **writes)

@@ -7,6 +7,10 @@
     fusionrec_model_info{version,task,score}            gauge, 1 per served version
     fusionrec_traffic_weight{version}                   gauge, the version's percent of traffic
     fusionrec_unavailable_total{version,answer}         counter: no live replica; answer="503"|"fallback"
+    fusionrec_feedback_events_total{version,type}       counter: feedback events newly stored (POST /v1/events;
+                                                        a duplicate id is not counted again); version: the event's
+                                                        model_version, "unknown" when it names none, "other"
+                                                        when it names a version this app does not serve
 
 Ray Serve replicas are separate processes and a scrape of the app's `/metrics` reaches one ingress replica
 through the proxy, so per-replica registries alone would make counters jump between replicas' values
@@ -57,6 +61,10 @@ class ServingMetrics:
                                    "Requests a version could not answer (no live replica in the deadline), by what "
                                    "the client got: a 503 or the popularity fallback (a 200).",
                                    ["version", "answer"], registry=self.registry)
+        self.feedback = Counter("fusionrec_feedback_events",
+                                "Feedback events stored, by the model version that recommended the item and type "
+                                "(impression, click, purchase, rating): per-version click-through for the canary.",
+                                ["version", "type"], registry=self.registry)
 
     def observe_request(self, route: str, code: int, version: str | None, seconds: float | None) -> None:
         """Count one request; time it unless `seconds` is None (what the client's slowness decided)."""
@@ -73,6 +81,17 @@ class ServingMetrics:
 
     def observe_unavailable(self, version: str, fallback: bool) -> None:
         self.unavailable.labels(version=version, answer="fallback" if fallback else "503").inc()
+
+    def observe_feedback(self, version: str, kind: str, count: int = 1) -> None:
+        self.feedback.labels(version=version, type=kind).inc(count)
+
+    def declare_feedback(self, versions: Iterable[str], kinds: Iterable[str]) -> None:
+        """Create each (version, type) series at 0: Prometheus's increase() takes a series' first sample as
+        its start, so a series born at 1 (a canary's first click) would lose that first count."""
+        kinds = tuple(kinds)
+        for version in versions:
+            for kind in kinds:
+                self.feedback.labels(version=version, type=kind)
 
     def set_weights(self, weights: Mapping[str, int]) -> None:
         for version, weight in weights.items():

@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from fusionrec.serving.breaker import Breaker
 from fusionrec.serving.cache import LRUCache
-from fusionrec.serving.config import DEPLOY_WAIT_S, MODEL_CALL_DEADLINE_S, RESPONSE_CACHE_ENTRIES, RETRY_AFTER_S
+from fusionrec.serving.config import (
+    DEPLOY_WAIT_S,
+    MODEL_CALL_DEADLINE_S,
+    RESPONSE_CACHE_ENTRIES,
+    RETIRED_MEMORY_S,
+    RETRY_AFTER_S,
+)
 from fusionrec.serving.engine import VersionEngine
 from fusionrec.serving.errors import ApiError
 from fusionrec.serving.metrics import ServingMetrics
@@ -81,16 +88,21 @@ class Router:
 
     def __init__(self, name: str, clients: Mapping[str, VersionClient], weights: Mapping[str, int],
                  metrics: ServingMetrics | None = None, response_cache_entries: int = RESPONSE_CACHE_ENTRIES, *,
-                 call_deadline_s: float = MODEL_CALL_DEADLINE_S, popular_k: int = 0) -> None:
+                 call_deadline_s: float = MODEL_CALL_DEADLINE_S, popular_k: int = 0,
+                 live_catalogue: bool = False) -> None:
         self.name = name
         self.clients = dict(clients)
         self.metrics = metrics or ServingMetrics()
-        self.responses: LRUCache[dict[str, Any]] = LRUCache(response_cache_entries)
+        # Live items change a version's answers while it serves: (version, request) is no longer a key that
+        # cannot go stale, so no answer is cached, and the popular items are fetched again at every refresh.
+        self.live_catalogue = live_catalogue
+        self.responses: LRUCache[dict[str, Any]] = LRUCache(0 if live_catalogue else response_cache_entries)
         self.call_deadline_s = call_deadline_s
         self.popular_k = popular_k
         self.breakers = {version: Breaker(RETRY_AFTER_S) for version in self.clients}
         self.deploying: frozenset[str] = frozenset()  # versions Serve is deploying: wait for them, not the deadline
         self._popular: dict[str, list[dict[str, Any]]] = {}
+        self._retired: dict[str, float] = {}  # item -> monotonic time until which it is kept out of _popular
         self._info: dict[str, dict[str, Any]] = {}
         self.split = self._make_split(weights)
         self.metrics.set_weights(self.split.weights)
@@ -188,6 +200,26 @@ class Router:
         items = [item for item in popular if item["item_id"] not in seen][:int(query.get("k", 10))]
         return {"items": [dict(item) for item in items], "model_version": version, "fallback": "popularity"}
 
+    def forget_items(self, item_ids: Iterable[str]) -> None:
+        """Items this ingress just retired: out of every kept popular list now (the fallback answers from them
+        while a version has no replica, which could take a refresh or longer), and out of the lists fetched
+        for RETIRED_MEMORY_S (a replica answers with its catalogue as of its last item-log poll)."""
+        retired = set(item_ids)
+        until = time.monotonic() + RETIRED_MEMORY_S
+        self._retired.update(dict.fromkeys(retired, until))
+        self._popular = {version: [item for item in items if item["item_id"] not in retired]
+                         for version, items in self._popular.items()}
+
+    def remember_items(self, item_ids: Iterable[str]) -> None:
+        """Items this ingress just stored again (a PUT): the next refresh may list them."""
+        for item in item_ids:
+            self._retired.pop(item, None)
+
+    def _without_retired(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        self._retired = {item: until for item, until in self._retired.items() if until > now}
+        return [item for item in items if item["item_id"] not in self._retired] if self._retired else items
+
     async def describe(self) -> dict[str, Any]:
         """Every version's description and weight (`GET /v1/model`)."""
         versions = []
@@ -201,12 +233,12 @@ class Router:
         for version in self.clients:
             if version not in self._info:
                 await self._version_info(version)
-            if self.popular_k and version not in self._popular:
-                try:  # a version is immutable: its popular items are fetched once
+            if self.popular_k and (version not in self._popular or self.live_catalogue):
+                try:  # a version is immutable: its popular items are fetched once (live items: again)
                     answer = await self._ask(version, "popular", {"k": self.popular_k})
                 except BackendUnavailable:
                     continue
-                self._popular[version] = answer["items"]
+                self._popular[version] = self._without_retired(answer["items"])
 
     async def _version_info(self, version: str) -> dict[str, Any]:
         try:

@@ -85,9 +85,14 @@ class RecommendedItem(BaseModel):
     title: str
 
 
+REQUEST_ID_DOC = ("This answer's id (also the X-Request-Id header): name it, with model_version, in the feedback "
+                  "events (POST /v1/events) about what it showed.")
+
+
 class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
     model_version: str
+    request_id: str = Field(description=REQUEST_ID_DOC)
     fallback: Literal["popularity"] | None = Field(
         None, description="Set when the model could not be used (no history): the ranking is by popularity.")
 
@@ -103,6 +108,7 @@ class ScoreResponse(BaseModel):
         description="What the numbers are: a two-tower dot product, a click probability (ctr), a rating, or "
                     "the share of users who interacted with the item (popularity fallback).")
     model_version: str
+    request_id: str = Field(description=REQUEST_ID_DOC)
     fallback: Literal["popularity"] | None = None
 
 

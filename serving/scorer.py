@@ -13,6 +13,10 @@ The model is read from disk once per replica (`VersionScorer.load`). When the ar
 model is kept only as long as the load needs it (checking the item index): an ONNX Runtime or TensorRT tower
 then holds its own graph, the torch backend runs on the loaded model's own modules, and the scorer keeps the
 pointwise head alone (a few small layers) for ctr/rating scores.
+
+With live items (`serving.live.items`, see `fusionrec.serving.live_items`) the catalogue changes while serving:
+`apply_items` appends new items, replaces the vectors of items whose text changed and retires items, which
+are then never returned by `recommend` or `popular` (a history may still name them: their vectors stay).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from fusionrec.artifact import Artifact
 from fusionrec.errors import UserError
 from fusionrec.model.fused import FusedRecommender
 from fusionrec.model.heads.pointwise import PointwiseHead
+from fusionrec.model.towers import UNKNOWN_FEEDBACK, TextUserTower, left_pad
 from fusionrec.retrieval import load_index
 from fusionrec.serving.errors import not_found
 from fusionrec.serving.schemas import SCORE_KINDS
@@ -73,8 +78,11 @@ class VersionScorer:
         self.history_length = model.config.history_length
         self.user_tower = model.config.user_tower
         self.item_ids = items["item_id"].astype(str).to_numpy()
-        self.titles = items["title"].astype(str).to_numpy() if "title" in items else self.item_ids
+        self.titles = items["title"].astype(str).to_numpy() if "title" in items else self.item_ids.copy()
         self._item_position = {item: i for i, item in enumerate(self.item_ids)}
+        self._n_items = len(self.item_ids)  # grows last when live items are added (`apply_items`)
+        self.n_trained = len(self.item_ids)  # items of the training catalogue; live items come after them
+        self.live_changed = False  # whether live items changed the catalogue (the torch tower then reads ours)
         self._user_position = {str(user): u for u, user in enumerate(users["user_id"])}
         self._histories = [self.positions_of([str(i) for i in h], "users.parquet") for h in users["history"]]
         catalogue = artifact.load_item_index().astype(np.float32)  # [N, D]
@@ -91,6 +99,7 @@ class VersionScorer:
         self.popularity = popularity
         if compiled is not None:
             self.serve_compiled(compiled)
+        self.item_embedder: Any | None = None  # set by `load(live_items=True)` (fusionrec.serving.live_items)
 
     def serve_compiled(self, compiled: Any) -> None:
         """Run the user tower on `compiled` from now on and let go of the torch model: the scorer keeps its
@@ -104,13 +113,16 @@ class VersionScorer:
 
     @classmethod
     def load(cls, path: str | Path, *, embeddings: Path | None = None, use_faiss: bool | None = None,
-             use_index: bool = True, use_compiled: bool = True) -> VersionScorer:
+             use_index: bool = True, use_compiled: bool = True, live_items: bool = False) -> VersionScorer:
         """Load and verify an artifact (manifest checked, pickles refused) and rebuild its model, once; when the
         artifact was compiled (`fusionrec compile`), its user tower runs on the compiled backend and the torch
         model is dropped once the item index has been checked against it (the torch backend keeps, inside its
         graph, the modules the tower runs). `path` may be a published version in object storage (s3://, gs://):
         it is fetched and verified into the local artifact cache first (`fusionrec.serving.artifacts`), and an
-        unpublished one is refused."""
+        unpublished one is refused.
+
+        `live_items`: also keep what embeds a new item's text (`scorer.item_embedder`: the compiled item graph
+        where it computes the whole item vector, else the model's item tower, which is then kept)."""
         from fusionrec.model.saved import USERS_NAME, load_model
         from fusionrec.serving.artifacts import local_artifact
 
@@ -120,6 +132,10 @@ class VersionScorer:
         scorer = cls(model, artifact, items, users, use_faiss=use_faiss,  # the index checked on the whole model
                      use_index=use_index)
         compiled = _compiled_user_tower(artifact, model) if use_compiled else None
+        if live_items:
+            from fusionrec.serving.live_items import ItemEmbedder
+
+            scorer.item_embedder = ItemEmbedder.for_artifact(artifact, model, use_compiled=use_compiled)
         del model  # from here on only the scorer's references keep it (none once a compiled tower serves)
         if compiled is not None:
             scorer.serve_compiled(compiled)
@@ -157,7 +173,8 @@ class VersionScorer:
 
     @property
     def n_items(self) -> int:
-        return len(self.item_ids)
+        """Items a ranking may range over: raised only once every per-item array covers them (`apply_items`)."""
+        return self._n_items
 
     def positions_of(self, item_ids: Sequence[str], field: str) -> np.ndarray:
         """Item ids -> catalogue positions; an unknown id is a 404 naming its place (`history[3]`)."""
@@ -194,15 +211,16 @@ class VersionScorer:
             return self.compiled.run(self.compiled.inputs.user_inputs(arrays, self.index.catalogue))
         assert self.model is not None  # dropped only when a compiled tower serves
         with torch.inference_mode():
-            return _user_tower(self.model, arrays).float().cpu().numpy()
+            catalogue = self._catalogue_t if self.live_changed else None
+            return _user_tower(self.model, arrays, catalogue).float().cpu().numpy()
 
     def recommend(self, vector: np.ndarray, user: int | None, k: int, exclude: np.ndarray | None = None,
                   candidates: np.ndarray | None = None) -> Ranked:
         """The k best items for a user vector [D], `exclude` left out, within `candidates` when given."""
         if candidates is None and self.task == "ranking":
-            positions, scores = self.index.search(vector, k, exclude)
+            positions, scores = self.index.search(vector, k, exclude)  # retired items are hidden in the index
             return Ranked(positions, scores.astype(np.float32))
-        pool = np.arange(self.n_items) if candidates is None else np.unique(candidates)
+        pool = self._live_pool(candidates)
         scores = self._scores(vector, user, pool)
         excluded = np.flatnonzero(np.isin(pool, exclude)) if exclude is not None and len(exclude) else None
         best = top_k(scores, k, excluded) if len(pool) else np.empty(0, dtype=np.int64)
@@ -214,11 +232,86 @@ class VersionScorer:
 
     def popular(self, k: int, exclude: np.ndarray | None = None, candidates: np.ndarray | None = None) -> Ranked:
         """The fallback for users the model knows nothing about: the most popular items."""
-        pool = np.arange(self.n_items) if candidates is None else np.unique(candidates)
+        pool = self._live_pool(candidates)
         scores = self.popularity[pool]
         excluded = np.flatnonzero(np.isin(pool, exclude)) if exclude is not None and len(exclude) else None
         best = top_k(scores, k, excluded) if len(pool) else np.empty(0, dtype=np.int64)
         return Ranked(pool[best], scores[best], fallback="popularity")
+
+    def _live_pool(self, candidates: np.ndarray | None) -> np.ndarray:
+        """The positions a ranking may return: the candidates (else every item), retired items left out."""
+        pool = np.arange(self.n_items) if candidates is None else np.unique(candidates)
+        hidden = self.index.hidden
+        return pool[~np.isin(pool, hidden)] if len(hidden) else pool
+
+    def is_retired(self, positions: np.ndarray) -> np.ndarray:
+        """[I] bool: which positions are retired items (never recommended, not scored)."""
+        hidden = self.index.hidden
+        return np.isin(positions, hidden) if len(hidden) else np.zeros(len(positions), dtype=bool)
+
+    # --- live items --------------------------------------------------------------------------------------
+
+    def apply_items(self, item_ids: Sequence[str], titles: Sequence[str], texts: Sequence[str],
+                    vectors: np.ndarray, retired: Sequence[str] = (), *,
+                    unchanged: dict[str, str] | None = None) -> dict[str, int]:
+        """Upsert items with their embedded vectors [M, D] (new ids appended, known ids re-embedded in place, a
+        retired one restored) and retire `retired` (unknown ids there are ignored: never served, nothing to
+        hide). Runs in the live poll's worker thread while requests are answered (on the loop and in threads),
+        so nothing a reader indexes may be shorter than what it is told exists: new items' ids, titles and
+        popularity are assigned first (read only for positions a search returned), then the vectors are
+        added (the index may return the new positions from here on), then `n_items` and last the id ->
+        position map (what lets a request name a new item). `InnerProductIndex` swaps views and locks faiss.
+        `unchanged`: known item -> title, PUT again with the text it has (its vector stands): retitled and, when
+        retired, restored. Returns counts: added, updated, retired, unchanged."""
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(item_ids), self.index.catalogue.shape[1])
+        known = [n for n, item in enumerate(item_ids) if item in self._item_position]
+        fresh = [n for n, item in enumerate(item_ids) if item not in self._item_position]
+        if known:
+            positions = np.array([self._item_position[item_ids[n]] for n in known], dtype=np.int64)
+            self.index.replace(positions, vectors[known])
+            self.index.show(positions)
+            for n, position in zip(known, positions):
+                self.titles[position] = titles[n]
+            self._set_texts(positions.tolist(), [texts[n] for n in known])
+        if fresh:
+            n = len(self.index.catalogue)
+            assert n == self._n_items  # one applier at a time (the live poll); the index grows only here
+            popularity = np.concatenate([self.popularity, np.zeros(len(fresh), dtype=np.float32)])
+            item_id_array = np.concatenate([self.item_ids, np.array([item_ids[f] for f in fresh], dtype=object)])
+            title_array = np.concatenate([self.titles, np.array([titles[f] for f in fresh], dtype=object)])
+            self.popularity, self.titles, self.item_ids = popularity, title_array, item_id_array
+            self._set_texts(list(range(n, n + len(fresh))), [texts[f] for f in fresh])
+            positions = self.index.add(vectors[fresh])  # searches may return them now: their ids are there
+            self._catalogue_t = torch.from_numpy(self.index.catalogue)
+            self.live_changed = True
+            self._n_items = n + len(fresh)  # pools (`_live_pool`) range over them now: every array covers them
+            for f, position in zip(fresh, positions):
+                self._item_position[item_ids[f]] = int(position)  # last: a request may name the id once whole
+        if unchanged:
+            same = np.array([self._item_position[item] for item in unchanged], dtype=np.int64)
+            for position, title in zip(same, unchanged.values()):
+                self.titles[position] = title
+            self.index.show(same)
+        gone = np.array([self._item_position[i] for i in retired if i in self._item_position], dtype=np.int64)
+        if len(gone):
+            self.index.hide(gone)
+        if known:
+            self.live_changed = True
+            self._catalogue_t = torch.from_numpy(self.index.catalogue)
+        return {"added": len(fresh), "updated": len(known), "retired": len(gone), "unchanged": len(unchanged or {})}
+
+    def _set_texts(self, positions: list[int], texts: list[str]) -> None:
+        """A text user tower reads the texts of a history's items: keep its list in step with the catalogue."""
+        owners = [self.compiled.inputs] if self.compiled is not None else []
+        if self.model is not None:
+            owners.append(self.model.items)
+        for owner in owners:
+            table = owner.item_texts
+            for position, text in zip(positions, texts):
+                if position < len(table):
+                    table[position] = text
+                else:
+                    table.append(text)
 
     def _scores(self, vector: np.ndarray, user: int | None, items: np.ndarray) -> np.ndarray:
         if self.task == "ranking":
@@ -310,9 +403,23 @@ def _compiled_user_tower(artifact: Artifact, model: FusedRecommender) -> Any | N
 # --- adapters over FusedRecommender ---------------------------------------------------------------------------
 
 
-def _user_tower(model: FusedRecommender, histories: list[np.ndarray]) -> torch.Tensor:
-    """[B] histories -> [B, D]: the user tower alone, over the model's cached catalogue table."""
-    return model.user_vectors(histories)
+def _user_tower(model: FusedRecommender, histories: list[np.ndarray],
+                catalogue: torch.Tensor | None = None) -> torch.Tensor:
+    """[B] histories -> [B, D]: the user tower alone, over the model's cached catalogue table, or over
+    `catalogue` [N', D] once live items changed it (new items past the model's own N, new texts). The
+    sequence and pooled towers then read rows of it as the compiled graph does (`SequenceTowerGraph`); the
+    text tower reads the item texts, which `apply_items` keeps current."""
+    if catalogue is None:
+        return model.user_vectors(histories)
+    recent = [np.asarray(h, dtype=np.int64)[-model.config.history_length:] for h in histories]
+    if isinstance(model.user_tower, TextUserTower):
+        return model.user_tower(model.items, [r.tolist() for r in recent])
+    pad = len(catalogue)
+    history = left_pad(recent, pad)  # [B, L]
+    vectors = torch.cat([catalogue, catalogue.new_zeros(1, catalogue.shape[1])])[history]  # [B, L, D]
+    if model.feedback is not None:  # serving knows no past labels: the "unknown" one, as user_vectors adds it
+        vectors = vectors + model.feedback.weight[UNKNOWN_FEEDBACK]
+    return model.user_tower(vectors, history != pad)
 
 
 def _pointwise(head: PointwiseHead, user: torch.Tensor, items: torch.Tensor, user_index: int | None) -> np.ndarray:

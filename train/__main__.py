@@ -1,6 +1,7 @@
-"""`python -m fusionrec.train --manifest M --output DIR|s3://B/P|gs://B/P [--address ADDR]`: what the operator's
-RayJob runs. An object-storage output gets the version trained in a local staging folder, then published to
-`<output>/<version>/` (fusionrec.storage.publish_folder: verified, PUBLISHED marker last).
+"""`python -m fusionrec.train --manifest M --output DIR|s3://B/P|gs://B/P [--address ADDR] [--refresh]`: what the
+operator's RayJob runs (`--refresh` for a scheduled retrain with serving.live.events on). An object-storage output
+gets the version trained in a local staging folder, then published to `<output>/<version>/`
+(fusionrec.storage.publish_folder: verified, PUBLISHED marker last).
 
 A plain module entry point (no click group): exit 0 on success, 2 for bad input (the message names the field
 and the fix), 130 when interrupted (SIGINT: training is stopped and nothing is written), 1 for a failed transfer
@@ -13,8 +14,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fusionrec.errors import UserError
+
+if TYPE_CHECKING:
+    from fusionrec.spec import Manifest
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
@@ -35,6 +40,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "else a local Ray sized to this machine.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing version.")
     parser.add_argument("--dashboard", action="store_true", help="Start the Ray dashboard with a local Ray.")
+    parser.add_argument("--refresh", action="store_true",
+                        help="Train on the base data + the feedback events + the live catalogue under "
+                             "serving.live.uri (fusionrec.data.refresh), published beside them first: what a "
+                             "scheduled retrain runs when serving.live.events is on.")
     return parser.parse_args(argv)
 
 
@@ -46,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fusionrec.train.distributed import summary_table, train_distributed
 
     try:
-        result = train_distributed(args.manifest, args.output, address=args.address, overwrite=args.overwrite,
+        manifest = refreshed(args.manifest) if args.refresh else args.manifest
+        result = train_distributed(manifest, args.output, address=args.address, overwrite=args.overwrite,
                                    dashboard=args.dashboard, work_dir=args.work_dir)
     except UserError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
@@ -60,6 +70,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     print(summary_table(result))
     return 0
+
+
+def refreshed(path: str) -> Manifest:
+    """The manifest at `path` training on its data refreshed with the events and live catalogue (a retrain with no
+    events yet still trains: on the base data and the live catalogue)."""
+    from fusionrec.data.refresh import refresh, refreshed_manifest
+    from fusionrec.spec import load_manifest
+
+    manifest = load_manifest(path)
+    live = manifest.spec.serving.live.uri
+    if not live:
+        raise UserError("--refresh reads the events where serving writes them, and this manifest names no place",
+                        field="spec.serving.live.uri", fix="set serving.live.uri (the operator sets it in the pods)")
+    result = refresh(manifest.spec.data, manifest.spec.task.type, live)
+    print(f"refreshed data: {result.name} ({'reused' if result.reused else 'published'} at {result.uri})\n"
+          f"{result.summary.render()}", file=sys.stderr)
+    return refreshed_manifest(manifest, result)
 
 
 def _version_of(manifest: str) -> str:

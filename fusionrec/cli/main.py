@@ -64,12 +64,14 @@ def _register() -> None:
         merge_cmd,
         models_cmd,
         report_cmd,
+        retrain_cmd,
         run_cmd,
         serve_cmd,
         train_cmd,
     )
 
     cli.add_command(run_cmd.run)
+    cli.add_command(retrain_cmd.retrain)
     cli.add_command(data_cmd.data)
     cli.add_command(embed_cmd.embed)
     cli.add_command(evaluate_cmd.evaluate)

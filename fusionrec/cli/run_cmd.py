@@ -7,9 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from fusionrec.spec import Manifest
 
 EXIT_ROLLED_BACK = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
@@ -82,14 +85,23 @@ def run(manifest: Path, output: str | None, work_dir: str | None, serve: bool, k
         -H 'Content-Type: application/json' -d '{"user_id": "196", "k": 5}'
       fusionrec recommend --user 196 --url http://127.0.0.1:8080    # reads the token itself
     """
+    from fusionrec.spec import load_manifest
+
+    run_document(load_manifest(manifest), output=output, work_dir=work_dir, serve=serve, keep_serving=keep_serving,
+                 host=host, no_auth=no_auth, port=port, requests=requests, no_cache=no_cache, as_json=as_json)
+
+
+def run_document(document: Manifest, *, output: str | None, work_dir: str | None, serve: bool,
+                 keep_serving: bool | None, host: str, no_auth: bool, port: int | None, requests: int,
+                 no_cache: bool, as_json: bool) -> None:
+    """`fusionrec run` of a validated manifest: also what `fusionrec retrain` runs, with its data
+    refreshed and a new version, so both go through the same steps, rollout and exit codes."""
     from fusionrec.cli.cluster_only import cluster_only_notes
     from fusionrec.errors import UserError
     from fusionrec.runner import Runner, RunOptions
-    from fusionrec.spec import load_manifest
     from fusionrec.storage import StorageError
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the steps
-    document = load_manifest(manifest)
     for note in cluster_only_notes(document.spec):
         click.echo(note, err=True)
     if keep_serving is None:

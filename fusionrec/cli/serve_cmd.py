@@ -109,9 +109,9 @@ def local_args(artifact: Path, *, token_file: str | None = None, token_env: str 
     """The application's args for one local artifact, from the spec it was trained with; auth as
     `fusionrec.serving.local_auth.local_auth` decides (UserError for no auth on a non-loopback host)."""
     from fusionrec.artifact import load_artifact
-    from fusionrec.serving.config import AppArgs, VersionArgs
+    from fusionrec.serving.config import AppArgs, VersionArgs, with_live_uri
     from fusionrec.serving.local_auth import local_auth
-    from fusionrec.spec import ServingSpec
+    from fusionrec.spec import LIVE_FOLDER, ServingSpec
 
     loaded = load_artifact(artifact, verify=False)  # the replicas verify every file when they load it
     serving = loaded.spec.serving.model_copy(deep=True)
@@ -130,6 +130,8 @@ def local_args(artifact: Path, *, token_file: str | None = None, token_env: str 
                    "instead (or pass --token-file)", err=True)
     serving.auth = local_auth(auth, host=host, no_auth=no_auth, token_file=token_file, token_env=token_env,
                               say=lambda line: click.echo(line, err=True))
+    # Item changes and events live beside the versions (the runner's layout: <root>/<version>, <root>/_live).
+    serving = with_live_uri(serving, str(Path(artifact).resolve().parent / LIVE_FOLDER))
     return AppArgs(name=loaded.spec.version, serving=serving,
                    versions=[VersionArgs(version=loaded.version, artifact=str(Path(artifact).resolve()), weight=100)])
 

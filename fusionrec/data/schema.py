@@ -36,6 +36,9 @@ class Dataset:
     interactions: pd.DataFrame
     items: pd.DataFrame
     users: pd.DataFrame | None = None
+    # The item text template `text` was rendered with (None: not rendered): a served version renders the items
+    # added live with the same one (artifact metrics.json `item_text_template`).
+    template: str | None = None
 
     @property
     def n_users(self) -> int:

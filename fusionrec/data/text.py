@@ -177,4 +177,5 @@ def with_item_text(dataset: Dataset, template: str = DEFAULT_TEMPLATE) -> Datase
     empty = int((items[TEXT] == "").sum())
     if empty:
         log.info("%s: %d of %d items have no text (every template field missing)", dataset.name, empty, len(items))
-    return Dataset(name=dataset.name, interactions=dataset.interactions, items=items, users=dataset.users)
+    return Dataset(name=dataset.name, interactions=dataset.interactions, items=items, users=dataset.users,
+                   template=template)

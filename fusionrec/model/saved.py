@@ -60,6 +60,8 @@ def write_model_artifact(output_root: str | Path, spec: FusionRecommenderSpec, m
     }
     for encoder in model.text_encoders():
         files[f"tokenizers/{encoder.spec.name}"] = lambda dest, tok=encoder.tokenizer: tok.save_pretrained(dest)
+    if dataset.template is not None:  # the prepared card's template when the spec sets none: live items use it
+        metrics = {**metrics, "item_text_template": dataset.template}
     return write_artifact(output_root, spec.version, files, spec=spec, metrics=metrics, overwrite=overwrite)
 
 

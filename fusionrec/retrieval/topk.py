@@ -16,6 +16,7 @@ min(k, N - |excluded|) items.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 FAISS_MIN_ITEMS = 200_000  # below this a BLAS matrix-vector product is as fast as an exact index search
 _BROADCAST_MAX = 1 << 16  # answers x excluded items compared pairwise, below which np.isin is slower
+# Share of a faiss index's rows that may be dead (replaced vectors) before it is rebuilt from the live rows:
+# every dead row costs memory and is asked for on every search (`want`), so they must not pile up.
+REBUILD_DEAD_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,15 @@ class InnerProductIndex:
         self.catalogue = np.ascontiguousarray(catalogue, dtype=np.float32)
         self.approximate = approximate
         self._faiss: Any = None
+        # A live catalogue (`add`, `replace`, `hide`): rows grow in a buffer with spare room; a faiss index,
+        # which cannot overwrite a vector, gets the new one appended and the old row marked dead (-1 in
+        # `_position_of_row`); hidden positions (retired items) are left out of every answer.
+        self._buffer = self.catalogue
+        self._position_of_row: np.ndarray | None = None  # faiss row -> catalogue position (-1: dead); None: same
+        self._row_of_position: np.ndarray | None = None
+        self._hidden = np.empty(0, dtype=np.int64)
+        self._dead_rows = 0
+        self._lock = threading.Lock()  # faiss may not be searched while rows are added
         if approximate is not None:
             if (approximate.index.ntotal, approximate.index.d) != self.catalogue.shape:
                 raise ValueError(f"the {approximate.kind} index holds {approximate.index.ntotal} vectors of "
@@ -134,10 +147,16 @@ class InnerProductIndex:
         excluded = [_unique(e) for e in (exclude if exclude is not None else [None] * len(users))]
         if len(excluded) != len(users):
             raise ValueError(f"{len(users)} users but {len(excluded)} exclude lists")
+        if len(self._hidden):
+            excluded = [np.union1d(e, self._hidden) for e in excluded]
         if self._faiss is None:
             return self._exact(users, k, excluded)
-        want = min(k + max((len(e) for e in excluded), default=0), len(self.catalogue))
-        scores, positions = self._faiss.search(users, want)  # [B, want] each; -1 where nothing was found
+        with self._lock:
+            total = int(self._faiss.ntotal)
+            want = min(k + max((len(e) for e in excluded), default=0) + self._dead_rows, total)
+            scores, positions = self._faiss.search(users, want)  # [B, want] each; -1 where nothing was found
+            if self._position_of_row is not None:
+                positions = np.where(positions >= 0, self._position_of_row[np.maximum(positions, 0)], -1)
         found = [_drop_excluded(p, s, e, k) for p, s, e in zip(positions, scores, excluded)]
         short = [b for b, (p, _) in enumerate(found)
                  if len(p) < min(k, len(self.catalogue) - len(excluded[b]))]
@@ -145,6 +164,83 @@ class InnerProductIndex:
             for b, answer in zip(short, self._exact(users[short], k, [excluded[b] for b in short])):
                 found[b] = answer
         return found
+
+    # --- a live catalogue (serving's item changes) -------------------------------------------------------
+
+    def add(self, vectors: np.ndarray) -> np.ndarray:
+        """Append [M, D] item vectors; returns their positions (N .. N+M-1). The buffer grows by half at a time,
+        so a stream of small additions costs amortised O(M), not a copy of the catalogue each."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.catalogue.shape[1])
+        n, m = len(self.catalogue), len(vectors)
+        with self._lock:
+            if n + m > len(self._buffer):
+                grown = np.empty((max(n + m, n + n // 2 + 16), self.catalogue.shape[1]), dtype=np.float32)
+                grown[:n] = self.catalogue
+                self._buffer = grown
+            self._buffer[n:n + m] = vectors
+            if self._faiss is not None:
+                if self._position_of_row is not None and self._row_of_position is not None:
+                    rows = int(self._faiss.ntotal)
+                    self._position_of_row = np.concatenate([self._position_of_row, np.arange(n, n + m)])
+                    self._row_of_position = np.concatenate([self._row_of_position, np.arange(rows, rows + m)])
+                self._faiss.add(vectors)
+            self.catalogue = self._buffer[:n + m]  # one reference swap: a concurrent reader sees old or new
+        return np.arange(n, n + m, dtype=np.int64)
+
+    def replace(self, positions: np.ndarray, vectors: np.ndarray) -> None:
+        """New [M, D] vectors for existing positions (an item's text changed). A faiss index cannot overwrite
+        a vector: the new ones are appended as rows answering for the same positions, the old rows dead."""
+        positions = np.asarray(positions, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(positions), -1)
+        with self._lock:
+            self.catalogue[positions] = vectors
+            if self._faiss is None:
+                return
+            rows = int(self._faiss.ntotal)
+            if self._position_of_row is None or self._row_of_position is None:
+                self._position_of_row = np.arange(rows, dtype=np.int64)
+                self._row_of_position = np.arange(rows, dtype=np.int64)
+            self._position_of_row[self._row_of_position[positions]] = -1
+            self._dead_rows += len(positions)
+            self._position_of_row = np.concatenate([self._position_of_row, positions])
+            self._row_of_position[positions] = np.arange(rows, rows + len(positions))
+            self._faiss.add(vectors)
+            if self._dead_rows <= REBUILD_DEAD_SHARE * int(self._faiss.ntotal):
+                return
+            index, dead = self._faiss, self._dead_rows
+        # Built beside the one searched (searches go on meanwhile), then swapped in. Only the one applier of
+        # item changes calls add/replace, so the catalogue does not change while this runs.
+        rebuilt = self._rebuilt(index)
+        with self._lock:
+            self._faiss = rebuilt
+            if self.approximate is not None:
+                self.approximate = Approximate(self.approximate.kind, rebuilt)
+            self._position_of_row = self._row_of_position = None
+            self._dead_rows = 0
+        log.info("faiss index rebuilt from the %d live catalogue rows: %d of its %d rows were replaced vectors",
+                 len(self.catalogue), dead, int(index.ntotal))
+
+    def _rebuilt(self, index: Any) -> Any:
+        """A copy of `index` (same kind and settings: HNSW's graph parameters, IVF's trained clusters and
+        nprobe) holding the current catalogue's rows only, row = position."""
+        import faiss
+
+        rebuilt = faiss.clone_index(index)
+        rebuilt.reset()
+        rebuilt.add(self.catalogue)
+        return rebuilt
+
+    def hide(self, positions: np.ndarray) -> None:
+        """Never return these positions again (retired items); `show` undoes it."""
+        self._hidden = np.union1d(self._hidden, np.asarray(positions, dtype=np.int64))
+
+    def show(self, positions: np.ndarray) -> None:
+        self._hidden = np.setdiff1d(self._hidden, np.asarray(positions, dtype=np.int64))
+
+    @property
+    def hidden(self) -> np.ndarray:
+        """Sorted positions never returned (retired items)."""
+        return self._hidden
 
     def _exact(self, users: np.ndarray, k: int, excluded: list[np.ndarray]) -> list[Found]:
         scores = users @ self.catalogue.T  # [B, D] @ [D, N] -> [B, N]

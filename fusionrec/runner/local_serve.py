@@ -170,14 +170,18 @@ def post(client: Any, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None,
     return response.status_code, answer if isinstance(answer, dict) else None, elapsed
 
 
-def sample_requests(artifact: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
+def sample_requests(artifact: Path, n: int, seed: int = 0, known_by: Path | None = None) -> list[dict[str, Any]]:
     """`n` distinct requests: the version's known users first, then histories of its items (distinct, so
-    no request is answered from the ingress's response cache)."""
+    no request is answered from the ingress's response cache); with `known_by` (another version's artifact), only
+    of the items that version has too."""
     import pandas as pd
 
     users = pd.read_parquet(artifact / "users.parquet", columns=["user_id"])["user_id"].astype(str).tolist()
     bodies: list[dict[str, Any]] = [{"user_id": user, "k": 10} for user in users[:n]]
     items = pd.read_parquet(artifact / "items.parquet", columns=["item_id"])["item_id"].astype(str).to_numpy()
+    if known_by is not None:
+        other = pd.read_parquet(known_by / "items.parquet", columns=["item_id"])["item_id"].astype(str)
+        items = items[np.isin(items, other.to_numpy())]
     rng = np.random.default_rng(seed)
     seen: set[tuple[str, ...]] = set()
     for _ in range(100 * n):  # bounded: a tiny catalogue may not have n distinct histories

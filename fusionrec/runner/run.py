@@ -43,8 +43,8 @@ from fusionrec.runner.local_serve import (
 from fusionrec.runner.steps import RunContext, record_step
 from fusionrec.runner.summary import RunReport
 from fusionrec.serving.artifacts import is_remote, local_artifact
-from fusionrec.serving.config import AppArgs
-from fusionrec.spec import Manifest, ServingSpec
+from fusionrec.serving.config import AppArgs, with_live_uri
+from fusionrec.spec import LIVE_FOLDER, Manifest, ServingSpec
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class Runner:
     def _serve(self, ctx: RunContext, new: Version) -> None:
         import httpx
 
-        serving = self.local_serving or self._local_serving()
+        serving = with_live_uri(self.local_serving or self._local_serving(), self._live_default(ctx))
         url = self._server().start()
         self.report.endpoint = url
         state = ServedState.load(ctx.root, self.manifest.metadata.name)
@@ -168,6 +168,13 @@ class Runner:
             self.report.served_version = served.version
             record_step(ctx, "sample", lambda: self._sample(ctx, client, served))
         self.report.serving = "running" if self.options.keep_serving else "stopped"
+
+    def _live_default(self, ctx: RunContext) -> str:
+        """Where item changes and events live unless serving.live.uri says: beside the versions, in the bucket
+        for a run that publishes there (every machine serving the bucket's versions shares them), else in the
+        run's folder."""
+        output = self.options.output or self.manifest.spec.storage.uri
+        return f"{output.rstrip('/')}/{LIVE_FOLDER}" if is_remote(output) else str(ctx.root / LIVE_FOLDER)
 
     def _server(self) -> LocalServing:
         """The local Ray Serve that `run` started before any work (the serving steps come after it)."""

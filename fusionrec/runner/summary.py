@@ -64,7 +64,9 @@ class RunReport:
             lines += ["", f"rollout {self.rollout.stable} -> {self.rollout.candidate}: {self.rollout.outcome}"
                           + (f" ({walked})" if walked else "")]
             if self.rolled_back and self.rollout.steps:
-                lines.append(f"  why: {self.rollout.steps[-1]['message']}")
+                last = self.rollout.steps[-1]
+                cause = f"{last['reason']}: " if last.get("reason") else ""
+                lines.append(f"  why: {cause}{last['message']}")
         summary = _latency_summary(self.latency)
         if summary:
             lines += ["", f"latency: {summary['requests']} sequential requests, p50 {summary['p50_ms']:.1f} ms, "

@@ -15,7 +15,7 @@ from typing import Any
 from fusionrec.errors import UserError
 from fusionrec.operator import consts
 from fusionrec.operator.config import OperatorConfig
-from fusionrec.spec import AuthSpec, FusionRecommenderSpec
+from fusionrec.spec import LIVE_FOLDER, AuthSpec, FusionRecommenderSpec, Manifest
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -33,6 +33,7 @@ URI_FIELDS: tuple[tuple[str, ...], ...] = (
     ("data", "users"),
     ("storage", "uri"),
     ("training", "storagePath"),
+    ("serving", "live", "uri"),
 )
 
 
@@ -130,6 +131,28 @@ def artifact_uri(storage_uri: str, name: str, version: str) -> str:
     return f"{storage_uri.rstrip('/')}/{name}/{version}"
 
 
+def live_uri(manifest: Manifest) -> str | None:
+    """Where item changes and events live when serving.live turns either on: the spec's uri, else the folder
+    `_live` beside the versions (`<storage.uri>/<name>/_live`); None when both are off."""
+    spec = manifest.spec
+    live = spec.serving.live
+    if not (live.items or live.events):
+        return None
+    return live.uri or f"{spec.storage.uri.rstrip('/')}/{manifest.metadata.name}/{LIVE_FOLDER}"
+
+
+def check_cluster_live(manifest: Manifest) -> None:
+    """The serving pods write item changes and events, and every replica (and the retraining job) must read them:
+    a path inside one pod's image would lose them with the pod."""
+    uri = live_uri(manifest)
+    if uri is not None and not uri.startswith(SHARED_SCHEMES):
+        raise UserError(f"{uri!r} is not shared storage; every serving replica writes and reads the live catalogue "
+                        "and events there, and the retraining job reads them", field="spec.serving.live.uri",
+                        fix="use pvc://<claim>/<path>, s3:// or gs:// (or leave it out: <storage.uri>/<name>/_live)")
+    if uri is not None:
+        pod_path(uri, "spec.serving.live.uri")
+
+
 def container_resources(cpu: str | float, memory: str, gpu: float) -> dict[str, Any]:
     """Requests equal limits (Guaranteed QoS for serving); GPUs must be whole on a pod."""
     amounts: dict[str, Any] = {"cpu": str(cpu), "memory": memory}
@@ -208,6 +231,13 @@ def check_cluster_spec(name: str, storage_uri: str, auth: AuthSpec) -> None:
             field="spec.storage.uri",
         )
     pod_path(storage_uri, "spec.storage.uri")
+    for value, field_name in ((auth.write_token_file, "writeTokenFile"), (auth.write_token_env, "writeTokenEnv")):
+        if value:
+            raise UserError(f"spec.serving.auth.{field_name} names a file or variable of this machine; the serving "
+                            "pods read their write tokens from the secretRef Secret's `write-tokens` key",
+                            field=f"spec.serving.auth.{field_name}",
+                            fix="remove it and add the write tokens to the Secret: kubectl create secret generic "
+                                "<name> --from-literal=tokens=... --from-literal=write-tokens=...")
     if not (auth.secret_ref or auth.disabled):
         raise UserError(
             "spec.serving.auth.secretRef is required on a cluster: the API is served with bearer-token auth, and "

@@ -23,13 +23,14 @@ from fusionrec.operator.builders.common import (
     artifact_uri,
     container_resources,
     labels,
+    live_uri,
     pod_path,
     pod_template,
     pvc_volumes,
 )
 from fusionrec.operator.builders.credentials import pod_credentials
 from fusionrec.operator.config import OperatorConfig
-from fusionrec.serving.config import AppArgs, check_weights
+from fusionrec.serving.config import MOUNTED_WRITE_TOKENS_FILE, AppArgs, check_weights
 from fusionrec.spec import Manifest
 
 
@@ -52,6 +53,11 @@ def serving_args(manifest: Manifest, versions: Sequence[ServedVersion]) -> AppAr
     if spec.serving.auth.secret_ref:
         # The pods cannot read Secrets through the API; the Secret is mounted and its file handed over.
         serving["auth"]["tokenFile"] = f"{consts.AUTH_DIR}/{consts.AUTH_TOKENS_KEY}"
+        # The Secret's optional write-tokens key; absent, its file is too, and the read tokens may write.
+        serving["auth"]["writeTokenFile"] = MOUNTED_WRITE_TOKENS_FILE  # the one path allowed to be missing
+    live = live_uri(manifest)
+    if live is not None:  # a claim is mounted read-write at LIVE_MOUNT, at the live folder (build_rayservice)
+        serving["live"]["uri"] = consts.LIVE_MOUNT if live.startswith("pvc://") else live
     entries = []
     for position, served in enumerate(versions):
         artifact, _ = pod_path(artifact_uri(spec.storage.uri, manifest.metadata.name, served.version),
@@ -76,17 +82,39 @@ def build_serve_config(manifest: Manifest, versions: Sequence[ServedVersion]) ->
     }]}
 
 
+def _mount_live_claim(uri: str, volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> None:
+    """serving.live.uri on a claim: its folder mounted read-write at LIVE_MOUNT (a subPath, which the kubelet
+    creates), while the artifacts stay read-only. The same claim as the artifacts' is one volume, writable at the
+    pod level, with the artifacts' own mount still read-only."""
+    _, volume = pod_path(uri, "spec.serving.live.uri")
+    assert volume is not None  # a pvc:// URI
+    folder = uri[len("pvc://"):].partition("/")[2].strip("/")
+    existing = next((v for v in volumes if v["name"] == volume.name), None)
+    if existing is None:
+        volumes.append({"name": volume.name, "persistentVolumeClaim": {"claimName": volume.claim, "readOnly": False}})
+    else:
+        existing["persistentVolumeClaim"]["readOnly"] = False
+    mounts.append({"name": volume.name, "mountPath": consts.LIVE_MOUNT, "readOnly": False,
+                   **({"subPath": folder} if folder else {})})
+
+
 def build_rayservice(manifest: Manifest, versions: Sequence[ServedVersion], config: OperatorConfig) -> dict[str, Any]:
     name = manifest.metadata.name
     spec = manifest.spec
     _, storage_volume = pod_path(spec.storage.uri, "spec.storage.uri")
     volumes, mounts = pvc_volumes([storage_volume] if storage_volume else [], read_only=True)
     if spec.serving.auth.secret_ref:
+        # optional: the write-tokens key may be absent (then so is its file); a Secret without `tokens` still
+        # fails the replicas, which refuse to start without their token file.
         volumes.append({"name": "auth-tokens", "secret": {
             "secretName": spec.serving.auth.secret_ref,
-            "items": [{"key": consts.AUTH_TOKENS_KEY, "path": consts.AUTH_TOKENS_KEY}],
+            "items": [{"key": key, "path": key} for key in (consts.AUTH_TOKENS_KEY, consts.AUTH_WRITE_TOKENS_KEY)],
+            "optional": True,
         }})
         mounts.append({"name": "auth-tokens", "mountPath": consts.AUTH_DIR, "readOnly": True})
+    live = live_uri(manifest)
+    if live is not None and live.startswith("pvc://"):
+        _mount_live_claim(live, volumes, mounts)
     credentials = pod_credentials(spec)  # the replicas fetch their artifacts from spec.storage.uri
     volumes += credentials.volumes
     mounts += credentials.mounts

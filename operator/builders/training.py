@@ -3,7 +3,9 @@
 Contract with fusionrec.train: the RayJob runs
 `python -m fusionrec.train --manifest /etc/fusionrec/manifest.yaml --output <artifact dir>`, where the
 manifest is the FusionRecommender rendered for the pod (pvc:// URIs rewritten to their mount paths under
-/mnt/models, so the trainer only ever sees local paths or object-store URIs).
+/mnt/models, so the trainer only ever sees local paths or object-store URIs). A scheduled retrain of a shop with
+serving.live.events on adds `--refresh`: the job first publishes the base data + the feedback events + the live
+catalogue as a new dataset under serving.live.uri (fusionrec.data.refresh) and trains on it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fusionrec.operator.builders.common import (
     artifact_uri,
     container_resources,
     labels,
+    live_uri,
     manifest_configmap_name,
     pod_path,
     pod_template,
@@ -54,6 +57,9 @@ def render_for_pod(manifest: Manifest, version: str) -> tuple[dict[str, Any], li
     """The manifest document the pods read, for `version`, and the claims its paths need mounted."""
     spec = manifest.spec.model_dump(by_alias=True, mode="json")
     spec["version"] = version
+    live = live_uri(manifest)
+    if live is not None:  # resolved here, so the retraining job reads the events where serving writes them
+        spec["serving"]["live"]["uri"] = live
     found: list[Volume] = []
     for path in URI_FIELDS:
         _rewrite(spec, path, "spec", found)
@@ -82,10 +88,18 @@ def build_manifest_configmap(manifest: Manifest, version: str) -> dict[str, Any]
     }
 
 
+def trains_on_feedback(manifest: Manifest, version: str) -> bool:
+    """Whether `version` trains on the refreshed data (base + feedback events + live catalogue): a scheduled
+    retrain (its version is derived, never spec.version) of a shop that records events, as `fusionrec retrain`
+    does; a spec.version change trains on the spec's data, as `fusionrec run` does."""
+    return manifest.spec.serving.live.events and version != manifest.spec.version
+
+
 def training_entrypoint(manifest: Manifest, version: str) -> str:
     output, _ = pod_path(artifact_uri(manifest.spec.storage.uri, manifest.metadata.name, version), "spec.storage.uri")
     manifest_file = f"{consts.MANIFEST_DIR}/{consts.MANIFEST_KEY}"
-    return f"python -m fusionrec.train --manifest {manifest_file} --output {shlex.quote(output)}"
+    refresh = " --refresh" if trains_on_feedback(manifest, version) else ""  # the refresh step, then the training
+    return f"python -m fusionrec.train --manifest {manifest_file} --output {shlex.quote(output)}{refresh}"
 
 
 def build_rayjob(manifest: Manifest, version: str, config: OperatorConfig) -> dict[str, Any]:

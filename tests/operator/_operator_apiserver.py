@@ -156,6 +156,8 @@ def _go(value: Any) -> str:
         return "null"
     if isinstance(value, (dict, list)):  # the server names the type of a container, not its content
         return '"object"' if isinstance(value, dict) else '"array"'
+    if isinstance(value, float) and value.is_integer():  # Go's %v prints the float64 1.0 as 1
+        return str(int(value))
     return str(value)
 
 

@@ -27,6 +27,7 @@ from fusionrec.operator.builders import (
     build_service_monitor,
 )
 from fusionrec.operator.builders.common import check_cluster_spec, dns_name, pod_path
+from fusionrec.operator.builders.training import render_for_pod
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.controller import parse_manifest
 from fusionrec.spec import AuthSpec, manifest_from_dict
@@ -120,7 +121,10 @@ def test_rayservice_serves_the_contract_application(manifest, rayservice_schema)
     serving = app["args"]["serving"]
     assert serving["maxReplicas"] == 8 and serving["maxBatchSize"] == 64  # spec.serving, by alias
     assert serving["auth"] == {"secretRef": "recs-tokens", "tokenFile": "/etc/fusionrec/auth/tokens", "tokenEnv": None,
+                               "writeTokenFile": "/etc/fusionrec/auth/write-tokens", "writeTokenEnv": None,
                                "disabled": False}
+    assert serving["live"]["uri"] is None  # neither live items nor events: nothing resolved, nothing mounted
+    assert all(m["mountPath"] != consts.LIVE_MOUNT for m in _containers_mounts(service))
     assert served_versions(service) == versions
     workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert (workers["minReplicas"], workers["maxReplicas"]) == (1, 8)
@@ -218,7 +222,7 @@ def test_auth_disabled_serves_open_and_mounts_no_secret(design_cr):
     service = build_rayservice(parse_manifest(design_cr), [ServedVersion("v3", 100)], CONFIG)
     app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
     assert app["args"]["serving"]["auth"] == {"secretRef": None, "tokenFile": None, "tokenEnv": None,
-                                              "disabled": True}
+                                              "writeTokenFile": None, "writeTokenEnv": None, "disabled": True}
     assert "auth-tokens" not in yaml.safe_dump(service["spec"]["rayClusterConfig"])
 
 
@@ -308,3 +312,69 @@ def test_a_credentials_secret_nothing_would_use_is_refused(design_cr):
     design_cr["spec"]["training"]["storagePath"] = "s3://bucket/checkpoints"  # checkpoints do use it
     job = build_rayjob(parse_manifest(design_cr), "v3", CONFIG)
     assert _containers(job, "rayClusterSpec")[0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+
+
+def _containers_mounts(service: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    return [m for pod in pods for c in pod["spec"]["containers"] for m in c.get("volumeMounts", [])]
+
+
+def _volumes(service: dict[str, Any]) -> list[dict[str, Any]]:
+    return service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["volumes"]
+
+
+def test_live_folder_on_the_artifacts_claim_is_mounted_writable_beside_read_only_artifacts(design_cr,
+                                                                                          rayservice_schema):
+    design_cr["spec"]["serving"]["live"] = {"items": True, "events": True}
+    manifest = parse_manifest(design_cr)
+    service = build_rayservice(manifest, [ServedVersion("v2", 100)], CONFIG)
+    validate_kuberay(service, rayservice_schema, "rayClusterConfig")
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    assert app["args"]["serving"]["live"]["uri"] == consts.LIVE_MOUNT
+    claim = design_cr["spec"]["storage"]["uri"][len("pvc://"):].partition("/")
+    (volume,) = [v for v in _volumes(service) if v.get("persistentVolumeClaim", {}).get("claimName") == claim[0]]
+    assert volume["persistentVolumeClaim"]["readOnly"] is False  # one volume; each mount says what it may do
+    mounts = [m for m in _containers_mounts(service) if m["name"] == volume["name"]]
+    live = [m for m in mounts if m["mountPath"] == consts.LIVE_MOUNT]
+    artifacts = [m for m in mounts if m["mountPath"] != consts.LIVE_MOUNT]
+    assert live and all(m["readOnly"] is False and m["subPath"] == f"{claim[2].strip('/')}/shop-recs/_live"
+                        for m in live)
+    assert artifacts and all(m["readOnly"] is True for m in artifacts)
+
+
+def test_live_uri_in_object_storage_passes_through_and_reaches_the_training_pods(design_cr):
+    design_cr["spec"]["storage"] = {"uri": "s3://bucket/models"}
+    design_cr["spec"]["serving"]["live"] = {"events": True}
+    manifest = parse_manifest(design_cr)
+    service = build_rayservice(manifest, [ServedVersion("v2", 100)], CONFIG)
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    assert app["args"]["serving"]["live"]["uri"] == "s3://bucket/models/shop-recs/_live"
+    assert all(m["mountPath"] != consts.LIVE_MOUNT for m in _containers_mounts(service))
+    document, _ = render_for_pod(manifest, "v3")  # the retraining job reads the events where serving writes them
+    assert document["spec"]["serving"]["live"]["uri"] == "s3://bucket/models/shop-recs/_live"
+
+
+def test_write_tokens_key_is_optional_in_the_auth_secret(manifest):
+    from fusionrec.serving.config import MOUNTED_WRITE_TOKENS_FILE
+
+    # The serving side tolerates a missing write-token file at this one path: where the Secret's key is mounted.
+    assert MOUNTED_WRITE_TOKENS_FILE == f"{consts.AUTH_DIR}/{consts.AUTH_WRITE_TOKENS_KEY}"
+    service = build_rayservice(manifest, [ServedVersion("v2", 100)], CONFIG)
+    (secret,) = [v["secret"] for v in _volumes(service) if "secret" in v and v["name"] == "auth-tokens"]
+    assert [item["key"] for item in secret["items"]] == ["tokens", "write-tokens"] and secret["optional"] is True
+
+
+def test_a_live_folder_inside_the_image_is_refused_on_a_cluster(design_cr):
+    design_cr["spec"]["serving"]["live"] = {"items": True, "uri": "/var/live"}
+    with pytest.raises(UserError) as caught:
+        parse_manifest(design_cr)
+    assert caught.value.field == "spec.serving.live.uri" and "shared storage" in caught.value.message
+
+
+@pytest.mark.parametrize("field_name,value", [("writeTokenFile", "/etc/write"), ("writeTokenEnv", "WRITE_TOKENS")])
+def test_local_write_token_sources_are_refused_on_a_cluster(design_cr, field_name, value):
+    design_cr["spec"]["serving"]["auth"][field_name] = value
+    with pytest.raises(UserError) as caught:
+        parse_manifest(design_cr)
+    assert caught.value.field == f"spec.serving.auth.{field_name}" and "write-tokens" in caught.value.message

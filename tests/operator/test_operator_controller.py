@@ -17,6 +17,7 @@ from fusionrec.operator import consts
 from fusionrec.operator.builders.serving import ServedVersion
 from fusionrec.operator.config import OperatorConfig
 from fusionrec.operator.controller import Controller, InvalidSpec
+from fusionrec.operator.ctr_gate import Feedback
 from fusionrec.operator.kube import KubeApi, KubeApiError
 from fusionrec.operator.prometheus import PrometheusError
 from fusionrec.operator.rollout import Measurement
@@ -36,6 +37,8 @@ class FakeMetrics:
     def __init__(self) -> None:
         self.answers: dict[str, Measurement | Exception] = {}
         self.asked: list[str] = []
+        self.feedback_answers: dict[str, Feedback] = {}
+        self.feedback_asked: list[tuple[str, int]] = []
 
     async def measure(self, *, namespace: str, name: str, version: str, window_seconds: int) -> Measurement:
         self.asked.append(version)
@@ -43,6 +46,10 @@ class FakeMetrics:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    async def feedback(self, *, namespace: str, name: str, version: str, window_seconds: int) -> Feedback:
+        self.feedback_asked.append((version, window_seconds))
+        return self.feedback_answers.get(version, Feedback())
 
 
 class Harness:
@@ -576,3 +583,90 @@ async def test_a_missing_credentials_secret_is_a_condition_and_an_event_before_a
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     assert "AKIDEXAMPLE" not in str(job) + str(h.get(consts.FUSIONRECOMMENDERS, NAME)) + str(h.events)
+
+
+# --- the click-through gate (rollout.analysis.ctr) ---------------------------------------------------------------
+
+
+def ctr_gated(cr: dict[str, Any], **gate: Any) -> dict[str, Any]:
+    cr["spec"]["serving"]["live"] = {"events": True}
+    cr["spec"]["rollout"]["analysis"]["ctr"] = {"enabled": True, "minImpressions": 1000, "maxWaitSeconds": 600, **gate}
+    return cr
+
+
+async def canary_v2(h: Harness, cr: dict[str, Any]) -> None:
+    await serve_v1(h, cr)
+    await h.set_spec(version="v2")
+    await h.reconcile()
+    await h.finish_job("v2", "SUCCEEDED")
+    await h.reconcile()
+    assert h.served() == [ServedVersion("v1", 90), ServedVersion("v2", 10)]
+    h.metrics.answers["v2"] = GOOD
+
+
+@pytest.mark.asyncio
+async def test_ctr_gate_waits_for_impressions_then_promotes_a_candidate_as_good_as_stable(h, cr):
+    await canary_v2(h, ctr_gated(cr))
+    h.metrics.feedback_answers = {"v1": Feedback(9_000, 360), "v2": Feedback(400, 17)}
+    h.now += timedelta(seconds=60)
+    status = await h.reconcile()
+    assert h.served()[1] == ServedVersion("v2", 10)  # the SLO passes, but v2 has 400 of 1000 impressions
+    rolled = status.condition(ConditionType.ROLLED_OUT)
+    assert rolled.reason == "AnalysisInconclusive" and "waiting for impressions" in rolled.message
+    assert "candidate v2 17 clicks / 400 impressions" in rolled.message
+    assert status.metrics.ctr.reason == "AwaitingImpressions" and status.metrics.ctr.verdict == "Inconclusive"
+    assert h.metrics.feedback_asked == [("v1", 60), ("v2", 60)]
+
+    h.metrics.feedback_answers["v2"] = Feedback(1_200, 50)
+    h.now += timedelta(seconds=240)  # the window grows with the step: counts since it started
+    status = await h.reconcile()
+    assert h.served()[1] == ServedVersion("v2", 50) and h.metrics.feedback_asked[-1] == ("v2", 300)
+    assert status.metrics.ctr.verdict == "Pass" and status.metrics.ctr.reason == "CtrWithinMargin"
+    assert status.metrics.ctr.candidate_ctr == pytest.approx(50 / 1200) and status.metrics.ctr.z is not None
+    h.now += timedelta(seconds=60)
+    status = await h.reconcile()
+    assert h.served() == [ServedVersion("v2", 100)] and status.condition(ConditionType.ROLLED_OUT).reason == "Promoted"
+
+
+@pytest.mark.asyncio
+async def test_ctr_gate_rolls_back_a_candidate_with_fewer_clicks_and_says_why(h, cr):
+    await canary_v2(h, ctr_gated(cr))
+    h.metrics.feedback_answers = {"v1": Feedback(20_000, 800), "v2": Feedback(5_000, 140)}
+    h.now += timedelta(seconds=60)
+    status = await h.reconcile()
+    assert h.served() == [ServedVersion("v1", 100)]
+    assert status.failed_version == "v2" and status.phase == Phase.DEGRADED
+    rolled = status.condition(ConditionType.ROLLED_OUT)
+    assert rolled.reason == "RolledBack"
+    assert rolled.message.startswith("v2 rolled back, v1 takes 100% again: CtrBelowStable: click-through below")
+    assert "candidate v2 CTR 2.80% (140 clicks / 5000 impressions)" in rolled.message
+    assert "stable v1 CTR 4.00%" in rolled.message and "z=-" in rolled.message
+    assert status.metrics.ctr.verdict == "Fail" and status.metrics.ctr.p_value < 0.05
+    events = [(t, r, m) for t, r, m in h.events if r == "RolledBack"]
+    assert len(events) == 1 and events[0][0] == "Warning" and "CtrBelowStable" in events[0][2]
+
+
+@pytest.mark.asyncio
+async def test_ctr_gate_gives_up_waiting_after_max_wait_or_holds_without_auto_rollback(h, cr):
+    await canary_v2(h, ctr_gated(cr, maxWaitSeconds=120))
+    h.metrics.feedback_answers = {"v1": Feedback(9_000, 360), "v2": Feedback(100, 4)}
+    h.now += timedelta(seconds=60 + 119)
+    await h.reconcile()
+    assert h.served()[1] == ServedVersion("v2", 10)
+    h.now += timedelta(seconds=1)
+    status = await h.reconcile()
+    assert h.served() == [ServedVersion("v1", 100)]
+    assert "InsufficientImpressions: too few impressions after maxWaitSeconds 120" in \
+        status.condition(ConditionType.ROLLED_OUT).message
+
+    await h.set_spec(version="v3", rollout={"autoRollback": False})
+    await h.reconcile()
+    await h.finish_job("v3", "SUCCEEDED")
+    await h.reconcile()
+    h.metrics.answers["v3"] = GOOD
+    h.metrics.feedback_answers["v3"] = Feedback(100, 4)
+    h.now += timedelta(seconds=60 + 3600)
+    status = await h.reconcile()
+    assert h.served()[1] == ServedVersion("v3", 10) and not status.rollout_paused
+    rolled = status.condition(ConditionType.ROLLED_OUT)
+    assert rolled.reason == "AnalysisInconclusive" and "autoRollback is off" in rolled.message

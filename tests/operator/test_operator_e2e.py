@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from fusionrec.operator import consts
 from fusionrec.operator.builders.common import manifest_configmap_name, rayjob_name
@@ -339,6 +340,32 @@ def test_a_missing_credentials_secret_is_reported_and_the_pods_get_it_by_referen
     # What the operator's check receives from the server: the Secret's metadata, not its data.
     seen = kube.request("GET", consts.SECRETS.path(namespace, "s3-creds"), accept=METADATA_ONLY)
     assert seen["kind"] == "PartialObjectMetadata" and "data" not in seen and secret_value not in str(seen)
+
+
+def test_a_living_shop_on_a_claim_serves_with_a_writable_live_folder(kube: Kube, namespace: str,
+                                                                     design_cr: dict[str, Any]) -> None:
+    """serving.live on a PersistentVolumeClaim, with the click-through gate: the API server takes the CR, the
+    RayJob's manifest names the live folder (retraining reads the events there) and the RayService the server
+    stores mounts that folder read-write beside read-only artifacts, with the optional write-tokens key."""
+    doc = _cr(design_cr, namespace, storage={"uri": "pvc://shop-data/runs"},
+              serving={**design_cr["spec"]["serving"], "live": {"items": True, "events": True}},
+              rollout={"steps": [50, 100], "stepIntervalSeconds": 2,
+                       "analysis": {"ctr": {"enabled": True, "minImpressions": 100}}})
+    kube.create(FR, namespace, doc)
+    eventually(lambda: kube.get(consts.RAYJOBS, namespace, rayjob_name(NAME, "v1")), "the RayJob exists", 30)
+    configmap = kube.get(consts.CONFIGMAPS, namespace, manifest_configmap_name(NAME, "v1"))
+    pod_manifest = yaml.safe_load(next(iter(configmap["data"].values())))
+    assert pod_manifest["spec"]["serving"]["live"]["uri"] == f"{consts.MODELS_MOUNT_ROOT}/shop-data/runs/{NAME}/_live"
+    _finish_job(kube, namespace, "v1")
+    service = eventually(lambda: kube.get(consts.RAYSERVICES, namespace, NAME), "the RayService exists", 30)
+    pod = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[consts.LIVE_MOUNT]["subPath"] == f"runs/{NAME}/_live" and not mounts[consts.LIVE_MOUNT]["readOnly"]
+    assert mounts[f"{consts.MODELS_MOUNT_ROOT}/shop-data"]["readOnly"] is True
+    (tokens,) = [v["secret"] for v in pod["volumes"] if "secret" in v and v["name"] == "auth-tokens"]
+    assert tokens["optional"] is True and [i["key"] for i in tokens["items"]] == ["tokens", "write-tokens"]
+    args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["serving"]
+    assert args["live"]["uri"] == consts.LIVE_MOUNT and args["auth"]["writeTokenFile"].endswith("/write-tokens")
 
 
 def test_service_monitor_without_its_crd_is_reported(kube: Kube, namespace: str, design_cr: dict[str, Any]) -> None:

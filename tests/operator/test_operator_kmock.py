@@ -38,18 +38,23 @@ def free_port() -> int:
 
 
 class FakePrometheus:
-    """Answers the operator's three instant queries from per-version numbers the test sets."""
+    """Answers the operator's instant queries from per-version numbers the test sets: the SLO's three and the
+    click-through gate's impressions and clicks."""
 
     def __init__(self) -> None:
         self.handler = kmock.RawHandler()
         self.handler["get /api/v1/query"] << self.answer
         self.numbers: dict[str, tuple[float, float, float]] = {}  # version -> (rps, error rate, p99 seconds)
+        self.feedback: dict[str, tuple[float, float]] = {}  # version -> (impressions, clicks) in any window
 
     def answer(self, request: kmock.Request) -> dict[str, Any]:
         query = request.params["query"]
         version = query.split('version="', 1)[1].split('"', 1)[0]
         value: float | None = None
-        if version in self.numbers:
+        if "fusionrec_feedback_events_total" in query:
+            impressions, clicks = self.feedback.get(version, (0.0, 0.0))
+            value = clicks if 'type="click"' in query else impressions
+        elif version in self.numbers:
             rps, error_rate, p99 = self.numbers[version]
             value = p99 if "histogram_quantile" in query else rps * error_rate if "5.." in query else rps
         result = [] if value is None else [{"metric": {}, "value": [0, str(value)]}]
@@ -227,6 +232,32 @@ async def test_failed_training_keeps_serving_and_bad_metrics_roll_back(world, de
                    e["involvedObject"]["name"] == NAME for e in posted)
 
     await world.wait(rolled_back_event, "a Warning event RolledBack is posted")
+
+
+async def test_ctr_gate_promotes_a_candidate_as_good_as_stable_and_rolls_back_a_worse_one(world, design_cr):
+    """rollout.analysis.ctr through the real operator and its PromQL: v2 clicks like v1 and is promoted; v3, as
+    fast and error-free, gets 30% fewer clicks and is rolled back with CtrBelowStable and the numbers."""
+    doc = cr(design_cr, [10, 100])
+    doc["spec"]["serving"]["live"] = {"events": True}
+    doc["spec"]["rollout"]["analysis"]["ctr"] = {"enabled": True, "minImpressions": 1000}
+    await world.kube.create(consts.FUSIONRECOMMENDERS, NS, doc)
+    await world.serve_v1()
+
+    world.prometheus.numbers.update({"v2": (25.0, 0.0, 0.012), "v3": (25.0, 0.0, 0.012)})
+    world.prometheus.feedback.update({"v1": (20_000.0, 800.0), "v2": (5_000.0, 205.0), "v3": (5_000.0, 140.0)})
+    await world.set_spec(version="v2")
+    await world.train("v2")
+    await world.wait(lambda: world.served() == [ServedVersion("v2", 100)], "v2 promoted")
+    assert world.status()["metrics"]["ctr"]["reason"] == "CtrWithinMargin"
+
+    await world.set_spec(version="v3")
+    await world.train("v3")
+    await world.wait(lambda: world.condition("RolledOut").get("reason") == "RolledBack", "the rollback")
+    await world.wait(lambda: world.served() == [ServedVersion("v2", 100)], "v2 takes 100% again")
+    message = world.condition("RolledOut")["message"]
+    assert "CtrBelowStable" in message and "candidate v3 CTR 2.80% (140 clicks / 5000 impressions)" in message
+    ctr = world.status()["metrics"]["ctr"]
+    assert (ctr["stableVersion"], ctr["verdict"], ctr["reason"]) == ("v2", "Fail", "CtrBelowStable")
 
 
 async def test_what_a_cluster_cannot_run_is_refused_with_a_condition_and_an_event(world, design_cr):

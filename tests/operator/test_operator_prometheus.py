@@ -12,6 +12,7 @@ from fusionrec.operator.prometheus import (
     PrometheusClient,
     PrometheusError,
     error_rate_query,
+    feedback_query,
     p99_query,
     request_rate_query,
     series_selector,
@@ -87,3 +88,18 @@ async def test_errors_are_prometheus_errors():
     with pytest.raises(PrometheusError, match="unreachable"):
         await unreachable.query("up")
     await unreachable.close()
+
+
+@pytest.mark.asyncio
+async def test_feedback_counts_impressions_and_clicks_of_one_version_over_the_window():
+    selector = series_selector(DEFAULT_SELECTOR, namespace="recs", name="shop-recs", version="v2")
+    assert feedback_query(selector, "click", 900) == (
+        f'max(increase(fusionrec_feedback_events_total{{{selector},type="click"}}[900s])) or vector(0)')
+    seen: list[str] = []
+    client = _client({'type="impression"': _vector("1520.5"), 'type="click"': _vector("61")}, seen)
+    counts = await client.feedback(namespace="recs", name="shop", version="v2", window_seconds=900)
+    assert (counts.impressions, counts.clicks) == (1520.5, 61.0)
+    assert all('version="v2"' in q and "[900s]" in q for q in seen) and len(seen) == 2
+    nothing = _client({"feedback_events": _vector(None)})
+    counts = await nothing.feedback(namespace="recs", name="shop", version="v3", window_seconds=60)
+    assert (counts.impressions, counts.clicks, counts.ctr) == (0.0, 0.0, None)

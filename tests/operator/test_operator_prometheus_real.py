@@ -1,4 +1,4 @@
-"""The SLO gate against a real Prometheus (Debian's `prometheus` package) on loopback.
+"""The SLO and click-through gates against a real Prometheus (Debian's `prometheus` package) on loopback.
 
 The test runs a metrics endpoint it controls, shaped like the serving contract
 (`fusionrec_requests_total{route,code,version}`, `fusionrec_request_latency_seconds` histogram), a
@@ -28,10 +28,11 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from fusionrec.operator.builders.serving import ServedVersion
+from fusionrec.operator.ctr_gate import judge_ctr
 from fusionrec.operator.prometheus import PrometheusClient
 from fusionrec.operator.rollout import judge
 from fusionrec.operator.status import ConditionType, Phase
-from fusionrec.spec import AnalysisSpec
+from fusionrec.spec import AnalysisSpec, CtrGateSpec
 
 from test_operator_controller import Harness, serve_v1
 
@@ -70,7 +71,10 @@ class Traffic:
         self.latency = Histogram("fusionrec_request_latency_seconds", "Latency.", ["version"], registry=self.registry)
         self.unavailable = Counter("fusionrec_unavailable_total", "No live replica.", ["version", "answer"],
                                    registry=self.registry)
+        self.events = Counter("fusionrec_feedback_events_total", "Feedback events.", ["version", "type"],
+                              registry=self.registry)
         self.profiles: dict[str, Profile] = {}
+        self.ctr: dict[str, float] = {}  # version -> click-through of the impressions it gets (20 a tick)
         self.port = free_port()
         self._stop = threading.Event()
         self._rng = random.Random(0)
@@ -86,6 +90,9 @@ class Traffic:
                     if code == "200" and self._rng.random() < profile.fallback_rate:
                         self.unavailable.labels(version, "fallback").inc()
                     self.latency.labels(version).observe(profile.latency_seconds * self._rng.uniform(0.8, 1.0))
+            for version, ctr in list(self.ctr.items()):
+                self.events.labels(version, "impression").inc(20)
+                self.events.labels(version, "click").inc(sum(self._rng.random() < ctr for _ in range(20)))
 
     def start(self) -> None:
         self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
@@ -184,6 +191,31 @@ async def test_gate_passes_good_traffic_and_fails_bad(traffic, prometheus_url):
         measured, verdict = await _eventually(lambda: judged("v4", False), "fallback answers fail the gate")
         assert measured.error_rate > 0.05 and "error rate" in verdict.message
     finally:
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_click_through_gate_reads_the_feedback_counter(traffic, prometheus_url):
+    """increase() of fusionrec_feedback_events_total per version and type, judged: a candidate clicking like the
+    stable version passes, one with 40% fewer clicks fails (about 4000 impressions each in 10 s)."""
+    traffic.ctr.update(c1=0.05, c2=0.05, c3=0.03)
+    gate = CtrGateSpec(enabled=True, min_impressions=2000)
+    client = PrometheusClient(prometheus_url, SELECTOR)
+    try:
+        async def judged(candidate: str, passed: bool):
+            stable = await client.feedback(namespace="recs", name="shop-recs", version="c1", window_seconds=10)
+            counts = await client.feedback(namespace="recs", name="shop-recs", version=candidate, window_seconds=10)
+            verdict = judge_ctr(stable, counts, gate, waited_seconds=0, auto_rollback=True).verdict
+            return verdict.passed is passed, (stable, counts, verdict)
+
+        stable, counts, verdict = await _eventually(lambda: judged("c2", True), "c2 passes")
+        assert stable.impressions >= 2000 and 0.03 < counts.clicks / counts.impressions < 0.07
+        _, counts, verdict = await _eventually(lambda: judged("c3", False), "c3 fails")
+        assert verdict.reason == "CtrBelowStable" and counts.clicks / counts.impressions < 0.04
+        nothing = await client.feedback(namespace="recs", name="shop-recs", version="never", window_seconds=10)
+        assert (nothing.impressions, nothing.clicks) == (0.0, 0.0)
+    finally:
+        traffic.ctr.clear()
         await client.close()
 
 

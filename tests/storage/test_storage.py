@@ -196,3 +196,29 @@ def test_an_object_that_reads_back_wrong_is_not_published(root, sample_folder, m
         storage.publish_folder(sample_folder, root)
     assert storage.list_published(root) == []
     assert all_objects(root) == []  # the temporary prefix is gone too
+
+
+def test_write_object_syncs_every_folder_it_created_and_the_one_above(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new folder's entry lives in its parent: the first object of a new replica folder must survive a power
+    cut with the folders leading to it, so each created folder and the existing one above are fsync'd."""
+    import os
+
+    from fusionrec.storage import resolve, write_object
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_object(resolve(str(tmp_path / "live" / "events" / "ingress-a" / "seg.parquet")), b"x")
+    assert (tmp_path / "live" / "events" / "ingress-a" / "seg.parquet").read_bytes() == b"x"
+    folders = {str(tmp_path), str(tmp_path / "live"), str(tmp_path / "live" / "events"),
+               str(tmp_path / "live" / "events" / "ingress-a")}
+    assert folders <= set(synced)
+    synced.clear()
+    write_object(resolve(str(tmp_path / "live" / "events" / "ingress-a" / "seg2.parquet")), b"y")
+    assert str(tmp_path / "live") not in synced  # an existing folder: only its own folder is synced

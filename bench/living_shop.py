@@ -6,8 +6,9 @@ The shop is MovieLens-100K cut in time: the newest 20% of items (by first intera
 trains (only the interactions before the cut). "A day" replays what happened after the cut: the new items arrive
 through `PUT /v1/items`, and simulated visitors (users with a history before the cut and interactions after it)
 ask `POST /v1/recommend`, see 10 items (an impression event each, naming the response's request id and
-version) and click the ones they really interacted with after the cut (a click event). The same visitors keep
-coming while each retrain's canary runs, so the click-through gate judges real answers of both versions.
+version) and click the ones they really interacted with after the cut and have not clicked yet (a click
+event). The same visitors keep coming while each retrain's canary runs, so the click-through gate judges real
+answers of both versions.
 
 1. `fusionrec run shop.yaml --keep-serving` (v1), the day replayed against it, then stopped (SIGTERM).
 2. `fusionrec retrain shop.yaml --version v2`: base data + the day's clicks + the live catalogue; canary v1 -> v2
@@ -29,13 +30,14 @@ import os
 import platform
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,7 @@ class Traffic:
     impressions: Counter[str] = field(default_factory=Counter)
     clicks: Counter[str] = field(default_factory=Counter)
     errors: Counter[int] = field(default_factory=Counter)
+    clicked: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     events_sent: int = 0
     events_refused: int = 0
 
@@ -152,7 +155,8 @@ async def visit(client: httpx.AsyncClient, shop: Shop, user: str, traffic: Traff
     for item in body["items"]:
         events.append({"event_id": uuid.uuid4().hex, "user_id": user, "item_id": item["item_id"],
                        "type": "impression", "timestamp": now, "request_id": request_id, "model_version": version})
-        if item["item_id"] in shop.future[user]:
+        if item["item_id"] in shop.future[user] and item["item_id"] not in traffic.clicked[user]:
+            traffic.clicked[user].add(item["item_id"])  # a visitor clicks a film once, however often it is shown
             events.append({"event_id": uuid.uuid4().hex, "user_id": user, "item_id": item["item_id"], "type": "click",
                            "timestamp": now, "request_id": request_id, "model_version": version})
             traffic.clicks[version] += 1
@@ -200,10 +204,26 @@ def wait_until_serving(url: str, versions: set[str], timeout_s: float, process: 
     raise TimeoutError(f"no serve with {sorted(versions)} at {url} after {timeout_s:.0f} s")
 
 
+def wait_for_free_port(port: int, timeout_s: float = 120.0) -> None:
+    """A run checks its port before any work; the previous run's Serve proxy lets go of it a few seconds after
+    that run exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                pass
+        time.sleep(1.0)
+    raise TimeoutError(f"port {port} still in use after {timeout_s:.0f} s")
+
+
 def run_with_visitors(command: list[str], url: str, shop: Shop, versions: set[str], env: dict[str, str],
-                      log: Path) -> tuple[int, Traffic, float, dict[str, Any] | None]:
+                      log: Path, clicked: dict[str, set[str]]) -> tuple[int, Traffic, float, dict[str, Any] | None]:
     """Run a `fusionrec run`/`retrain --json` while visitors come (from when `versions` are served to its end)."""
-    traffic, stop = Traffic(), threading.Event()
+    wait_for_free_port(int(url.rsplit(":", 1)[1]))
+    traffic, stop = Traffic(clicked=clicked), threading.Event()
     started = time.perf_counter()
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=sink, env=env)
@@ -269,14 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     # 2. retrain on the day -> v2, canary with the click-through gate (visitors keep coming).
     code, traffic, seconds, report = run_with_visitors(
         [*FUSIONREC, "retrain", str(good), "--version", "v2", "--no-keep-serving", "--json"], url, shop,
-        {"v1", "v2"}, env, work / "v2.log")
+        {"v1", "v2"}, env, work / "v2.log", day.clicked)
     result["v2"] = {"exit_code": code, "seconds": seconds, "canary_traffic": traffic.as_json(),
                     "rollout": rollout_of(report)}
 
     # 3. a deliberately worse model -> v3: the gate must roll it back.
     code, traffic, seconds, report = run_with_visitors(
         [*FUSIONREC, "retrain", str(worse), "--version", "v3", "--no-keep-serving", "--json"], url, shop,
-        {"v2", "v3"}, env, work / "v3.log")
+        {"v2", "v3"}, env, work / "v3.log", day.clicked)
     result["v3"] = {"exit_code": code, "seconds": seconds, "canary_traffic": traffic.as_json(),
                     "rollout": rollout_of(report)}
     result["work"] = str(work)

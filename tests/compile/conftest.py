@@ -40,11 +40,11 @@ def write_data(folder: Path, n_users: int = 24, n_items: int = 18, per_user: int
 
 
 def spec_document(tiny_models: dict[str, Path], data: dict, *, tower: str, families=("bert", "mpnet", "llama"),
-                  version: str = "v1") -> dict:
+                  version: str = "v1", item_ids: bool = True) -> dict:
     encoders = [{"name": f, "source": str(tiny_models[f]), "maxLength": 24, "freeze": True,
                  "pooling": "last" if f == "llama" else "mean"} for f in families]
     return {"version": version, "encoders": encoders, "fusion": {"method": "attention", "dim": 16, "hidden": 16},
-            "task": {"type": "ranking", "userTower": tower, "historyLength": 6, "useItemIds": True},
+            "task": {"type": "ranking", "userTower": tower, "historyLength": 6, "useItemIds": item_ids},
             "data": data,
             "training": {"epochs": 1, "batchSize": 8, "learningRate": 1e-2, "warmupRatio": 0.0,
                          "lrSchedule": "constant"}}
@@ -73,6 +73,12 @@ def sequence_artifact(tiny_models, tmp_path_factory) -> Path:
 def pooled_artifact(tiny_models, tmp_path_factory) -> Path:
     """A trained ranking artifact with the order-free pooled user tower."""
     return train_artifact(tmp_path_factory.mktemp("pooled"), tiny_models, tower="pooled")
+
+
+@pytest.fixture(scope="session")
+def text_only_artifact(tiny_models, tmp_path_factory) -> Path:
+    """A sequence-tower artifact without item IDs: its compiled item graph computes the whole item vector."""
+    return train_artifact(tmp_path_factory.mktemp("text-only"), tiny_models, tower="sequence", item_ids=False)
 
 
 @pytest.fixture()

@@ -86,3 +86,40 @@ def shop_csv(folder: Path) -> dict:
     interactions.to_csv(folder / "inter.csv", index=False)
     items.to_csv(folder / "items.csv", index=False)
     return {"dataset": None, "path": str(folder), "interactions": "inter.csv", "items": "items.csv"}
+
+
+def local_serve_cluster(tmp_path_factory, prefix: str):  # noqa: ANN001, ANN201 (a pytest fixture body)
+    """One Ray + Serve for a test module (yield from it in a module fixture); the embedding cache is set before Ray
+    starts, so replicas inherit it. The folder is short: Ray's socket paths must stay under 107 bytes."""
+    import shutil
+    import tempfile
+
+    import pytest
+
+    from fusionrec.serving.local import start_local_serve, stop_local_serve
+
+    embeddings = tmp_path_factory.mktemp("embeddings")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FUSIONREC_EMBEDDING_CACHE", str(embeddings))
+        workdir = Path(tempfile.mkdtemp(prefix=prefix))
+        local = start_local_serve(workdir, num_cpus=4)
+        try:
+            yield local
+        finally:
+            stop_local_serve()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def store_events(live: Path, rows: list[tuple[str, str, str]], *, first_timestamp: int) -> None:
+    """(user, item, type) events written as one segment, the way the ingress stores them under `<live>/events/`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fusionrec.data.feedback import EVENT_SCHEMA
+
+    frame = pd.DataFrame([{"event_id": f"e{i}", "user_id": u, "item_id": it, "type": t, "value": 1.0,
+                           "timestamp": first_timestamp + i, "request_id": None, "model_version": "v1"}
+                          for i, (u, it, t) in enumerate(rows)])
+    segment = live / "events" / "r0" / "00000001700000000000-a.parquet"
+    segment.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(frame, schema=EVENT_SCHEMA, preserve_index=False), segment)

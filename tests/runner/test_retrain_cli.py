@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -15,6 +13,7 @@ from fusionrec.cli.main import cli
 from fusionrec.spec import Manifest
 
 from runkit import manifest_document, write_manifest
+from testkit import store_events
 
 MODELS = {"bert": Path("/models/bert"), "llama": Path("/models/llama")}  # never loaded: nothing trains here
 
@@ -34,14 +33,7 @@ def retrain(*args: str) -> tuple[int, str]:
 
 def post_events(live: Path, rows: list[tuple[str, str, str]]) -> None:
     """(user, item, type) events stored as the ingress stores a segment."""
-    from fusionrec.data.feedback import EVENT_SCHEMA
-
-    frame = pd.DataFrame([{"event_id": f"e{i}", "user_id": u, "item_id": it, "type": t, "value": 1.0,
-                           "timestamp": 5000 + i, "request_id": None, "model_version": "v1"}
-                          for i, (u, it, t) in enumerate(rows)])
-    segment = live / "events" / "r0" / "00000001700000000000-a.parquet"
-    segment.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(frame, schema=EVENT_SCHEMA, preserve_index=False), segment)
+    store_events(live, rows, first_timestamp=5000)
 
 
 def test_events_off_is_refused_with_what_to_do(tmp_path, shop):

@@ -6,13 +6,8 @@ refreshed dataset and every step."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("ray.serve")
@@ -22,41 +17,24 @@ from click.testing import CliRunner
 from fusionrec.artifact import load_artifact
 from fusionrec.cli.main import cli
 from fusionrec.data import load_dataset
-from fusionrec.serving.local import start_local_serve, stop_local_serve
 
 from runkit import manifest_document, write_manifest
-from testkit import run_json, step_statuses
+from testkit import local_serve_cluster, run_json, step_statuses, store_events
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    embeddings = tmp_path_factory.mktemp("embeddings")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FUSIONREC_EMBEDDING_CACHE", str(embeddings))
-        workdir = Path(tempfile.mkdtemp(prefix="frt-"))  # short: Ray's socket paths must stay under 107 bytes
-        local = start_local_serve(workdir, num_cpus=4)
-        try:
-            yield local
-        finally:
-            stop_local_serve()
-            shutil.rmtree(workdir, ignore_errors=True)
+    yield from local_serve_cluster(tmp_path_factory, "frt-")
 
 
 def store_feedback(live: Path) -> None:
     """What serving would have stored in a day: events (one segment, as the ingress writes it) and a new item."""
-    from fusionrec.data.feedback import EVENT_SCHEMA
     from fusionrec.data.item_log import ItemChange, ItemLog
 
-    rows = [("u1", "new-1", "click"), ("u1", "new-1", "purchase"), ("u2", "new-1", "impression"),
-            ("u2", "i1", "click"), ("u3", "i2", "click"), ("u4", "nope", "click")]
-    frame = pd.DataFrame([{"event_id": f"e{i}", "user_id": u, "item_id": it, "type": t, "value": 1.0,
-                           "timestamp": 10_000 + i, "request_id": None, "model_version": "v1"}
-                          for i, (u, it, t) in enumerate(rows)])
-    segment = live / "events" / "r0" / "00000001700000000000-a.parquet"
-    segment.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(frame, schema=EVENT_SCHEMA, preserve_index=False), segment)
+    store_events(live, [("u1", "new-1", "click"), ("u1", "new-1", "purchase"), ("u2", "new-1", "impression"),
+                        ("u2", "i1", "click"), ("u3", "i2", "click"), ("u4", "nope", "click")], first_timestamp=10_000)
     ItemLog(str(live)).write([ItemChange("new-1", {"title": "queen cat movie", "genres": "Drama", "year": "2024"})])
 
 

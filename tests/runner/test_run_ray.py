@@ -12,8 +12,6 @@ its process already runs, and leaves the application up, so the tests can query 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -22,10 +20,10 @@ import pytest
 pytest.importorskip("ray.serve")
 
 from fusionrec.artifact import load_artifact
-from fusionrec.serving.local import start_local_serve, stop_local_serve
 from fusionrec.serving.local_auth import read_token
 
 from runkit import manifest_document, write_manifest
+from testkit import local_serve_cluster
 from testkit import run_json as run
 from testkit import step_statuses as steps
 
@@ -34,17 +32,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """One Ray + Serve for the module; the embedding cache is set before Ray starts, so replicas inherit it."""
-    embeddings = tmp_path_factory.mktemp("embeddings")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FUSIONREC_EMBEDDING_CACHE", str(embeddings))
-        workdir = Path(tempfile.mkdtemp(prefix="frr-"))  # short: Ray's socket paths must stay under 107 bytes
-        local = start_local_serve(workdir, num_cpus=4)
-        try:
-            yield local
-        finally:
-            stop_local_serve()
-            shutil.rmtree(workdir, ignore_errors=True)
+    yield from local_serve_cluster(tmp_path_factory, "frr-")
 
 
 @pytest.fixture(scope="module")

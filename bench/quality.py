@@ -10,7 +10,8 @@ cores. Checkpoints are selected on validation only; test metrics are read once, 
 
 Writes bench/results/quality-ml100k.json (every run) and .md (tables, fusion weights, target checks, the
 command). Finished runs are kept in the JSON and skipped on a re-run with the same settings, so the
-benchmark can be run in pieces (--only). A "## Discussion" section written by hand into the .md is kept.
+benchmark can be run in pieces (--only), and pieces run elsewhere at the same time (another clone or machine,
+its own --out) are brought in with --merge. A "## Discussion" section written by hand into the .md is kept.
 
 The default run is the protocol's rows (what the targets are judged on); rows marked `ablation` explain a
 setting and run with --only or --all. `--jobs 2` runs two (experiment, seed) runs at once, one process and one
@@ -370,6 +371,15 @@ def selections(results: Results) -> list[dict[str, Any]]:
 # --- main -------------------------------------------------------------------------------------------------
 
 
+def still_valid(payload: dict[str, Any], settings: dict[str, Any], configs: dict[str, str]) -> list[dict[str, Any]]:
+    """The runs of a results payload that stand: the shared settings and the run's own experiment definition are
+    unchanged (a changed model or protocol makes every stored number stale)."""
+    if payload.get("settings") != settings:
+        return []
+    return [run for run in payload.get("runs", [])
+            if payload.get("configs", {}).get(run["baseline"]) == configs.get(run["baseline"])]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="2020,2021,2022")
@@ -385,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="data.order: none = seeded random per-user hold-out (and --only ORDER_FREE_ROWS)")
     parser.add_argument("--out", help="path stem of the .json/.md (default bench/results/quality-<dataset>"
                                       "[-orderfree])")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                        help="results of this benchmark written elsewhere (another --out, clone or machine): their "
+                             "runs are kept as if run here, with their commands, where the settings and each run's "
+                             "configuration match; a run this file already has wins")
     args = parser.parse_args(argv)
     data = {"dataset": args.dataset, "order": args.order}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -404,18 +418,32 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"training": TRAINING, "dim": DIM, "epochs": args.epochs, "max_users": args.max_users,
                 **{k: v for k, v in data.items() if v != {"dataset": "ml-100k", "order": "time"}[k]}}
     configs = {e.name: e.fingerprint() for e in EXPERIMENTS}
-    # A run is kept only if the shared settings and its own experiment's definition are unchanged.
-    kept = [run for run in previous.get("runs", []) if previous.get("settings") == settings
-            and previous.get("configs", {}).get(run["baseline"]) == configs.get(run["baseline"])]
+    kept = still_valid(previous, settings, configs)
     results = Results(dataset=args.dataset, seeds=seeds, order=args.order)
     results.runs = [RunResult(**run) for run in kept]
     kept_names = {run["baseline"] for run in kept}
     fusion: dict[str, Any] = {k: v for k, v in previous.get("fusion", {}).items() if k in kept_names}
-    done = {(run.baseline, run.seed) for run in results.runs}
     command = "python bench/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    commands = [*(previous.get("commands", []) if kept else []), command]
-    started = time.perf_counter()
+    commands = [*(previous.get("commands", []) if kept else [])]
     wall = previous.get("wall_seconds", 0.0) if kept else 0.0
+    for other_path in args.merge:
+        other = json.loads(Path(other_path).read_text())
+        if other.get("settings") != settings:
+            parser.error(f"--merge {other_path}: its settings differ from this run's (dataset, order, epochs, "
+                         f"max users, training): {other.get('settings')} vs {settings}")
+        have = {(run.baseline, run.seed) for run in results.runs}
+        new = [run for run in still_valid(other, settings, configs) if (run["baseline"], run["seed"]) not in have]
+        log.info("--merge %s: %d run(s) taken, %d already here or of a changed configuration", other_path,
+                 len(new), len(other.get("runs", [])) - len(new))
+        results.runs += [RunResult(**run) for run in new]
+        for name in {run["baseline"] for run in new} & set(other.get("fusion", {})):
+            entry = fusion.setdefault(name, {"kind": other["fusion"][name]["kind"], "weights": []})
+            entry["weights"] += other["fusion"][name]["weights"]
+        commands += other.get("commands", [])
+        wall += other.get("wall_seconds", 0.0)
+    done = {(run.baseline, run.seed) for run in results.runs}
+    commands.append(command)
+    started = time.perf_counter()
 
     def save() -> dict[str, Any]:
         results.seeds = sorted({run.seed for run in results.runs} | set(seeds))

@@ -48,3 +48,32 @@ def test_parallel_runs_give_the_sequential_numbers(tmp_path: Path) -> None:
     parallel = _run(tmp_path / "two", jobs=2)
     assert len(sequential) == 6
     assert parallel == sequential
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    return subprocess.run([sys.executable, str(_SCRIPT), "--max-users", "40", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.integration
+def test_merge_brings_in_runs_made_elsewhere_and_refuses_other_settings(tmp_path: Path) -> None:
+    here, elsewhere, other = tmp_path / "here", tmp_path / "elsewhere", tmp_path / "other"
+    assert _script("--only", "pop", "--seeds", "2020", "--out", str(here)).returncode == 0
+    assert _script("--only", "pop", "--seeds", "2020,2021", "--out", str(elsewhere)).returncode == 0
+    merged = _script("--only", "pop", "--seeds", "2020", "--out", str(here), "--merge",
+                     str(elsewhere.with_suffix(".json")))
+    assert merged.returncode == 0, merged.stderr
+    payload = json.loads(here.with_suffix(".json").read_text())
+    # 2020 was already here (kept, not doubled); 2021 came from elsewhere, with the command that made it
+    assert sorted((r["baseline"], r["seed"]) for r in payload["runs"]) == [("pop", 2020), ("pop", 2021)]
+    assert any("--out " + str(elsewhere) in c for c in payload["commands"])
+    assert payload["commands"][-1].startswith("python bench/quality.py --max-users 40 --only pop")
+    assert "2021" in here.with_suffix(".md").read_text()
+
+    assert _script("--only", "pop", "--seeds", "2020", "--out", str(other), "--max-users", "50").returncode == 0
+    refused = _script("--only", "pop", "--seeds", "2020", "--out", str(here), "--merge",
+                      str(other.with_suffix(".json")))
+    assert refused.returncode == 2
+    assert "settings differ" in refused.stderr
+    assert len(json.loads(here.with_suffix(".json").read_text())["runs"]) == 2  # nothing written

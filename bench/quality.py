@@ -164,7 +164,7 @@ ORDER_FREE_ROWS = (*(f"{name}-pooled" for name in ALL), "fused-attention-pooled"
                    "hybrid-attention", "pop", "bpr", "sasrec")
 # `evaluation.select: best`: the spec's fused model against each of its LMs alone, the same configuration
 # otherwise, shipped by validation. (fused row, its single rows) per configuration benchmarked.
-SELECTIONS = {"fused-attention": tuple(ALL),
+SELECTIONS = {**{f"fused-{method}": tuple(ALL) for method in ("attention", "gating", "concat_mlp", "weighted")},
               "fused-attention-pooled": tuple(f"{name}-pooled" for name in ALL)}
 BASELINES = {"pop": "baseline", "bpr": "baseline", "sasrec": "baseline", "lr": "baseline-ctr", "fm": "baseline-ctr"}
 

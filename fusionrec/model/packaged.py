@@ -14,6 +14,7 @@ rebuilt when the content changes, not when another install of the same files is 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -173,7 +174,7 @@ def _digest(sources: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _cached(dest: Path, origin: dict[str, Any], sources: list[Path]) -> bool:
+def _cached(dest: Path, origin: dict[str, Any], digest: Callable[[], str]) -> bool:
     marker = dest / ORIGIN_FILE
     if not marker.is_file() or not (dest / "config.json").is_file():
         return False
@@ -183,21 +184,23 @@ def _cached(dest: Path, origin: dict[str, Any], sources: list[Path]) -> bool:
         return False
     if recorded.get("origin") == origin:
         return True
-    return recorded.get("sha256") is not None and recorded["sha256"] == _digest(sources)
+    return recorded.get("sha256") is not None and recorded["sha256"] == digest()
 
 
 def _build_once(dest: Path, kind: str, sources: list[Path], build: Callable[[Path], None]) -> Path:
     """Return the cache entry `dest` for `sources`, building it with `build(staging)` unless it exists for the
     same files (same name, size and mtime; else the same content)."""
+    # The origin's shape per kind is what entries written before the content hash recorded: they stay valid.
     origin: dict[str, Any] = {"parts": [_stat(p) for p in sources]} if kind == "split-zip" else _stat(sources[0])
-    if _cached(dest, origin, sources):
+    digest = functools.cache(lambda: _digest(sources))  # read the sources at most once, however often it is asked
+    if _cached(dest, origin, digest):
         return dest
     with entry_lock(dest):
-        if not _cached(dest, origin, sources):
+        if not _cached(dest, origin, digest):
             with atomic_directory(dest, replace=True) as staging:
                 build(staging)
                 (staging / ORIGIN_FILE).write_text(json.dumps(
-                    {"kind": kind, "origin": origin, "sha256": _digest(sources)}, indent=2))
+                    {"kind": kind, "origin": origin, "sha256": digest()}, indent=2))
     return dest
 
 

@@ -189,9 +189,7 @@ live_pid() {
   local f="$DIR/pids/$1.pid" pid
   [ -f "$f" ] || return 1
   pid="$(cat "$f")"
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- "$DIR/" || return 1
-  grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null && return 1
+  pid_is_ours "$pid" || return 1
   echo "$pid"
 }
 

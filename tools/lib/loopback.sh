@@ -28,18 +28,38 @@ except OSError:
 PY
 }
 
+# PID -> exit 0 when PID is a live process (not a zombie) whose command line names DIR/: a server these scripts
+# started, not whatever reuses its pid later. While a process is inside execve the kernel reports an empty command
+# line (the new image's arguments are not in place yet); every server here starts through a chain of execs (setsid,
+# env, the binary), and on a loaded or cold machine a check landed in that window often enough for CI to report
+# "etcd: exited during start-up" for an etcd that was starting fine. So an empty command line is read again, for up
+# to 2 s, rather than taken as "not ours".
+pid_is_ours() {
+  local pid="$1" line i
+  [ -n "$pid" ] || return 1
+  for i in $(seq 40); do
+    grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null && return 1
+    line="$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    if [ -n "$line" ]; then [[ "$line" == *"$DIR/"* ]]; return; fi
+    sleep 0.05
+  done
+  return 1
+}
+
 # NAME COMMAND...: start COMMAND in its own session, stdin closed, output to DIR/logs/NAME.log, its pid in
 # DIR/pids/NAME.pid; return once the forked shell has exec'd it. Until then /proc/PID/cmdline is this script's own
-# line, which the scripts' live_pid (does PID's command line name DIR/?) reads as "not ours": on a loaded machine
-# that raced the first readiness check into "exited during start-up" while the server was starting fine.
+# line, which pid_is_ours reads as "not ours": on a loaded machine that raced the first readiness check into
+# "exited during start-up" while the server was starting fine.
 launch() {
-  local name="$1" pid i
+  local name="$1" pid i self line
   shift
+  self="$(tr '\0' ' ' < "/proc/$$/cmdline")"
   setsid "$@" </dev/null >"$DIR/logs/$name.log" 2>&1 &
   pid=$!
   echo "$pid" > "$DIR/pids/$name.pid"
   for i in $(seq 200); do   # at most 10 s; a process that is already gone is the readiness check's to report
-    cmp -s "/proc/$pid/cmdline" "/proc/$$/cmdline" 2>/dev/null || return 0
+    line="$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" || return 0
+    [ -n "$line" ] && [ "$line" != "$self" ] && return 0   # empty: inside the exec, look again
     sleep 0.05
   done
 }

@@ -1,6 +1,8 @@
 """Test-wide settings: no hub, no network, small thread pools (2-core machines run this suite)."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,6 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Local serving keeps its generated bearer token under the user's config folder: never the real one in tests.
 os.environ["FUSIONREC_CONFIG_DIR"] = tempfile.mkdtemp(prefix="fusionrec-config-")
+atexit.register(shutil.rmtree, os.environ["FUSIONREC_CONFIG_DIR"], ignore_errors=True)
 
 
 import pytest  # noqa: E402  (the environment above must be set before anything imports transformers)

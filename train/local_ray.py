@@ -3,9 +3,11 @@
 A local Ray started here is sized to the machine and kept out of the user's way: it listens on 127.0.0.1
 only, keeps token authentication on with a token that lives in this process's environment (nothing is written
 to `~/.ray/`, which may be read-only in CI), caps the object store (Ray's default takes 30% of RAM), writes
-its session files and Python's temp files (`/tmp/pymp-*`) under the run folder, and runs without the dashboard
-unless asked. `--address` / `RAY_ADDRESS` connects to a running cluster instead; an address that does not
-answer is a `UserError` raised in about a second, not after Ray's own minute of retries.
+its session files and Python's temp files (`/tmp/pymp-*`) under the run folder (while it runs, a short folder in
+the system temp dir when the run's path is too long for Ray's sockets; its files move under the run when Ray
+stops), and runs without the dashboard unless asked. `--address` / `RAY_ADDRESS` connects to a running cluster
+instead; an address that does not answer is a `UserError` raised in about a second, not after Ray's own minute
+of retries.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -206,7 +210,43 @@ def ray_session(address: str | None, run_dir: str | Path, *, num_cpus: int | Non
         yield connection
     finally:
         with sigint_deferred():  # a second Ctrl-C must not leave a half-stopped Ray behind
-            ray.shutdown()
+            stop(connection, run_dir)
+
+
+def stop(connection: RayConnection, run_dir: str | Path) -> None:
+    """Shut Ray down in this process; a local Ray's session files end up under the run (see `keep_session_files`)."""
+    import ray
+
+    ray.shutdown()
+    if connection.started and connection.temp_dir is not None:
+        keep_session_files(connection.temp_dir, run_dir)
+
+
+def keep_session_files(temp_dir: Path, run_dir: str | Path) -> None:
+    """Ray leaves its session folder behind on purpose: its logs are what explains a failed run. Under the run
+    folder it stays with the run; the short folder used when the run's path is too long for sockets would pile up
+    in the system temp dir, one per run, so its files join `<run_dir>/ray` (the sockets, dead once Ray is down,
+    stay behind) and it is removed. If they cannot be copied it stays where it is, and the log says where."""
+    kept = Path(run_dir).resolve() / "ray"
+    if Path(temp_dir).resolve() == kept or not Path(temp_dir).is_dir():
+        return
+    try:
+        shutil.copytree(temp_dir, kept, symlinks=True, ignore=_sockets_and_links, dirs_exist_ok=True)
+    except (shutil.Error, OSError) as exc:
+        log.warning("Ray's session files stay in %s (copying them to %s failed: %s)", temp_dir, kept, exc)
+        return
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _sockets_and_links(folder: str, names: list[str]) -> list[str]:
+    """Unix sockets cannot be copied and mean nothing once Ray is down; `session_latest` would point at the
+    folder being removed."""
+    skipped = []
+    for name in names:
+        mode = os.lstat(os.path.join(folder, name)).st_mode
+        if stat.S_ISSOCK(mode) or stat.S_ISLNK(mode):
+            skipped.append(name)
+    return skipped
 
 
 @contextlib.contextmanager

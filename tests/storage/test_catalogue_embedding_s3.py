@@ -20,16 +20,16 @@ pytestmark = [pytest.mark.storage, pytest.mark.ray]
 @pytest.fixture(scope="module")
 def ray_with_s3_env(s3_server, tmp_path_factory):
     """A local Ray whose processes inherit the server's credentials (set only while it starts)."""
-    import ray
 
-    from fusionrec.train.local_ray import start_local
+    from fusionrec.train.local_ray import start_local, stop
 
     with pytest.MonkeyPatch.context() as patch:
         for var, value in s3_server.items():
             patch.setenv(var, value)
-        connection = start_local(tmp_path_factory.mktemp("ray"), num_cpus=2)
+        run_dir = tmp_path_factory.mktemp("ray")
+        connection = start_local(run_dir, num_cpus=2)
     yield connection
-    ray.shutdown()
+    stop(connection, run_dir)
 
 
 def test_shards_published_to_s3_round_trip_into_another_machines_cache(ray_with_s3_env, s3_root, tiny_models,

@@ -80,13 +80,13 @@ def test_cpu_actors_share_every_core_and_gpu_actors_take_one_gpu_each():
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    import ray
 
-    from fusionrec.train.local_ray import start_local
+    from fusionrec.train.local_ray import start_local, stop
 
-    connection = start_local(tmp_path_factory.mktemp("ray"), num_cpus=2)
+    run_dir = tmp_path_factory.mktemp("ray")
+    connection = start_local(run_dir, num_cpus=2)
     yield connection
-    ray.shutdown()
+    stop(connection, run_dir)
 
 
 def in_process(spec: EncoderSpec, texts: list[str], threads: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from fusionrec.artifact import load_artifact
 from fusionrec.model.saved import load_model
 from fusionrec.spec import Manifest
 from fusionrec.train.distributed import summary_table, train_distributed
-from fusionrec.train.local_ray import start_local
+from fusionrec.train.local_ray import start_local, stop
 
 from testkit import fused_spec, synthetic_frames
 
@@ -27,11 +27,11 @@ EPOCHS = 3
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    import ray
 
-    connection = start_local(tmp_path_factory.mktemp("ray"), num_cpus=2)
+    run_dir = tmp_path_factory.mktemp("ray")
+    connection = start_local(run_dir, num_cpus=2)
     yield connection
-    ray.shutdown()
+    stop(connection, run_dir)
 
 
 def test_local_ray_workers_run_at_the_drivers_priority(ray_cluster):

@@ -3,6 +3,7 @@ naming the field, before any Ray starts or any training runs. No cluster is need
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,13 @@ from fusionrec.errors import UserError
 from fusionrec.spec import TrainingSpec
 from fusionrec.train.__main__ import main
 from fusionrec.train.distributed import preflight, storage_location
-from fusionrec.train.local_ray import check_reachable, local_environment, ray_temp_dir, requested_address
+from fusionrec.train.local_ray import (
+    check_reachable,
+    keep_session_files,
+    local_environment,
+    ray_temp_dir,
+    requested_address,
+)
 
 
 def write_manifest(folder: Path, **training) -> Path:
@@ -162,6 +169,38 @@ def test_local_ray_keeps_its_files_and_token_to_itself(tmp_path, monkeypatch):
     assert ray_temp_dir(Path("/r")) == Path("/r/ray")
     deep = ray_temp_dir(tmp_path / ("x" * 80))
     assert len(str(deep)) < 60 and deep.is_dir()  # Unix socket paths stay short
+    keep_session_files(deep, tmp_path / ("x" * 80))
+    assert not deep.exists()
+
+
+def test_a_short_session_folder_moves_under_the_run_when_ray_stops(tmp_path):
+    """Without this, every run whose folder is deeper than ~40 characters left a folder in /tmp for good."""
+    run_dir = tmp_path / ("run" * 20)
+    short = ray_temp_dir(run_dir)
+    assert not short.is_relative_to(tmp_path)
+    session = short / "session_2026-12-07_01-00-00_1_1"
+    (session / "logs").mkdir(parents=True)
+    (session / "logs" / "raylet.out").write_text("why it failed\n")
+    (short / "session_latest").symlink_to(session)
+    listener = socket.socket(socket.AF_UNIX)
+    (session / "sockets").mkdir()
+    listener.bind(str(session / "sockets" / "raylet"))
+    try:
+        keep_session_files(short, run_dir)
+    finally:
+        listener.close()
+    assert not short.exists()
+    kept = run_dir / "ray" / session.name
+    assert (kept / "logs" / "raylet.out").read_text() == "why it failed\n"
+    assert not (kept / "sockets" / "raylet").exists() and not (run_dir / "ray" / "session_latest").exists()
+
+
+def test_a_session_folder_already_under_the_run_stays_as_it_is(tmp_path):
+    here = tmp_path / "ray"
+    here.mkdir()
+    (here / "log.txt").write_text("x")
+    keep_session_files(here, tmp_path)
+    assert (here / "log.txt").read_text() == "x"
 
 
 def test_the_click_command_maps_errors_to_exit_2(tmp_path, monkeypatch):

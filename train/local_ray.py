@@ -55,6 +55,7 @@ class RayConnection:
     started: bool
     temp_dir: Path | None
     resources: dict[str, float]
+    run_dir: Path | None = None  # a local Ray's run folder, where its session files stay once it stops
 
 
 def requested_address(address: str | None) -> str | None:
@@ -172,7 +173,7 @@ def start_local(run_dir: str | Path, *, num_cpus: int | None = None, num_gpus: i
     resources = ray.cluster_resources()
     log.info("started a local Ray: %s CPUs, %s GPUs, session files in %s", resources.get("CPU", 0),
              resources.get("GPU", 0), temp_dir)
-    return RayConnection(ray.get_runtime_context().gcs_address, True, temp_dir, resources)
+    return RayConnection(ray.get_runtime_context().gcs_address, True, temp_dir, resources, Path(run_dir))
 
 
 def connect(address: str) -> RayConnection:
@@ -210,16 +211,16 @@ def ray_session(address: str | None, run_dir: str | Path, *, num_cpus: int | Non
         yield connection
     finally:
         with sigint_deferred():  # a second Ctrl-C must not leave a half-stopped Ray behind
-            stop(connection, run_dir)
+            stop(connection)
 
 
-def stop(connection: RayConnection, run_dir: str | Path) -> None:
+def stop(connection: RayConnection) -> None:
     """Shut Ray down in this process; a local Ray's session files end up under the run (see `keep_session_files`)."""
     import ray
 
     ray.shutdown()
-    if connection.started and connection.temp_dir is not None:
-        keep_session_files(connection.temp_dir, run_dir)
+    if connection.started and connection.temp_dir is not None and connection.run_dir is not None:
+        keep_session_files(connection.temp_dir, connection.run_dir)
 
 
 def keep_session_files(temp_dir: Path, run_dir: str | Path) -> None:

@@ -26,10 +26,9 @@ def ray_with_s3_env(s3_server, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         for var, value in s3_server.items():
             patch.setenv(var, value)
-        run_dir = tmp_path_factory.mktemp("ray")
-        connection = start_local(run_dir, num_cpus=2)
+        connection = start_local(tmp_path_factory.mktemp("ray"), num_cpus=2)
     yield connection
-    stop(connection, run_dir)
+    stop(connection)
 
 
 def test_shards_published_to_s3_round_trip_into_another_machines_cache(ray_with_s3_env, s3_root, tiny_models,

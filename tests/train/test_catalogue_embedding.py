@@ -83,10 +83,9 @@ def ray_cluster(tmp_path_factory):
 
     from fusionrec.train.local_ray import start_local, stop
 
-    run_dir = tmp_path_factory.mktemp("ray")
-    connection = start_local(run_dir, num_cpus=2)
+    connection = start_local(tmp_path_factory.mktemp("ray"), num_cpus=2)
     yield connection
-    stop(connection, run_dir)
+    stop(connection)
 
 
 def in_process(spec: EncoderSpec, texts: list[str], threads: int) -> np.ndarray:

@@ -28,10 +28,9 @@ EPOCHS = 3
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
 
-    run_dir = tmp_path_factory.mktemp("ray")
-    connection = start_local(run_dir, num_cpus=2)
+    connection = start_local(tmp_path_factory.mktemp("ray"), num_cpus=2)
     yield connection
-    stop(connection, run_dir)
+    stop(connection)
 
 
 def test_local_ray_workers_run_at_the_drivers_priority(ray_cluster):
